@@ -1,0 +1,3 @@
+from health.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The message bus between parts of the service: Redis between processes, memory within one.
+
+It carries events (a record changed, a consult room's signalling) to whoever listens now; it
+is not a queue and keeps nothing for listeners that are not there. Durable hand-overs go
+through the outbox table instead (see ARCHITECTURE.md, decision 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import orjson
+
+logger = logging.getLogger(__name__)
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+class MessageBus(Protocol):
+    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+    async def subscribe(self, channel: str) -> Subscription: ...
+    async def close(self) -> None: ...
+
+
+class _QueueSubscription:
+    def __init__(self, bus: InProcessBus, channel: str) -> None:
+        self._bus = bus
+        self._channel = channel
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.queue.get()
+
+    async def close(self) -> None:
+        self._bus._subscribers[self._channel].discard(self)
+
+
+class InProcessBus:
+    """Delivers to subscribers in this process only; a full subscriber loses the message."""
+
+    def __init__(self) -> None:
+        self._subscribers: defaultdict[str, set[_QueueSubscription]] = defaultdict(set)
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        # Copy through JSON so that subscribers see what Redis subscribers would see.
+        decoded = orjson.loads(orjson.dumps(message))
+        for subscription in list(self._subscribers.get(channel, ())):
+            try:
+                subscription.queue.put_nowait(decoded)
+            except asyncio.QueueFull:
+                logger.warning("bus subscriber on %s is full; message dropped", channel)
+
+    async def subscribe(self, channel: str) -> Subscription:
+        subscription = _QueueSubscription(self, channel)
+        self._subscribers[channel].add(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        self._subscribers.clear()
+
+
+class _RedisSubscription:
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for raw in self._pubsub.listen():
+            if raw.get("type") == "message":
+                yield orjson.loads(raw["data"])
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+
+class RedisBus:
+    """Redis publish/subscribe: every process subscribed to a channel gets each message."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(url)
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        await self._redis.publish(channel, orjson.dumps(message))
+
+    async def subscribe(self, channel: str) -> Subscription:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(channel)
+        return _RedisSubscription(pubsub)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def create_bus(redis_url: str | None) -> MessageBus:
+    return RedisBus(redis_url) if redis_url else InProcessBus()
