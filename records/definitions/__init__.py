@@ -1,0 +1,69 @@
+"""The FHIR R4B definitions the server needs, read from the JSON files beside this module.
+
+``tools/generate_fhir_data.py`` distils them from the official HL7 core package; the files are
+committed so that an installation needs neither the package nor a network. Each loader reads
+its file once and returns the same object afterwards: callers must not modify it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, TypedDict
+
+import orjson
+
+_HERE = Path(__file__).parent
+
+#: A rule for one JSON element of a type: ``["code" | "Coding" | "CodeableConcept", vs_url]``
+#: for a required binding, ``["node", type_name]`` to walk into a datatype or backbone
+#: element, ``["resource"]`` for an element holding a whole resource (``contained``).
+BindingRule = list[str]
+
+
+class BindingData(TypedDict):
+    """bindings.json: the enumerable required bindings and the way down to them."""
+
+    #: value set canonical url (without version) -> code system url -> codes, in the order
+    #: the code system defines them.
+    valueSets: dict[str, dict[str, list[str]]]
+    #: resource, datatype or backbone path (``Patient.contact``) -> JSON element name
+    #: (choice types expanded: ``valueQuantity``) -> rule. Types without a binding anywhere
+    #: below them are absent.
+    types: dict[str, dict[str, BindingRule]]
+
+
+def _load(name: str) -> Any:
+    return orjson.loads((_HERE / name).read_bytes())
+
+
+@cache
+def resource_types() -> frozenset[str]:
+    """Names of the concrete R4B resource types (``Patient``, ``Observation``…)."""
+    return frozenset(_load("resource_types.json"))
+
+
+@cache
+def bindings() -> BindingData:
+    data: BindingData = _load("bindings.json")
+    return data
+
+
+@cache
+def search_parameters() -> list[dict[str, Any]]:
+    """Every SearchParameter of the package, sorted by url.
+
+    Keys: url, code, name, base (list), type, expression (FHIRPath that fhirpathpy can
+    evaluate, or None), xpathUsage, target, component (list of {definition, expression}),
+    modifier, comparator, multipleOr, multipleAnd, chain; ``original_expression`` where the
+    published expression was rewritten.
+    """
+    data: list[dict[str, Any]] = _load("search_parameters.json")
+    return data
+
+
+@cache
+def compartments() -> dict[str, dict[str, list[str]]]:
+    """Compartment (``Patient``…) -> resource type -> the parameters that link it there."""
+    data: dict[str, dict[str, list[str]]] = _load("compartments.json")
+    return data
