@@ -1,0 +1,127 @@
+"""Building searchset and history Bundles around stored resource text.
+
+Entries embed each version's stored JSON as an ``orjson.Fragment``, so a page of a thousand
+resources is written out without parsing or re-serialising any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from health.core.clock import fhir_instant, utcnow
+from health.core.ids import new_resource_id
+from records.store import HistoryPage, StoredVersion
+
+
+def resource_fragment(version: StoredVersion) -> orjson.Fragment:
+    assert version.content is not None
+    return orjson.Fragment(version.content)
+
+
+def _link(relation: str, url: str) -> dict[str, str]:
+    return {"relation": relation, "url": url}
+
+
+def _url(base: str, path: str, params: list[tuple[str, str]]) -> str:
+    query = urlencode(params)
+    return f"{base}/{path}" + (f"?{query}" if query else "")
+
+
+def searchset(
+    *,
+    base: str,
+    path: str,
+    criteria: list[tuple[str, str]],
+    versions: list[StoredVersion],
+    count: int,
+    offset: int,
+    has_more: bool,
+    total: int | None,
+) -> dict[str, Any]:
+    links = [
+        _link(
+            "self", _url(base, path, [*criteria, ("_count", str(count)), ("_offset", str(offset))])
+        )
+    ]
+    if offset > 0:
+        links.append(
+            _link(
+                "previous",
+                _url(
+                    base,
+                    path,
+                    [*criteria, ("_count", str(count)), ("_offset", str(max(offset - count, 0)))],
+                ),
+            )
+        )
+    if has_more:
+        links.append(
+            _link(
+                "next",
+                _url(
+                    base,
+                    path,
+                    [*criteria, ("_count", str(count)), ("_offset", str(offset + count))],
+                ),
+            )
+        )
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": new_resource_id(),
+        "meta": {"lastUpdated": fhir_instant(utcnow())},
+        "type": "searchset",
+    }
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    bundle["entry"] = [
+        {
+            "fullUrl": f"{base}/{v.path}",
+            "resource": resource_fragment(v),
+            "search": {"mode": "match"},
+        }
+        for v in versions
+    ]
+    return bundle
+
+
+def history(
+    *, base: str, path: str, params: list[tuple[str, str]], page: HistoryPage, count: int
+) -> dict[str, Any]:
+    """A history Bundle; paging keys are version sequence numbers, stable under new writes."""
+    kept = [(k, v) for k, v in params if k not in ("_older_than", "_newer_than", "_count")]
+    kept.append(("_count", str(count)))
+    links = [_link("self", _url(base, path, params))]
+    if page.has_newer and page.first_seq is not None:
+        links.append(
+            _link("previous", _url(base, path, [*kept, ("_newer_than", str(page.first_seq))]))
+        )
+    if page.has_more and page.last_seq is not None:
+        links.append(_link("next", _url(base, path, [*kept, ("_older_than", str(page.last_seq))])))
+    entries = []
+    for version in page.versions:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{version.path}"}
+        if version.content is not None:
+            entry["resource"] = resource_fragment(version)
+        request_url = version.res_type if version.method == "POST" else version.path
+        entry["request"] = {"method": version.method, "url": request_url}
+        entry["response"] = {
+            "status": "201 Created"
+            if version.method == "POST"
+            else ("204 No Content" if version.deleted else "200 OK"),
+            "etag": version.etag,
+            "lastModified": fhir_instant(version.last_updated),
+        }
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "id": new_resource_id(),
+        "meta": {"lastUpdated": fhir_instant(utcnow())},
+        "type": "history",
+        "total": page.total,
+        "link": links,
+        "entry": entries,
+    }

@@ -1,0 +1,399 @@
+"""The FHIR RESTful interactions, independent of HTTP.
+
+A :class:`FhirRequest` (method, path below the base, query, headers that matter, body) goes in;
+a :class:`FhirResult` comes out. The ``/fhir`` routes and each entry of a batch or transaction
+Bundle go through the same :func:`perform`, so a Bundle entry behaves exactly like the
+request it describes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+import orjson
+
+from health.core.ids import is_valid_resource_id, new_resource_id
+from records import bundles
+from records.criteria import Criteria
+from records.outcome import FhirError, Issue
+from records.store import HistoryPage, NewResource, ResourceStore, StoredVersion, parse_etag
+from records.validation import check_resource_type, validate_resource
+
+
+@dataclass
+class FhirRequest:
+    method: str
+    #: The path below the FHIR base, without slashes at either end: ``Patient/1/_history/2``.
+    path: str
+    query: str = ""
+    body: Any = None
+    content_type: str | None = None
+    if_match: str | None = None
+    if_none_exist: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: dt.datetime | None = None
+    #: Whether the body may hold resident identity numbers (see validation); True if unknown.
+    scan_identifiers: bool = True
+
+    @property
+    def segments(self) -> list[str]:
+        return [s for s in self.path.split("/") if s]
+
+    def params(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query, keep_blank_values=True)
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.params():
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class FhirResult:
+    status: int
+    #: The resource version the response is about (body, ETag, Last-Modified, Location).
+    version: StoredVersion | None = None
+    #: A body that is not a stored resource: a Bundle, an OperationOutcome, metadata.
+    body: dict[str, Any] | None = None
+    #: Send Location (create, and update that created).
+    location: bool = False
+    issues: list[Issue] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    res_type: str | None
+    res_id: str | None
+
+
+def _resource_body(request: FhirRequest, res_type: str) -> dict[str, Any]:
+    data = request.body
+    if not isinstance(data, dict):
+        raise FhirError.of(
+            400, "The request body must be a FHIR resource (a JSON object)", code="structure"
+        )
+    if data.get("resourceType") != res_type:
+        raise FhirError.of(
+            400,
+            f"The body is a {data.get('resourceType')!r}, but the URL names {res_type}",
+            code="invalid",
+            expression="resourceType",
+        )
+    return validate_resource(data, scan_identifiers=request.scan_identifiers)
+
+
+def _int_param(request: FhirRequest, name: str) -> int | None:
+    value = request.param(name)
+    if value is None or value == "":
+        return None
+    if not value.lstrip("-").isdigit():
+        raise FhirError.of(400, f"{name} must be a whole number, got {value!r}", code="value")
+    return int(value)
+
+
+def _instant_param(request: FhirRequest, name: str) -> dt.datetime | None:
+    value = request.param(name)
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError.of(
+            400, f"{name} must be an instant such as 2026-01-31T08:00:00Z", code="value"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+class Interactions:
+    """Runs one interaction inside the store's transaction."""
+
+    def __init__(
+        self, store: ResourceStore, *, base_url: str, max_page_size: int, default_page_size: int
+    ) -> None:
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.max_page_size = max_page_size
+        self.default_page_size = default_page_size
+
+    async def perform(self, request: FhirRequest) -> FhirResult:
+        segments = request.segments
+        method = request.method.upper()
+        if not segments:
+            raise FhirError.of(405, f"{method} is not supported at the base", code="not-supported")
+        if segments == ["_history"] and method == "GET":
+            return await self._history(request, None, None)
+        res_type = segments[0]
+        check_resource_type(res_type)
+        if len(segments) == 1:
+            if method == "POST":
+                return await self.create(request, res_type)
+            if method in ("PUT", "DELETE", "PATCH") and request.query:
+                return await self._conditional(request, res_type, method)
+            if method == "GET":
+                return await self._search(request, res_type)
+        elif segments[1] == "_history" and len(segments) == 2 and method == "GET":
+            return await self._history(request, res_type, None)
+        else:
+            res_id = segments[1]
+            if not is_valid_resource_id(res_id):
+                raise FhirError.of(400, f"'{res_id}' is not a valid FHIR id", code="value")
+            if len(segments) == 2:
+                if method == "GET":
+                    return await self.read(request, res_type, res_id)
+                if method == "PUT":
+                    return await self.update(request, res_type, res_id)
+                if method == "PATCH":
+                    return await self.patch(request, res_type, res_id)
+                if method == "DELETE":
+                    return await self.delete(request, res_type, res_id)
+            elif segments[2] == "_history" and method == "GET":
+                if len(segments) == 3:
+                    return await self._history(request, res_type, res_id)
+                if len(segments) == 4 and segments[3].isdigit():
+                    version = await self.store.vread(res_type, res_id, int(segments[3]))
+                    return self._conditional_read(request, version)
+        raise FhirError.of(
+            405 if len(segments) <= 2 else 404,
+            f"{method} {request.path} is not an interaction this server supports",
+            code="not-supported",
+        )
+
+    # -- instance level --------------------------------------------------------------------
+
+    async def read(self, request: FhirRequest, res_type: str, res_id: str) -> FhirResult:
+        return self._conditional_read(request, await self.store.read(res_type, res_id))
+
+    def _conditional_read(self, request: FhirRequest, version: StoredVersion) -> FhirResult:
+        if request.if_none_match is not None and request.if_none_match.strip() in (
+            version.etag,
+            f'"{version.version}"',
+            "*",
+        ):
+            return FhirResult(304, version=version)
+        if (
+            request.if_modified_since is not None
+            and version.last_updated.replace(microsecond=0) <= request.if_modified_since
+        ):
+            return FhirResult(304, version=version)
+        return FhirResult(200, version=version)
+
+    async def create(self, request: FhirRequest, res_type: str) -> FhirResult:
+        data = _resource_body(request, res_type)
+        condition = request.if_none_exist or (request.query or None)
+        if condition:
+            matches = await Criteria.parse(res_type, condition, self.store.indexer).find_ids(
+                self.store.session
+            )
+            if len(matches) > 1:
+                raise FhirError.of(
+                    412,
+                    f"If-None-Exist '{condition}' matches more than one {res_type}",
+                    code="duplicate",
+                )
+            if matches:
+                existing = await self.store.read(res_type, matches[0])
+                return FhirResult(
+                    200,
+                    version=existing,
+                    issues=[
+                        Issue(
+                            f"{res_type}/{matches[0]} already matches '{condition}'; "
+                            "nothing created",
+                            code="informational",
+                            severity="information",
+                        )
+                    ],
+                )
+        (created,) = await self.store.create_many([NewResource(res_type, new_resource_id(), data)])
+        return FhirResult(201, version=created, location=True)
+
+    async def update(self, request: FhirRequest, res_type: str, res_id: str) -> FhirResult:
+        data = _resource_body(request, res_type)
+        if "id" not in data:
+            raise FhirError.of(
+                400,
+                "The resource in an update must carry its id",
+                code="required",
+                expression=f"{res_type}.id",
+            )
+        if data["id"] != res_id:
+            raise FhirError.of(
+                400,
+                f"The body's id '{data['id']}' differs from the URL's '{res_id}'",
+                code="invalid",
+                expression=f"{res_type}.id",
+            )
+        version, created = await self.store.update(
+            res_type, res_id, data, if_match=parse_etag(request.if_match)
+        )
+        return FhirResult(201 if created else 200, version=version, location=created)
+
+    async def patch(self, request: FhirRequest, res_type: str, res_id: str) -> FhirResult:
+        content_type = (request.content_type or "").split(";")[0].strip()
+        if content_type != "application/json-patch+json":
+            raise FhirError.of(
+                415,
+                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
+                code="not-supported",
+            )
+        current = await self.store.read(res_type, res_id)
+        if_match = parse_etag(request.if_match)
+        if if_match is not None and if_match != current.version:
+            raise FhirError.of(
+                412,
+                f"{res_type}/{res_id} is at version {current.version}, not {if_match}",
+                code="conflict",
+            )
+        try:
+            operations = jsonpatch.JsonPatch(request.body)
+            assert current.content is not None
+            patched = operations.apply(orjson.loads(current.content))
+        except (
+            jsonpatch.JsonPatchException,
+            jsonpatch.JsonPointerException,
+            TypeError,
+            KeyError,
+        ) as error:
+            status = 422 if isinstance(error, jsonpatch.JsonPatchTestFailed) else 400
+            raise FhirError.of(
+                status, f"The JSON Patch cannot be applied: {error}", code="processing"
+            ) from None
+        if (
+            not isinstance(patched, dict)
+            or patched.get("resourceType") != res_type
+            or patched.get("id") != res_id
+        ):
+            raise FhirError.of(
+                422, "A patch may not change resourceType or id", code="business-rule"
+            )
+        validate_resource(patched)
+        version, _ = await self.store.update(
+            res_type, res_id, patched, if_match=current.version, method="PATCH"
+        )
+        return FhirResult(200, version=version)
+
+    async def delete(self, request: FhirRequest, res_type: str, res_id: str) -> FhirResult:
+        deleted = await self.store.delete(res_type, res_id, if_match=parse_etag(request.if_match))
+        if deleted is None:
+            return FhirResult(
+                204,
+                issues=[
+                    Issue(
+                        f"{res_type}/{res_id} was already deleted",
+                        code="informational",
+                        severity="information",
+                    )
+                ],
+            )
+        return FhirResult(
+            200,
+            headers={"ETag": deleted.etag},
+            issues=[
+                Issue(f"Deleted {res_type}/{res_id}", code="informational", severity="information")
+            ],
+        )
+
+    # -- type level ------------------------------------------------------------------------
+
+    async def _conditional(self, request: FhirRequest, res_type: str, method: str) -> FhirResult:
+        criteria = Criteria.parse(res_type, request.query, self.store.indexer)
+        matches = await criteria.find_ids(self.store.session)
+        if len(matches) > 1:
+            raise FhirError.of(
+                412, f"'{request.query}' matches more than one {res_type}", code="multiple-matches"
+            )
+        if method == "DELETE":
+            if not matches:
+                return FhirResult(
+                    204,
+                    issues=[
+                        Issue(
+                            f"No {res_type} matches '{request.query}'; nothing deleted",
+                            code="not-found",
+                            severity="information",
+                        )
+                    ],
+                )
+            return await self.delete(request, res_type, matches[0])
+        if method == "PATCH":
+            if not matches:
+                raise FhirError.of(
+                    404, f"No {res_type} matches '{request.query}'", code="not-found"
+                )
+            return await self.patch(request, res_type, matches[0])
+        # Conditional update: update the match, or create (with the body's id, or a new one).
+        body = request.body if isinstance(request.body, dict) else {}
+        body_id = body.get("id")
+        if matches:
+            if body_id is not None and body_id != matches[0]:
+                raise FhirError.of(
+                    400,
+                    f"The body's id '{body_id}' is not the matching {res_type}/{matches[0]}",
+                    code="invalid",
+                    expression=f"{res_type}.id",
+                )
+            res_id = matches[0]
+        else:
+            res_id = body_id if isinstance(body_id, str) else new_resource_id()
+        request.body = {**body, "id": res_id} if body else body
+        return await self.update(request, res_type, res_id)
+
+    async def _search(self, request: FhirRequest, res_type: str) -> FhirResult:
+        """Search by the criteria conditional interactions use; paged with _count/_offset."""
+        count = min(_int_param(request, "_count") or self.default_page_size, self.max_page_size)
+        offset = max(_int_param(request, "_offset") or 0, 0)
+        versions: list[StoredVersion] = []
+        if any(k not in ("_count", "_offset", "_format", "_pretty") for k, _ in request.params()):
+            ids = await Criteria.parse(res_type, request.query, self.store.indexer).find_ids(
+                self.store.session, limit=offset + count + 1
+            )
+        else:
+            ids = await self.store.list_ids(res_type, limit=offset + count + 1)
+        page_ids = ids[offset : offset + count]
+        for res_id in page_ids:
+            found = await self.store.current(res_type, res_id)
+            if found is not None and not found.deleted:
+                versions.append(found)
+        criteria = [(k, v) for k, v in request.params() if k not in ("_count", "_offset")]
+        return FhirResult(
+            200,
+            body=bundles.searchset(
+                base=self.base_url,
+                path=res_type,
+                criteria=criteria,
+                versions=versions,
+                count=count,
+                offset=offset,
+                has_more=len(ids) > offset + count,
+                total=len(ids) if offset == 0 and len(ids) <= count else None,
+            ),
+        )
+
+    async def _history(
+        self, request: FhirRequest, res_type: str | None, res_id: str | None
+    ) -> FhirResult:
+        count = min(_int_param(request, "_count") or self.default_page_size, self.max_page_size)
+        if count < 1:
+            raise FhirError.of(400, "_count must be at least 1", code="value")
+        page: HistoryPage = await self.store.history(
+            res_type=res_type,
+            res_id=res_id,
+            since=_instant_param(request, "_since"),
+            at=_instant_param(request, "_at"),
+            count=count,
+            older_than=_int_param(request, "_older_than"),
+            newer_than=_int_param(request, "_newer_than"),
+        )
+        path = "/".join(p for p in (res_type, res_id, "_history") if p)
+        return FhirResult(
+            200,
+            body=bundles.history(
+                base=self.base_url, path=path, params=request.params(), page=page, count=count
+            ),
+        )

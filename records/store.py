@@ -1,0 +1,552 @@
+"""The versioned FHIR resource store.
+
+Each write stores the new version's JSON text once, with the server's ``meta.versionId`` and
+``meta.lastUpdated``, updates the resource's current-version row, and rewrites its search
+index rows, all in the caller's transaction. Reads return the stored text unchanged.
+The caller owns the transaction (see :meth:`health.core.database.Database.transaction`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from health.core.clock import fhir_instant, utcnow
+from health.core.ids import is_valid_resource_id, new_resource_id
+from records.indexing import SearchIndexer
+from records.outcome import FhirError
+from records.tables import SEARCH_TABLES, resource_versions, resources
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of one resource, as stored."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: dt.datetime
+    method: str
+    content: str | None  # None for a deletion
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def path(self) -> str:
+        return f"{self.res_type}/{self.res_id}"
+
+    @property
+    def versioned_path(self) -> str:
+        return f"{self.res_type}/{self.res_id}/_history/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewResource:
+    """A validated resource about to be created; ``res_id`` is already assigned."""
+
+    res_type: str
+    res_id: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What the change feed announces after the transaction commits."""
+
+    res_type: str
+    res_id: str
+    version: int
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[StoredVersion]
+    total: int
+    #: seq of the newest and oldest version on the page, the keys of the previous/next page.
+    first_seq: int | None
+    last_seq: int | None
+    has_more: bool
+    has_newer: bool
+
+
+def parse_etag(value: str | None) -> int | None:
+    """The version in an ``If-Match`` header (``W/"3"`` or ``"3"``); None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise FhirError.of(
+            400, f'If-Match must name a version such as W/"3", got {value!r}', code="value"
+        )
+    return int(text)
+
+
+def _stamp(data: dict[str, Any], res_id: str, version: int, moment: dt.datetime) -> str:
+    """The JSON text to store: resourceType, id and meta first, the server's meta values set."""
+    meta = dict(data.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = fhir_instant(moment)
+    body = {"resourceType": data["resourceType"], "id": res_id, "meta": meta}
+    for key, value in data.items():
+        if key not in body:
+            body[key] = value
+    return orjson.dumps(body).decode()
+
+
+def _without_server_meta(data: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        k: v for k, v in (data.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    stripped = {k: v for k, v in data.items() if k not in ("meta", "id")}
+    if meta:
+        stripped["meta"] = meta
+    return stripped
+
+
+@dataclass
+class ResourceStore:
+    """Reads and writes resources inside one database transaction."""
+
+    session: AsyncSession
+    indexer: SearchIndexer
+    changes: list[Change] = field(default_factory=list)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
+        """The current version (a deletion if deleted), or None if the resource never existed."""
+        row = (
+            await self.session.execute(
+                select(
+                    resource_versions.c.version,
+                    resource_versions.c.last_updated,
+                    resource_versions.c.method,
+                    resource_versions.c.content,
+                )
+                .select_from(resources)
+                .join(
+                    resource_versions,
+                    and_(
+                        resource_versions.c.rid == resources.c.rid,
+                        resource_versions.c.version == resources.c.version,
+                    ),
+                )
+                .where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return StoredVersion(
+            res_type, res_id, row.version, _aware(row.last_updated), row.method, row.content
+        )
+
+    async def read(self, res_type: str, res_id: str) -> StoredVersion:
+        found = await self.current(res_type, res_id)
+        if found is None:
+            raise FhirError.of(404, f"{res_type}/{res_id} is not known", code="not-found")
+        if found.deleted:
+            raise FhirError(
+                410,
+                [_gone_issue(res_type, res_id, found.version)],
+                headers={"ETag": found.etag},
+            )
+        return found
+
+    async def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion:
+        row = (
+            await self.session.execute(
+                select(
+                    resource_versions.c.last_updated,
+                    resource_versions.c.method,
+                    resource_versions.c.content,
+                )
+                .select_from(resources)
+                .join(resource_versions, resource_versions.c.rid == resources.c.rid)
+                .where(
+                    resources.c.res_type == res_type,
+                    resources.c.res_id == res_id,
+                    resource_versions.c.version == version,
+                )
+            )
+        ).first()
+        if row is None:
+            raise FhirError.of(
+                404, f"{res_type}/{res_id} has no version {version}", code="not-found"
+            )
+        found = StoredVersion(
+            res_type, res_id, version, _aware(row.last_updated), row.method, row.content
+        )
+        if found.deleted:
+            raise FhirError(410, [_gone_issue(res_type, res_id, version)])
+        return found
+
+    async def list_ids(self, res_type: str, *, limit: int) -> list[str]:
+        """Ids of the undeleted resources of a type, oldest first."""
+        return list(
+            (
+                await self.session.execute(
+                    select(resources.c.res_id)
+                    .where(resources.c.res_type == res_type, resources.c.deleted.is_(False))
+                    .order_by(resources.c.rid)
+                    .limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
+
+    async def history(
+        self,
+        *,
+        res_type: str | None = None,
+        res_id: str | None = None,
+        since: dt.datetime | None = None,
+        at: dt.datetime | None = None,
+        count: int,
+        older_than: int | None = None,
+        newer_than: int | None = None,
+    ) -> HistoryPage:
+        """Versions newest first, keyed by ``seq`` so pages stay put while new versions arrive."""
+        conditions = []
+        if res_type is not None:
+            conditions.append(resource_versions.c.res_type == res_type)
+        if res_id is not None:
+            rid = await self._rid(res_type or "", res_id)
+            if rid is None:
+                raise FhirError.of(404, f"{res_type}/{res_id} is not known", code="not-found")
+            conditions.append(resource_versions.c.rid == rid)
+        if since is not None:
+            conditions.append(resource_versions.c.last_updated >= since)
+        if at is not None:
+            conditions.append(resource_versions.c.last_updated <= at)
+        total = (
+            await self.session.execute(
+                select(func.count()).select_from(resource_versions).where(*conditions)
+            )
+        ).scalar_one()
+        query = (
+            select(
+                resource_versions.c.seq,
+                resources.c.res_type,
+                resources.c.res_id,
+                resource_versions.c.version,
+                resource_versions.c.last_updated,
+                resource_versions.c.method,
+                resource_versions.c.content,
+            )
+            .select_from(resource_versions)
+            .join(resources, resources.c.rid == resource_versions.c.rid)
+            .where(*conditions)
+        )
+        if newer_than is not None:
+            # The previous page: the ``count`` versions just newer than the key, shown newest first.
+            rows = list(
+                (
+                    await self.session.execute(
+                        query.where(resource_versions.c.seq > newer_than)
+                        .order_by(resource_versions.c.seq.asc())
+                        .limit(count + 1)
+                    )
+                ).all()
+            )
+            has_newer = len(rows) > count
+            rows = list(reversed(rows[:count]))
+            has_more = True
+        else:
+            if older_than is not None:
+                query = query.where(resource_versions.c.seq < older_than)
+            rows = list(
+                (
+                    await self.session.execute(
+                        query.order_by(resource_versions.c.seq.desc()).limit(count + 1)
+                    )
+                ).all()
+            )
+            has_more = len(rows) > count
+            rows = rows[:count]
+            has_newer = older_than is not None
+        versions = [
+            StoredVersion(
+                r.res_type, r.res_id, r.version, _aware(r.last_updated), r.method, r.content
+            )
+            for r in rows
+        ]
+        return HistoryPage(
+            versions=versions,
+            total=total,
+            first_seq=rows[0].seq if rows else None,
+            last_seq=rows[-1].seq if rows else None,
+            has_more=has_more,
+            has_newer=has_newer,
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def create_many(
+        self, items: Sequence[NewResource], *, method: str = "POST"
+    ) -> list[StoredVersion]:
+        """Insert new resources (fresh ids) with one statement per table."""
+        if not items:
+            return []
+        now = utcnow()
+        rids = (
+            (
+                await self.session.execute(
+                    insert(resources).returning(resources.c.rid, sort_by_parameter_order=True),
+                    [
+                        {
+                            "res_type": item.res_type,
+                            "res_id": item.res_id,
+                            "version": 1,
+                            "last_updated": now,
+                            "deleted": False,
+                        }
+                        for item in items
+                    ],
+                )
+            )
+            .scalars()
+            .all()
+        )
+        stored = []
+        version_rows = []
+        for rid, item in zip(rids, items, strict=True):
+            content = _stamp(item.data, item.res_id, 1, now)
+            version_rows.append(
+                {
+                    "rid": rid,
+                    "res_type": item.res_type,
+                    "version": 1,
+                    "last_updated": now,
+                    "method": method,
+                    "content": content,
+                }
+            )
+            stored.append(StoredVersion(item.res_type, item.res_id, 1, now, method, content))
+            self.changes.append(Change(item.res_type, item.res_id, 1, method))
+        await self.session.execute(insert(resource_versions), version_rows)
+        await self._write_index_rows(
+            [(rid, item.res_type, item.data) for rid, item in zip(rids, items, strict=True)]
+        )
+        return stored
+
+    async def create(self, data: dict[str, Any]) -> StoredVersion:
+        """Create with a server-assigned id (any id in the body is replaced, as FHIR says)."""
+        res_type = data["resourceType"]
+        (stored,) = await self.create_many([NewResource(res_type, new_resource_id(), data)])
+        return stored
+
+    async def update(
+        self,
+        res_type: str,
+        res_id: str,
+        data: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        method: str = "PUT",
+    ) -> tuple[StoredVersion, bool]:
+        """Update, or create with the client's id; returns the version and whether it is new.
+
+        An update that changes nothing but ``meta.versionId``/``lastUpdated`` makes no new
+        version, so re-sending the same resource is harmless.
+        """
+        if not is_valid_resource_id(res_id):
+            raise FhirError.of(
+                400, f"'{res_id}' is not a valid FHIR id", code="value", expression="id"
+            )
+        locked = await self._lock(res_type, res_id)
+        if locked is None:
+            if if_match is not None:
+                raise FhirError.of(
+                    412,
+                    f"{res_type}/{res_id} does not exist, so If-Match cannot hold",
+                    code="conflict",
+                )
+            created = await self._insert_with_client_id(res_type, res_id, data, method)
+            if created is not None:
+                return created, True
+            locked = await self._lock(res_type, res_id)
+            assert locked is not None  # another transaction created it between our two looks
+        rid, version, deleted = locked
+        if if_match is not None and if_match != version:
+            raise FhirError.of(
+                412,
+                f"{res_type}/{res_id} is at version {version}, not {if_match}: "
+                "someone changed it since you read it",
+                code="conflict",
+            )
+        if not deleted:
+            current = await self.current(res_type, res_id)
+            assert current is not None and current.content is not None
+            if _without_server_meta(orjson.loads(current.content)) == _without_server_meta(data):
+                return current, False
+        now = utcnow()
+        new_version = version + 1
+        content = _stamp(data, res_id, new_version, now)
+        await self.session.execute(
+            update(resources)
+            .where(resources.c.rid == rid)
+            .values(version=new_version, last_updated=now, deleted=False)
+        )
+        await self.session.execute(
+            insert(resource_versions).values(
+                rid=rid,
+                res_type=res_type,
+                version=new_version,
+                last_updated=now,
+                method=method,
+                content=content,
+            )
+        )
+        await self._delete_index_rows(rid)
+        await self._write_index_rows([(rid, res_type, data)])
+        self.changes.append(Change(res_type, res_id, new_version, method))
+        return StoredVersion(res_type, res_id, new_version, now, method, content), deleted
+
+    async def delete(
+        self, res_type: str, res_id: str, *, if_match: int | None = None
+    ) -> StoredVersion | None:
+        """Delete; the version history stays. Deleting a deleted resource changes nothing."""
+        locked = await self._lock(res_type, res_id)
+        if locked is None:
+            raise FhirError.of(404, f"{res_type}/{res_id} is not known", code="not-found")
+        rid, version, deleted = locked
+        if if_match is not None and if_match != version:
+            raise FhirError.of(
+                412, f"{res_type}/{res_id} is at version {version}, not {if_match}", code="conflict"
+            )
+        if deleted:
+            return None
+        now = utcnow()
+        new_version = version + 1
+        await self.session.execute(
+            update(resources)
+            .where(resources.c.rid == rid)
+            .values(version=new_version, last_updated=now, deleted=True)
+        )
+        await self.session.execute(
+            insert(resource_versions).values(
+                rid=rid,
+                res_type=res_type,
+                version=new_version,
+                last_updated=now,
+                method="DELETE",
+                content=None,
+            )
+        )
+        await self._delete_index_rows(rid)
+        self.changes.append(Change(res_type, res_id, new_version, "DELETE"))
+        return StoredVersion(res_type, res_id, new_version, now, "DELETE", None)
+
+    async def reindex(self, rids_and_content: Sequence[tuple[int, str, str]]) -> None:
+        """Rewrite the index rows of current versions: (rid, type, JSON text) each."""
+        for rid, _type, _content in rids_and_content:
+            await self._delete_index_rows(rid)
+        await self._write_index_rows(
+            [(rid, res_type, orjson.loads(content)) for rid, res_type, content in rids_and_content]
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _rid(self, res_type: str, res_id: str) -> int | None:
+        return (
+            await self.session.execute(
+                select(resources.c.rid).where(
+                    resources.c.res_type == res_type, resources.c.res_id == res_id
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def _lock(self, res_type: str, res_id: str) -> tuple[int, int, bool] | None:
+        # FOR UPDATE on PostgreSQL; SQLite's write transactions are already exclusive.
+        row = (
+            await self.session.execute(
+                select(resources.c.rid, resources.c.version, resources.c.deleted)
+                .where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+                .with_for_update()
+            )
+        ).first()
+        return (row.rid, row.version, row.deleted) if row else None
+
+    async def _insert_with_client_id(
+        self, res_type: str, res_id: str, data: dict[str, Any], method: str
+    ) -> StoredVersion | None:
+        """Insert unless a concurrent transaction got there first (then None)."""
+        dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        now = utcnow()
+        rid = (
+            await self.session.execute(
+                dialect_insert(resources)
+                .values(
+                    res_type=res_type, res_id=res_id, version=1, last_updated=now, deleted=False
+                )
+                .on_conflict_do_nothing(index_elements=["res_type", "res_id"])
+                .returning(resources.c.rid)
+            )
+        ).scalar_one_or_none()
+        if rid is None:
+            return None
+        content = _stamp(data, res_id, 1, now)
+        await self.session.execute(
+            insert(resource_versions).values(
+                rid=rid,
+                res_type=res_type,
+                version=1,
+                last_updated=now,
+                method=method,
+                content=content,
+            )
+        )
+        await self._write_index_rows([(rid, res_type, data)])
+        self.changes.append(Change(res_type, res_id, 1, method))
+        return StoredVersion(res_type, res_id, 1, now, method, content)
+
+    async def _delete_index_rows(self, rid: int) -> None:
+        for table in SEARCH_TABLES.values():
+            await self.session.execute(delete(table).where(table.c.rid == rid))
+
+    async def _write_index_rows(self, items: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+        batches: dict[str, list[dict[str, Any]]] = {}
+        for rid, res_type, data in items:
+            for kind, rows in self.indexer.extract(res_type, data).items():
+                batch = batches.setdefault(kind, [])
+                for row in rows:
+                    row["rid"] = rid
+                    row["res_type"] = res_type
+                    batch.append(row)
+        for kind, rows in batches.items():
+            if rows:
+                await self.session.execute(insert(SEARCH_TABLES[kind]), rows)
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _gone_issue(res_type: str, res_id: str, version: int) -> Any:
+    from records.outcome import Issue
+
+    return Issue(
+        f"{res_type}/{res_id} was deleted (version {version})", code="deleted", severity="error"
+    )

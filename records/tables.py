@@ -1,0 +1,154 @@
+"""The record store's tables: resources, their versions, and the typed search indexes.
+
+``resources`` holds one row per logical resource (type, id, current version, deleted?).
+``resource_versions`` holds every version's JSON text exactly as served; reads return it
+without re-serialising. The ``search_*`` tables hold values extracted from the current
+version by the official SearchParameter expressions, one table per parameter type, in the
+shape HAPI FHIR and Blaze use; they are rewritten in the same transaction as each write and
+are never the truth (``health reindex`` rebuilds them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+SurrogateKey = BigInteger().with_variant(Integer(), "sqlite")
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("rid", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    UniqueConstraint("res_type", "res_id"),
+    Index(None, "res_type", "last_updated"),
+)
+
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    # A global, increasing sequence: the order of system-level history and its paging key.
+    Column("seq", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("rid", SurrogateKey, ForeignKey("resources.rid", ondelete="CASCADE"), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    # POST, PUT, PATCH or DELETE: the interaction that made this version (Bundle.entry.request).
+    Column("method", String(8), nullable=False),
+    # The JSON text served for this version; NULL for a deletion.
+    Column("content", Text, nullable=True),
+    UniqueConstraint("rid", "version"),
+    Index(None, "res_type", "seq"),
+    Index(None, "last_updated"),
+)
+
+
+def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+    table = Table(
+        name,
+        metadata,
+        Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+        Column(
+            "rid", SurrogateKey, ForeignKey("resources.rid", ondelete="CASCADE"), nullable=False
+        ),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        Index(None, "rid"),
+    )
+    for cols in indexes:
+        Index(None, *(table.c[c] for c in cols))
+    return table
+
+
+search_string = _index_table(
+    "search_string",
+    # Lower-cased, accents removed: what prefix and :contains match against.
+    Column("value_normalized", String(255), nullable=False),
+    Column("value_exact", Text, nullable=False),
+    indexes=(("res_type", "param", "value_normalized"),),
+)
+
+search_token = _index_table(
+    "search_token",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    # Display text of the coding or CodeableConcept, normalised, for :text.
+    Column("text", String(255), nullable=True),
+    indexes=(("res_type", "param", "code", "system"),),
+)
+
+search_date = _index_table(
+    "search_date",
+    # Every date is a range: a day, a month, a period, an instant of zero length.
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("end", DateTime(timezone=True), nullable=False),
+    indexes=(("res_type", "param", "start"), ("res_type", "param", "end")),
+)
+
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    # Absolute or canonical references that point outside the store.
+    Column("url", Text, nullable=True),
+    indexes=(("res_type", "param", "target_id", "target_type"), ("target_type", "target_id")),
+)
+
+search_quantity = _index_table(
+    "search_quantity",
+    Column("value", Numeric(precision=38, scale=10), nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(64), nullable=True),
+    Column("unit", String(64), nullable=True),
+    indexes=(("res_type", "param", "code", "value"),),
+)
+
+search_number = _index_table(
+    "search_number",
+    Column("value", Numeric(precision=38, scale=10), nullable=False),
+    indexes=(("res_type", "param", "value"),),
+)
+
+search_uri = _index_table(
+    "search_uri",
+    Column("uri", String(2048), nullable=False),
+    indexes=(("res_type", "param", "uri"),),
+)
+
+SEARCH_TABLES = {
+    "string": search_string,
+    "token": search_token,
+    "date": search_date,
+    "reference": search_reference,
+    "quantity": search_quantity,
+    "number": search_number,
+    "uri": search_uri,
+}
