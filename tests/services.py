@@ -1,0 +1,288 @@
+"""Real servers for tests and benchmarks: a throwaway PostgreSQL cluster, Redis, and the app.
+
+Each starts on a free loopback port in a temporary folder and is removed afterwards. The
+PostgreSQL cluster is made with the machine's own ``initdb`` (run as the ``postgres`` user
+when we are root, as PostgreSQL refuses to run as root). ``HEALTH_TEST_POSTGRES_URL`` and
+``HEALTH_TEST_REDIS_URL`` point the suite at servers that are already running instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT_ROOT.parent / "shared"
+
+
+class ServiceUnavailable(RuntimeError):
+    """The machine lacks what a server needs; the message says what to install."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: object, *, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as error:  # still starting
+            last = error
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s ({last})")
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+class PostgresServer:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.external = os.environ.get("HEALTH_TEST_POSTGRES_URL")
+        self.fsync = fsync
+        self.process: subprocess.Popen[bytes] | None = None
+        self.directory: str | None = None
+        self.port = 0
+
+    def start(self) -> PostgresServer:
+        if self.external:
+            return self
+        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = candidates[-1] if candidates else shutil.which("initdb")
+        if initdb is None:
+            raise ServiceUnavailable("PostgreSQL is not installed (apt-get install postgresql)")
+        bin_dir = Path(initdb).parent
+        self.directory = tempfile.mkdtemp(prefix="health-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        data = os.path.join(self.directory, "data")
+        subprocess.run(
+            _as_postgres_user(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    data,
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.port = free_port()
+        settings = [
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.directory}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
+        ]
+        if not self.fsync:
+            settings += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
+        self.process = subprocess.Popen(
+            _as_postgres_user(
+                [str(bin_dir / "postgres"), "-D", data, "-p", str(self.port), *settings]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            what="PostgreSQL",
+        )
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        if self.external:
+            base = self.external.rsplit("/", 1)[0]
+            return f"{base}/{database}"
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL."""
+        import asyncio
+
+        import asyncpg
+
+        admin = self.url("postgres").replace("postgresql+asyncpg://", "postgresql://")
+
+        async def create() -> None:
+            connection = await asyncpg.connect(admin)
+            try:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await connection.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await connection.close()
+
+        asyncio.run(create())
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process = None
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.external = os.environ.get("HEALTH_TEST_REDIS_URL")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> RedisServer:
+        if self.external:
+            return self
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+
+        wait_until(ping, what="Redis")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.external or f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+class AppServer:
+    """``health serve`` in a subprocess, on a database that has been migrated."""
+
+    def __init__(
+        self, database_url: str, *, redis_url: str | None = None, workdir: Path | None = None
+    ) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.workdir = workdir or PROJECT_ROOT
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTH_")}
+        env["HEALTH_DATABASE_URL"] = self.database_url
+        if self.redis_url:
+            env["HEALTH_REDIS_URL"] = self.redis_url
+        return env
+
+    def start(self) -> AppServer:
+        self.port = free_port()
+        log = tempfile.NamedTemporaryFile(prefix="health-app-", suffix=".log", delete=False)
+        self.log_path = Path(log.name)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "health.cli", "serve", "--port", str(self.port)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def healthy() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the app exited: {self.log()}")
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+
+        wait_until(healthy, what="the app")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no cleanup, as a crash or a power cut."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.process = None
