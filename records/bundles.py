@@ -13,6 +13,7 @@ import orjson
 
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import new_resource_id
+from records.outcome import Issue, operation_outcome
 from records.store import HistoryPage, StoredVersion
 
 
@@ -40,6 +41,7 @@ def searchset(
     offset: int,
     has_more: bool,
     total: int | None,
+    warnings: list[Issue] | None = None,
 ) -> dict[str, Any]:
     links = [
         _link(
@@ -85,6 +87,10 @@ def searchset(
         }
         for v in versions
     ]
+    if warnings:
+        bundle["entry"].append(
+            {"resource": operation_outcome(warnings), "search": {"mode": "outcome"}}
+        )
     return bundle
 
 

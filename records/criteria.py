@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from records.indexing import SearchIndexer
@@ -60,45 +60,53 @@ class Criterion:
 class Criteria:
     res_type: str
     criteria: tuple[Criterion, ...]
+    #: Parameters left out because they are not supported (only when not strict).
+    ignored: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, res_type: str, query: str, indexer: SearchIndexer) -> Criteria:
+    def parse(
+        cls, res_type: str, query: str, indexer: SearchIndexer, *, conditional: bool = True
+    ) -> Criteria:
+        """Parse criteria. For a conditional interaction (the default) anything unsupported is
+        a 400, and empty criteria are too; for a plain search it is ignored and listed."""
         known = indexer.parameters(res_type)
         parsed = []
+        ignored = []
         for name, value in parse_qsl(query, keep_blank_values=True):
             if name in _IGNORED:
                 continue
-            if ":" in name:
-                raise FhirError.of(
-                    400,
-                    f"Modifier '{name}' is not supported in conditional criteria",
-                    code="not-supported",
-                )
+            base_name = name.split(":")[0]
+            problem: str | None = None
             alternatives = tuple(v for v in value.split(",") if v != "")
-            if not alternatives:
-                raise FhirError.of(400, f"Criteria parameter '{name}' has no value", code="value")
-            if name == "_id":
+            if ":" in name:
+                problem = f"modifier '{name}' is not supported"
+            elif not alternatives:
+                problem = f"parameter '{name}' has no value"
+            elif name == "_id":
                 parsed.append(Criterion(name, ids=alternatives))
-            elif known.get(name) == "token":
+            elif known.get(base_name) == "token":
                 parsed.append(
                     Criterion(name, tokens=tuple(TokenValue.parse(v) for v in alternatives))
                 )
             else:
-                raise FhirError.of(
-                    400,
-                    f"'{name}' cannot be used in conditional criteria for {res_type}; "
-                    "use _id or a token parameter such as identifier",
-                    code="not-supported",
+                problem = (
+                    f"'{name}' is not a supported search parameter for {res_type} "
+                    "(supported: _id and the token parameters)"
                 )
-        if not parsed:
+            if problem is not None:
+                if conditional:
+                    raise FhirError.of(
+                        400, f"Conditional criteria: {problem}", code="not-supported"
+                    )
+                ignored.append(problem)
+        if conditional and not parsed:
             raise FhirError.of(
                 400, f"Conditional criteria for {res_type} are empty: '{query}'", code="required"
             )
-        return cls(res_type, tuple(parsed))
+        return cls(res_type, tuple(parsed), tuple(ignored))
 
-    async def find_ids(self, session: AsyncSession, *, limit: int = 2) -> list[str]:
-        """Ids of current, undeleted resources that match, at most ``limit``."""
-        query = select(resources.c.res_id).where(
+    def _query(self, columns: Any) -> Any:
+        query = select(columns).where(
             resources.c.res_type == self.res_type, resources.c.deleted.is_(False)
         )
         for criterion in self.criteria:
@@ -124,9 +132,17 @@ class Criteria:
                 )
                 .exists()
             )
-        return list(
-            (await session.execute(query.order_by(resources.c.rid).limit(limit))).scalars().all()
-        )
+        return query
+
+    async def count(self, session: AsyncSession) -> int:
+        return int((await session.execute(self._query(func.count()))).scalar_one())
+
+    async def find_ids(
+        self, session: AsyncSession, *, limit: int = 2, offset: int = 0
+    ) -> list[str]:
+        """Ids of current, undeleted resources that match, oldest first, at most ``limit``."""
+        query = self._query(resources.c.res_id).order_by(resources.c.rid)
+        return list((await session.execute(query.offset(offset).limit(limit))).scalars().all())
 
     def matches(self, res_id: str, index_rows: dict[str, list[dict[str, Any]]]) -> bool:
         """Whether a resource about to be written (its id and index rows) matches."""

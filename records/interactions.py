@@ -38,6 +38,8 @@ class FhirRequest:
     if_modified_since: dt.datetime | None = None
     #: Whether the body may hold resident identity numbers (see validation); True if unknown.
     scan_identifiers: bool = True
+    #: ``Prefer: handling=strict``: refuse unknown search parameters instead of ignoring them.
+    handling_strict: bool = False
 
     @property
     def segments(self) -> list[str]:
@@ -345,33 +347,48 @@ class Interactions:
         return await self.update(request, res_type, res_id)
 
     async def _search(self, request: FhirRequest, res_type: str) -> FhirResult:
-        """Search by the criteria conditional interactions use; paged with _count/_offset."""
-        count = min(_int_param(request, "_count") or self.default_page_size, self.max_page_size)
-        offset = max(_int_param(request, "_offset") or 0, 0)
-        versions: list[StoredVersion] = []
-        if any(k not in ("_count", "_offset", "_format", "_pretty") for k, _ in request.params()):
-            ids = await Criteria.parse(res_type, request.query, self.store.indexer).find_ids(
-                self.store.session, limit=offset + count + 1
+        """Search by ``_id`` and token parameters, paged with ``_count`` and ``_offset``.
+
+        Unsupported parameters are ignored and named in an OperationOutcome entry, or refused
+        with 400 when the client sends ``Prefer: handling=strict``, as the search page says.
+        """
+        count = _int_param(request, "_count")
+        if count is not None and count < 0:
+            raise FhirError.of(400, "_count must not be negative", code="value")
+        count = self.default_page_size if count is None else min(count, self.max_page_size)
+        offset = _int_param(request, "_offset") or 0
+        if offset < 0:
+            raise FhirError.of(400, "_offset must not be negative", code="value")
+        criteria = Criteria.parse(res_type, request.query, self.store.indexer, conditional=False)
+        if criteria.ignored and request.handling_strict:
+            raise FhirError(
+                400, [Issue(f"Search: {p}", code="not-supported") for p in criteria.ignored]
             )
-        else:
-            ids = await self.store.list_ids(res_type, limit=offset + count + 1)
-        page_ids = ids[offset : offset + count]
-        for res_id in page_ids:
-            found = await self.store.current(res_type, res_id)
-            if found is not None and not found.deleted:
-                versions.append(found)
-        criteria = [(k, v) for k, v in request.params() if k not in ("_count", "_offset")]
+        session = self.store.session
+        summary_count = count == 0 or request.param("_summary") == "count"
+        total = await criteria.count(session)
+        versions: list[StoredVersion] = []
+        if not summary_count:
+            for res_id in await criteria.find_ids(session, limit=count, offset=offset):
+                found = await self.store.current(res_type, res_id)
+                if found is not None and not found.deleted:
+                    versions.append(found)
+        kept = [(k, v) for k, v in request.params() if k not in ("_count", "_offset")]
         return FhirResult(
             200,
             body=bundles.searchset(
                 base=self.base_url,
                 path=res_type,
-                criteria=criteria,
+                criteria=kept,
                 versions=versions,
                 count=count,
                 offset=offset,
-                has_more=len(ids) > offset + count,
-                total=len(ids) if offset == 0 and len(ids) <= count else None,
+                has_more=not summary_count and total > offset + count,
+                total=total,
+                warnings=[
+                    Issue(f"Ignored: {p}", code="not-supported", severity="warning")
+                    for p in criteria.ignored
+                ],
             ),
         )
 

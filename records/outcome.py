@@ -32,13 +32,24 @@ class Issue:
         return issue
 
     def under(self, prefix: str) -> Issue:
-        """The same issue with every expression placed under ``prefix`` (e.g. a Bundle entry)."""
+        """The same issue placed inside a container, e.g. ``Bundle.entry[2].resource``.
+
+        An expression that starts at the resource (``Patient.gender``) loses its type name, so
+        it reads ``Bundle.entry[2].resource.gender``, which is valid FHIRPath.
+        """
         return Issue(
             diagnostics=self.diagnostics,
             code=self.code,
             severity=self.severity,
-            expression=tuple(f"{prefix}.{e}" for e in self.expression) or (prefix,),
+            expression=tuple(_rebase(prefix, e) for e in self.expression) or (prefix,),
         )
+
+
+def _rebase(prefix: str, expression: str) -> str:
+    head, dot, rest = expression.partition(".")
+    if dot and head[:1].isupper() and "[" not in head:
+        return f"{prefix}.{rest}"
+    return f"{prefix}.{expression}"
 
 
 def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:

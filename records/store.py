@@ -196,21 +196,6 @@ class ResourceStore:
             raise FhirError(410, [_gone_issue(res_type, res_id, version)])
         return found
 
-    async def list_ids(self, res_type: str, *, limit: int) -> list[str]:
-        """Ids of the undeleted resources of a type, oldest first."""
-        return list(
-            (
-                await self.session.execute(
-                    select(resources.c.res_id)
-                    .where(resources.c.res_type == res_type, resources.c.deleted.is_(False))
-                    .order_by(resources.c.rid)
-                    .limit(limit)
-                )
-            )
-            .scalars()
-            .all()
-        )
-
     async def history(
         self,
         *,

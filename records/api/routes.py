@@ -116,6 +116,7 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
             if_none_match=request.headers.get("if-none-match"),
             if_modified_since=http_instant(request.headers.get("if-modified-since")),
             scan_identifiers=may_carry_resident_id(raw) if raw else True,
+            handling_strict=prefer(request, "handling") == "strict",
         )
         is_write = fhir_request.method != "GET"
         async with context.database.transaction(write=is_write) as session:

@@ -330,6 +330,44 @@ class TestValidation:
         assert response.json()["issue"][0]["expression"] == ["resourceType"]
 
 
+class TestSearch:
+    def test_by_identifier_with_total_and_paging(self, fhir: httpx.Client) -> None:
+        shared = {"system": SYSTEM, "value": uuid.uuid4().hex}
+        ids = {
+            created(fhir.post("/Patient", json=patient(identifier=[shared])))["id"]
+            for _ in range(3)
+        }
+        first = fhir.get(
+            "/Patient", params={"identifier": f"{SYSTEM}|{shared['value']}", "_count": 2}
+        ).json()
+        assert first["total"] == 3 and len(first["entry"]) == 2
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        second = httpx.get(next_url).json()
+        assert {e["resource"]["id"] for e in first["entry"] + second["entry"]} == ids
+
+    def test_count_zero_gives_the_total_only(self, fhir: httpx.Client) -> None:
+        shared = {"system": SYSTEM, "value": uuid.uuid4().hex}
+        created(fhir.post("/Patient", json=patient(identifier=[shared])))
+        bundle = fhir.get("/Patient", params={"identifier": shared["value"], "_count": 0}).json()
+        assert bundle["total"] == 1
+        assert bundle["entry"] == []
+
+    def test_unknown_parameters_are_ignored_and_reported(self, fhir: httpx.Client) -> None:
+        shared = {"system": SYSTEM, "value": uuid.uuid4().hex}
+        created(fhir.post("/Patient", json=patient(identifier=[shared])))
+        params = {"identifier": shared["value"], "_totalMethod": "count"}
+        bundle = fhir.get("/Patient", params=params).json()
+        assert bundle["total"] == 1
+        outcome = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+        assert "_totalMethod" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+        strict = fhir.get("/Patient", params=params, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400
+        assert "_totalMethod" in strict.json()["issue"][0]["diagnostics"]
+
+    def test_negative_count_is_refused(self, fhir: httpx.Client) -> None:
+        assert fhir.get("/Patient", params={"_count": -1}).status_code == 400
+
+
 class TestHistory:
     def test_type_history_pages_stay_put_while_writes_arrive(self, fhir: httpx.Client) -> None:
         marker = uuid.uuid4().hex

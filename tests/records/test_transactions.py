@@ -100,7 +100,7 @@ class TestTransaction:
         )
         assert response.status_code == 422
         issue = response.json()["issue"][0]
-        assert issue["expression"] == ["Bundle.entry[2].resource.Observation.status"]
+        assert issue["expression"] == ["Bundle.entry[2].resource.status"]
         assert count(fhir, "Patient", patient_ident) == 0
         assert count(fhir, "Observation", good_obs) == 0
 
