@@ -61,6 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(fhir_router)
 
+    @app.get("/", include_in_schema=False)
+    async def index() -> dict[str, str]:
+        return {
+            "service": "银川移民地区远程医疗与健康档案共享 Yinchuan resettlement-area telemedicine",
+            "fhir": "/fhir/metadata",
+            "api_docs": "/api/docs",
+        }
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

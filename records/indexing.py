@@ -11,6 +11,7 @@ Which parameter types are indexed is set by :data:`INDEXED_TYPES`; the search is
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -37,6 +38,7 @@ _SIMPLE_PART = re.compile(
 _OF_TYPE = re.compile(r"^(?P<name>[a-z][A-Za-z0-9]*)\.ofType\((?P<type>[A-Za-z]+)\)$")
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_text(value: str) -> str:
     """Lower case with accents removed: how string and :text searches compare."""
     decomposed = unicodedata.normalize("NFKD", value)
@@ -162,6 +164,10 @@ def _token_rows(node: Node) -> list[dict[str, Any]]:
 _ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {"token": _token_rows}
 
 
+#: Common parameters answered from the ``resources`` table, not from index rows.
+_IN_RESOURCES_TABLE = frozenset({"_id", "_lastUpdated"})
+
+
 @dataclass(frozen=True, slots=True)
 class _Parameter:
     code: str
@@ -174,12 +180,21 @@ class SearchIndexer:
 
     def __init__(self, indexed_types: frozenset[str] = INDEXED_TYPES) -> None:
         self._by_type: dict[str, list[_Parameter]] = {}
+        #: Parameters of every resource type (_tag, _security, _profile, _source).
+        self._common: list[_Parameter] = []
         for definition in search_parameters():
             if definition["type"] not in indexed_types or not definition.get("expression"):
                 continue
+            if definition["code"] in _IN_RESOURCES_TABLE:
+                continue
             for base in definition["base"]:
                 if base in ("Resource", "DomainResource"):
-                    continue  # _id, _lastUpdated, _tag... live in the resources table or meta
+                    evaluate = _compile_simple("Resource", definition["expression"])
+                    assert evaluate is not None, definition["expression"]
+                    self._common.append(
+                        _Parameter(definition["code"], definition["type"], evaluate)
+                    )
+                    continue
                 evaluate = _compile_simple(base, definition["expression"])
                 if evaluate is None:
                     evaluate = _compile_fhirpath(definition["expression"])
@@ -189,13 +204,16 @@ class SearchIndexer:
 
     def parameters(self, resource_type: str) -> dict[str, str]:
         """The indexed parameter codes of a type and their search types."""
-        return {p.code: p.type for p in self._by_type.get(resource_type, ())}
+        return {p.code: p.type for p in self._parameters_of(resource_type)}
+
+    def _parameters_of(self, resource_type: str) -> list[_Parameter]:
+        return self._common + self._by_type.get(resource_type, [])
 
     def extract(
         self, resource_type: str, resource: dict[str, Any]
     ) -> dict[str, list[dict[str, Any]]]:
         rows: dict[str, list[dict[str, Any]]] = {}
-        for parameter in self._by_type.get(resource_type, ()):
+        for parameter in self._parameters_of(resource_type):
             seen: set[tuple[Any, ...]] = set()
             for node in parameter.evaluate(resource):
                 for row in _ROWS[parameter.type](node):

@@ -290,25 +290,27 @@ class ResourceStore:
         if not items:
             return []
         now = utcnow()
-        rids = (
-            (
-                await self.session.execute(
-                    insert(resources).returning(resources.c.rid, sort_by_parameter_order=True),
-                    [
-                        {
-                            "res_type": item.res_type,
-                            "res_id": item.res_id,
-                            "version": 1,
-                            "last_updated": now,
-                            "deleted": False,
-                        }
-                        for item in items
-                    ],
-                )
+        # RETURNING the natural key, not in parameter order: SQLAlchemy can then send the rows
+        # as a few multi-row INSERTs instead of one statement per row.
+        returned = (
+            await self.session.execute(
+                insert(resources).returning(
+                    resources.c.rid, resources.c.res_type, resources.c.res_id
+                ),
+                [
+                    {
+                        "res_type": item.res_type,
+                        "res_id": item.res_id,
+                        "version": 1,
+                        "last_updated": now,
+                        "deleted": False,
+                    }
+                    for item in items
+                ],
             )
-            .scalars()
-            .all()
-        )
+        ).all()
+        rid_of = {(row.res_type, row.res_id): row.rid for row in returned}
+        rids = [rid_of[(item.res_type, item.res_id)] for item in items]
         stored = []
         version_rows = []
         for rid, item in zip(rids, items, strict=True):

@@ -261,24 +261,36 @@ class BundleProcessor:
                         expression=f"{entry.where}.request.url",
                     )
                 seen_targets[entry.target] = entry.index
-        # Index rows of what the Bundle writes, so conditional references can find them.
-        for entry in entries:
-            if entry.resource is not None and entry.target and not entry.existing:
-                entry.index_rows = indexer.extract(entry.target.split("/")[0], entry.resource)
-        resolved: dict[str, str] = {}
+        # One walk rewrites fullUrl references and collects the conditional ones.
+        conditional: dict[int, list[str]] = {}
         for entry in entries:
             if entry.resource is None or entry.existing:
                 continue
-            for reference in _conditional_references(entry.resource):
-                if reference not in resolved:
-                    resolved[reference] = await self._resolve_conditional(entry, reference, entries)
+            found: list[str] = []
 
-        def rewrite(reference: str) -> str | None:
-            return aliases.get(reference) or resolved.get(reference)
+            def rewrite_alias(reference: str, found: list[str] = found) -> str | None:
+                if _CONDITIONAL_REFERENCE.match(reference):
+                    found.append(reference)
+                    return None
+                return aliases.get(reference)
 
-        for entry in entries:
-            if entry.resource is not None and not entry.existing:
-                _walk_references(entry.resource, rewrite)
+            _walk_references(entry.resource, rewrite_alias)
+            if found:
+                conditional[entry.index] = found
+        if conditional:
+            # Index rows of what the Bundle writes, so conditional references can find them.
+            for entry in entries:
+                if entry.resource is not None and entry.target and not entry.existing:
+                    entry.index_rows = indexer.extract(entry.target.split("/")[0], entry.resource)
+            resolved: dict[str, str] = {}
+            for entry in entries:
+                for reference in conditional.get(entry.index, ()):
+                    if reference not in resolved:
+                        resolved[reference] = await self._resolve_conditional(
+                            entry, reference, entries
+                        )
+                if entry.index in conditional and entry.resource is not None:
+                    _walk_references(entry.resource, resolved.get)
         issues: list[Issue] = []
         status = 400
         for entry in entries:

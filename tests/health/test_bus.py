@@ -1,0 +1,93 @@
+"""The message bus, in-process and on a real Redis, and the records change feed on it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from health.core.bus import InProcessBus, MessageBus, RedisBus
+from records.api.routes import CHANGES_CHANNEL
+from tests.services import AppServer, RedisServer
+
+
+@pytest.fixture(params=["in-process", "redis"])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[MessageBus]:
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        instance: MessageBus = RedisBus(server.url)
+    else:
+        instance = InProcessBus()
+    yield instance
+    await instance.close()
+
+
+async def next_message(subscription: Any) -> dict[str, Any]:
+    async def first() -> dict[str, Any]:
+        async for message in subscription:
+            return message
+        raise AssertionError("subscription ended")
+
+    return await asyncio.wait_for(first(), timeout=10)
+
+
+async def test_a_subscriber_receives_what_is_published(bus: MessageBus) -> None:
+    subscription = await bus.subscribe("consult.room.1")
+    other = await bus.subscribe("consult.room.2")
+    await bus.publish("consult.room.1", {"type": "offer", "sdp": "v=0", "from": "村医"})
+    assert await next_message(subscription) == {"type": "offer", "sdp": "v=0", "from": "村医"}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(next_message(other), timeout=0.5)
+    await subscription.close()
+    await other.close()
+
+
+async def test_every_subscriber_of_a_channel_gets_each_message(bus: MessageBus) -> None:
+    first = await bus.subscribe("broadcast")
+    second = await bus.subscribe("broadcast")
+    await bus.publish("broadcast", {"n": 1})
+    assert await next_message(first) == {"n": 1}
+    assert await next_message(second) == {"n": 1}
+    await first.close()
+    await second.close()
+
+
+async def test_committed_writes_are_announced_on_redis(
+    redis_server: RedisServer, database_url: str
+) -> None:
+    server = AppServer(database_url, redis_url=redis_server.url).start()
+    listener = RedisBus(redis_server.url)
+    try:
+        subscription = await listener.subscribe(CHANGES_CHANNEL)
+        async with httpx.AsyncClient(base_url=f"{server.url}/fhir") as client:
+            created = await client.post(
+                "/Patient",
+                json={"resourceType": "Patient"},
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert created.status_code == 201
+            message = await next_message(subscription)
+            assert message == {
+                "type": "Patient",
+                "id": created.json()["id"],
+                "versionId": 1,
+                "method": "POST",
+            }
+            refused = await client.post(
+                "/Patient",
+                json={"resourceType": "Patient", "gender": "robot"},
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert refused.status_code == 422
+            deleted = await client.delete(f"/Patient/{created.json()['id']}")
+            assert deleted.status_code == 200
+            # The refused write announced nothing: the next message is the delete.
+            message = await next_message(subscription)
+            assert message["method"] == "DELETE" and message["versionId"] == 2
+        await subscription.close()
+    finally:
+        await listener.close()
+        server.stop()
