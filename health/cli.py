@@ -112,6 +112,40 @@ def import_command(paths: tuple[Path, ...], jobs: int | None) -> None:
         sys.exit(1)
 
 
+@main.command(name="reindex")
+@click.argument("resource_type", required=False)
+def reindex_command(resource_type: str | None) -> None:
+    """Rebuild the search indexes (of one resource type, or all); resumes after a crash."""
+    from tqdm import tqdm
+
+    from health.core.database import Database
+    from records.definitions import resource_types
+    from records.indexing import SearchIndexer
+    from records.reindex import reindex
+
+    if resource_type is not None and resource_type not in resource_types():
+        raise click.ClickException(f"'{resource_type}' is not a FHIR R4B resource type")
+
+    async def run() -> None:
+        database = Database(get_settings().database_url)
+        bar = tqdm(unit="resource", desc="reindexing", file=sys.stderr)
+        try:
+            report = await reindex(
+                database,
+                SearchIndexer(),
+                res_type=resource_type,
+                on_start=lambda total: setattr(bar, "total", total),
+                on_batch=bar.update,
+            )
+        finally:
+            bar.close()
+            await database.dispose()
+        resumed = " (resumed an interrupted run)" if report.resumed_from else ""
+        click.echo(f"reindexed {report.resources} resources{resumed}")
+
+    asyncio.run(run())
+
+
 @main.group()
 def directory() -> None:
     """The clinic directory (townships, villages, hospitals, departments)."""

@@ -17,24 +17,28 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from records.definitions import search_parameters
+from records import pinyin
+from records.datetimes import EARLIEST, LATEST, date_range
+from records.definitions import choice_elements, search_parameters
 
 logger = logging.getLogger(__name__)
 
 #: Parameter types whose values are written to the index tables.
-INDEXED_TYPES = frozenset({"token"})
+INDEXED_TYPES = frozenset({"token", "string", "date", "reference", "quantity", "number", "uri"})
 
 Node = Any
 Evaluator = Callable[[dict[str, Any]], list[Node]]
 
-_STEP = r"[a-z][A-Za-z0-9]*(?:\.ofType\([A-Za-z]+\))?"
+_STEP = r"(?:extension\('[^']+'\)|[a-z][A-Za-z0-9]*(?:\.ofType\([A-Za-z]+\))?)"
 _SIMPLE_PART = re.compile(
     rf"^\(?(?P<type>[A-Z][A-Za-z]+)(?P<steps>(?:\.{_STEP})*)\)?"
     r"(?:\.where\(resolve\(\) is (?P<target>[A-Z][A-Za-z]+)\))?"
     r"(?:\.where\(system='(?P<system>[a-z\-]+)'\))?$"
 )
+_EXTENSION = re.compile(r"^extension\('(?P<url>[^']+)'\)$")
 _OF_TYPE = re.compile(r"^(?P<name>[a-z][A-Za-z0-9]*)\.ofType\((?P<type>[A-Za-z]+)\)$")
 
 
@@ -45,42 +49,55 @@ def normalize_text(value: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
-def _children(nodes: Iterable[Node], name: str, of_type: str | None) -> Iterator[Node]:
-    for node in nodes:
-        if not isinstance(node, dict):
-            continue
-        if of_type is not None:
-            key = name + of_type[0].upper() + of_type[1:]
-            value = node.get(key)
-        else:
-            value = node.get(name)
-            if value is None:
-                # A choice element (value[x]) named without its type: take whichever is there.
-                for key, candidate in node.items():
-                    if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
-                        value = candidate
-                        break
-        if value is None:
-            continue
-        if isinstance(value, list):
-            yield from value
-        else:
-            yield value
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One step of a simple path: an element, a typed choice element, or an extension by url."""
+
+    name: str
+    #: JSON keys to look in, first found wins: ``valueQuantity`` for ``value.ofType(Quantity)``;
+    #: the name, then every typed key, for a name that is a choice element somewhere.
+    keys: tuple[str, ...]
+    extension_url: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> _Step:
+        extension = _EXTENSION.match(text)
+        if extension:
+            return cls("extension", ("extension",), extension["url"])
+        of_type = _OF_TYPE.match(text)
+        if of_type:
+            kind = of_type["type"]
+            return cls(of_type["name"], (of_type["name"] + kind[0].upper() + kind[1:],))
+        # A name is a choice element in some types and a plain one in others (subject, code).
+        return cls(text, (text, *(text + kind for kind in choice_elements().get(text, ()))))
+
+    def children(self, nodes: Iterable[Node]) -> Iterator[Node]:
+        for node in nodes:
+            if not isinstance(node, dict):
+                continue
+            for key in self.keys:
+                value = node.get(key)
+                if value is None:
+                    continue
+                for item in value if isinstance(value, list) else (value,):
+                    if self.extension_url is None:
+                        yield item
+                    elif isinstance(item, dict) and item.get("url") == self.extension_url:
+                        # An extension stands for its value[x], as search sees it.
+                        yield next((v for k, v in item.items() if k.startswith("value")), item)
+                break
 
 
 def _compile_simple(resource_type: str, expression: str) -> Evaluator | None:
     """A JSON walk for an expression made of plain paths joined by ``|``; None if it isn't."""
-    walks: list[tuple[list[tuple[str, str | None]], str | None, str | None]] = []
+    walks: list[tuple[list[_Step], str | None, str | None]] = []
     for part in (p.strip() for p in expression.split("|")):
         match = _SIMPLE_PART.match(part)
         if match is None:
             return None
         if match.group("type") != resource_type:
             continue  # this part of a shared expression is about another resource type
-        steps: list[tuple[str, str | None]] = []
-        for step in re.findall(_STEP, match.group("steps")):
-            of_type = _OF_TYPE.match(step)
-            steps.append((of_type["name"], of_type["type"]) if of_type else (step, None))
+        steps = [_Step.parse(step) for step in re.findall(_STEP, match.group("steps"))]
         walks.append((steps, match.group("target"), match.group("system")))
     if not walks:
         return None
@@ -89,8 +106,10 @@ def _compile_simple(resource_type: str, expression: str) -> Evaluator | None:
         found: list[Node] = []
         for steps, target, system in walks:
             nodes: Iterable[Node] = (resource,)
-            for name, of_type in steps:
-                nodes = list(_children(nodes, name, of_type))
+            for step in steps:
+                nodes = list(step.children(nodes))
+                if not nodes:
+                    break
             for node in nodes:
                 if target is not None:
                     reference = node.get("reference", "") if isinstance(node, dict) else ""
@@ -127,7 +146,7 @@ def _token_rows(node: Node) -> list[dict[str, Any]]:
     if isinstance(node, bool):
         return [{"system": None, "code": "true" if node else "false", "text": None}]
     if isinstance(node, (str, int)):
-        return [{"system": None, "code": str(node), "text": None}]
+        return [{"system": None, "code": str(node)[:255], "text": None}]
     if not isinstance(node, dict):
         return []
     if "coding" in node or ("text" in node and "code" not in node and "value" not in node):
@@ -148,9 +167,8 @@ def _token_rows(node: Node) -> list[dict[str, Any]]:
             }
         ]
     if "value" in node:  # Identifier, ContactPoint
-        type_text = (
-            (node.get("type") or {}).get("text") if isinstance(node.get("type"), dict) else None
-        )
+        kind = node.get("type")
+        type_text = kind.get("text") if isinstance(kind, dict) else None
         return [
             {
                 "system": node.get("system"),
@@ -161,7 +179,140 @@ def _token_rows(node: Node) -> list[dict[str, Any]]:
     return []
 
 
-_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {"token": _token_rows}
+_NAME_PARTS = ("text", "family", "given", "prefix", "suffix")
+_ADDRESS_PARTS = ("text", "line", "city", "district", "state", "postalCode", "country")
+_SKIPPED_KEYS = frozenset({"system", "url", "extension", "id", "reference", "use", "type"})
+
+
+def _strings_of(node: Node) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        if "family" in node or "given" in node:
+            parts: tuple[str, ...] = _NAME_PARTS
+        elif "line" in node or "city" in node or "district" in node:
+            parts = _ADDRESS_PARTS
+        else:
+            parts = tuple(k for k in node if k not in _SKIPPED_KEYS)
+        for key in parts:
+            value = node.get(key)
+            if isinstance(value, list):
+                for item in value:
+                    yield from _strings_of(item)
+            elif value is not None:
+                yield from _strings_of(value)
+
+
+def _string_rows(node: Node) -> list[dict[str, Any]]:
+    rows = []
+    for text in _strings_of(node):
+        if text:
+            rows.append({"value_normalized": normalize_text(text)[:255], "value_exact": text})
+    return rows
+
+
+def _phonetic_rows(node: Node) -> list[dict[str, Any]]:
+    """Pinyin keys of a Chinese name (full and initials), or its letters for other names."""
+    if not isinstance(node, dict):
+        return []
+    family = node.get("family") if isinstance(node.get("family"), str) else None
+    given = "".join(g for g in node.get("given") or () if isinstance(g, str))
+    text = node.get("text") if isinstance(node.get("text"), str) else (family or "") + given
+    keys = set(pinyin.name_keys(text, family))
+    if not keys:
+        keys = {pinyin.query_key(part) for part in (family or "", given, text) if part}
+    return [{"value_normalized": k[:255], "value_exact": text} for k in sorted(keys) if k]
+
+
+def _date_rows(node: Node) -> list[dict[str, Any]]:
+    try:
+        if isinstance(node, str):
+            start, end = date_range(node)
+        elif isinstance(node, dict) and ("start" in node or "end" in node):  # Period
+            start = date_range(node["start"])[0] if node.get("start") else EARLIEST
+            end = date_range(node["end"])[1] if node.get("end") else LATEST
+        elif isinstance(node, dict) and "event" in node:  # Timing
+            return [row for event in node["event"] for row in _date_rows(event)]
+        else:
+            return []
+    except ValueError:
+        return []
+    return [{"start": start, "end": end}]
+
+
+def _reference_rows(node: Node) -> list[dict[str, Any]]:
+    if isinstance(node, str):  # a canonical
+        return [{"target_type": None, "target_id": None, "url": node.split("|")[0]}]
+    if not isinstance(node, dict) or not isinstance(node.get("reference"), str):
+        return []
+    reference = node["reference"].split("/_history/")[0]
+    if reference.startswith("#"):
+        return []  # contained: found through the container, not the index
+    parts = reference.split("/")
+    if len(parts) == 2 and parts[0][:1].isupper():
+        return [{"target_type": parts[0], "target_id": parts[1], "url": None}]
+    if (
+        reference.startswith(("http://", "https://"))
+        and len(parts) >= 2
+        and parts[-2][:1].isupper()
+    ):
+        return [{"target_type": parts[-2], "target_id": parts[-1], "url": reference}]
+    return [{"target_type": None, "target_id": None, "url": reference}]
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def _quantity_rows(node: Node) -> list[dict[str, Any]]:
+    if not isinstance(node, dict):
+        return []
+    value = _decimal(node.get("value"))
+    if value is None:
+        return []
+    if "currency" in node:  # Money
+        return [
+            {
+                "value": value,
+                "system": "urn:iso:std:iso:4217",
+                "code": node["currency"],
+                "unit": None,
+            }
+        ]
+    return [
+        {
+            "value": value,
+            "system": node.get("system"),
+            "code": (node.get("code") or None) and str(node["code"])[:64],
+            "unit": (node.get("unit") or None) and str(node["unit"])[:64],
+        }
+    ]
+
+
+def _number_rows(node: Node) -> list[dict[str, Any]]:
+    value = _decimal(node)
+    return [] if value is None else [{"value": value}]
+
+
+def _uri_rows(node: Node) -> list[dict[str, Any]]:
+    return [{"uri": node[:2048]}] if isinstance(node, str) and node else []
+
+
+_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
+    "token": _token_rows,
+    "string": _string_rows,
+    "date": _date_rows,
+    "reference": _reference_rows,
+    "quantity": _quantity_rows,
+    "number": _number_rows,
+    "uri": _uri_rows,
+}
 
 
 #: Common parameters answered from the ``resources`` table, not from index rows.
@@ -173,6 +324,12 @@ class _Parameter:
     code: str
     type: str
     evaluate: Evaluator
+
+    @property
+    def rows(self) -> Callable[[Node], list[dict[str, Any]]]:
+        if self.code == "phonetic":
+            return _phonetic_rows
+        return _ROWS[self.type]
 
 
 class SearchIndexer:
@@ -216,7 +373,7 @@ class SearchIndexer:
         for parameter in self._parameters_of(resource_type):
             seen: set[tuple[Any, ...]] = set()
             for node in parameter.evaluate(resource):
-                for row in _ROWS[parameter.type](node):
+                for row in parameter.rows(node):
                     key = tuple(row.values())
                     if key in seen:
                         continue

@@ -384,27 +384,12 @@ class ResourceStore:
             if _without_server_meta(orjson.loads(current.content)) == _without_server_meta(data):
                 return current, False
         now = utcnow()
-        new_version = version + 1
-        content = _stamp(data, res_id, new_version, now)
-        await self.session.execute(
-            update(resources)
-            .where(resources.c.rid == rid)
-            .values(version=new_version, last_updated=now, deleted=False)
+        content = _stamp(data, res_id, version + 1, now)
+        stored = await self._append_version(
+            rid, res_type, res_id, version + 1, now, method, content
         )
-        await self.session.execute(
-            insert(resource_versions).values(
-                rid=rid,
-                res_type=res_type,
-                version=new_version,
-                last_updated=now,
-                method=method,
-                content=content,
-            )
-        )
-        await self._delete_index_rows(rid)
         await self._write_index_rows([(rid, res_type, data)])
-        self.changes.append(Change(res_type, res_id, new_version, method))
-        return StoredVersion(res_type, res_id, new_version, now, method, content), deleted
+        return stored, deleted
 
     async def delete(
         self, res_type: str, res_id: str, *, if_match: int | None = None
@@ -420,26 +405,39 @@ class ResourceStore:
             )
         if deleted:
             return None
-        now = utcnow()
-        new_version = version + 1
+        return await self._append_version(
+            rid, res_type, res_id, version + 1, utcnow(), "DELETE", None
+        )
+
+    async def _append_version(
+        self,
+        rid: int,
+        res_type: str,
+        res_id: str,
+        version: int,
+        now: dt.datetime,
+        method: str,
+        content: str | None,
+    ) -> StoredVersion:
+        """Make ``version`` current (a deletion when ``content`` is None); drop old index rows."""
         await self.session.execute(
             update(resources)
             .where(resources.c.rid == rid)
-            .values(version=new_version, last_updated=now, deleted=True)
+            .values(version=version, last_updated=now, deleted=content is None)
         )
         await self.session.execute(
             insert(resource_versions).values(
                 rid=rid,
                 res_type=res_type,
-                version=new_version,
+                version=version,
                 last_updated=now,
-                method="DELETE",
-                content=None,
+                method=method,
+                content=content,
             )
         )
         await self._delete_index_rows(rid)
-        self.changes.append(Change(res_type, res_id, new_version, "DELETE"))
-        return StoredVersion(res_type, res_id, new_version, now, "DELETE", None)
+        self.changes.append(Change(res_type, res_id, version, method))
+        return StoredVersion(res_type, res_id, version, now, method, content)
 
     async def reindex(self, rids_and_content: Sequence[tuple[int, str, str]]) -> None:
         """Rewrite the index rows of current versions: (rid, type, JSON text) each."""

@@ -70,6 +70,17 @@ resource_versions = Table(
 )
 
 
+#: Where a ``health reindex`` run has got to, so that a crashed run resumes instead of restarting.
+reindex_jobs = Table(
+    "reindex_jobs",
+    metadata,
+    # "*" for every type, else the resource type.
+    Column("scope", String(64), primary_key=True),
+    Column("last_rid", SurrogateKey, nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+)
+
+
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     table = Table(
         name,

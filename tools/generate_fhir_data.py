@@ -9,7 +9,9 @@ committed with the code:
   way down to them, for :mod:`records.validation.bindings`;
 - ``search_parameters.json``: every SearchParameter, with FHIRPath expressions rewritten
   where fhirpathpy cannot evaluate them as published;
-- ``compartments.json``: the compartment definitions (resource type -> parameter codes).
+- ``compartments.json``: the compartment definitions (resource type -> parameter codes);
+- ``choice_elements.json``: names of choice elements (``value[x]``) and their types, so the
+  search indexer looks for ``valueQuantity`` only where a choice can be.
 
 Run ``python tools/generate_fhir_data.py [--package PATH] [--out DIR]``. The output is
 deterministic (sorted keys, package order otherwise), so running it twice gives identical
@@ -116,6 +118,22 @@ def concrete_types(package: Package, kind: str) -> list[Json]:
         and not sd.get("abstract", False)
     ]
     return sorted(found, key=lambda sd: sd["type"])
+
+
+def build_choice_elements(package: Package) -> dict[str, list[str]]:
+    """Choice element name -> the type names its JSON keys end with (value -> Quantity, ...)."""
+    choices: dict[str, set[str]] = {}
+    for kind in ("resource", "complex-type"):
+        for sd in concrete_types(package, kind):
+            for element in sd.get("snapshot", {}).get("element", []):
+                path = element.get("path", "")
+                if not path.endswith("[x]"):
+                    continue
+                name = path.rsplit(".", 1)[-1][: -len("[x]")]
+                for type_ in element.get("type", []):
+                    code = type_["code"]
+                    choices.setdefault(name, set()).add(code[0].upper() + code[1:])
+    return {name: sorted(types) for name, types in sorted(choices.items())}
 
 
 # -- value sets ------------------------------------------------------------------------
@@ -628,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "bindings.json", bindings)
     write_json(args.out / "search_parameters.json", search_parameters)
     write_json(args.out / "compartments.json", compartments)
+    choice_elements = build_choice_elements(package)
+    write_json(args.out / "choice_elements.json", choice_elements)
 
     print(f"resource types: {len(resource_types)}")
     skipped = binding_stats.skipped_elements
@@ -651,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         f"compartments: {', '.join(f'{c} ({len(m)} types)' for c, m in compartments.items())}"
         + (f"; skipped {', '.join(skipped_compartments)}" if skipped_compartments else "")
     )
+    print(f"choice elements: {len(choice_elements)} names")
     print(f"written to {args.out}")
     return 0
 

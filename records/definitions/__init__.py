@@ -67,3 +67,9 @@ def compartments() -> dict[str, dict[str, list[str]]]:
     """Compartment (``Patient``…) -> resource type -> the parameters that link it there."""
     data: dict[str, dict[str, list[str]]] = _load("compartments.json")
     return data
+
+
+@cache
+def choice_elements() -> dict[str, tuple[str, ...]]:
+    """Choice element names (``value``, ``effective``...) and the types their keys end with."""
+    return {name: tuple(types) for name, types in _load("choice_elements.json").items()}
