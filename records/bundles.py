@@ -6,6 +6,7 @@ resources is written out without parsing or re-serialising any of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,6 +14,7 @@ import orjson
 
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import new_resource_id
+from records.definitions import summary_elements
 from records.outcome import Issue, operation_outcome
 from records.store import HistoryPage, StoredVersion
 
@@ -20,6 +22,40 @@ from records.store import HistoryPage, StoredVersion
 def resource_fragment(version: StoredVersion) -> orjson.Fragment:
     assert version.content is not None
     return orjson.Fragment(version.content)
+
+
+_SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+_ALWAYS = ("resourceType", "id", "meta")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """``_summary`` and ``_elements``: which parts of each resource a search returns."""
+
+    summary: str | None
+    elements: list[str] | None
+
+    def apply(self, version: StoredVersion) -> Any:
+        if self.summary in (None, "false") and not self.elements:
+            return resource_fragment(version)
+        assert version.content is not None
+        resource = orjson.loads(version.content)
+        if self.summary == "true":
+            keep = summary_elements().get(version.res_type, frozenset())
+            resource = {k: v for k, v in resource.items() if k in _ALWAYS or k in keep}
+        elif self.summary == "text":
+            resource = {k: v for k, v in resource.items() if k in (*_ALWAYS, "text")}
+        elif self.summary == "data":
+            resource = {k: v for k, v in resource.items() if k != "text"}
+        if self.elements:
+            resource = {k: v for k, v in resource.items() if k in _ALWAYS or k in self.elements}
+        meta = resource.setdefault("meta", {})
+        meta["tag"] = [*meta.get("tag", []), _SUBSETTED]
+        return resource
 
 
 def _link(relation: str, url: str) -> dict[str, str]:
@@ -41,6 +77,8 @@ def searchset(
     offset: int,
     has_more: bool,
     total: int | None,
+    included: list[StoredVersion] | None = None,
+    subset: Subset | None = None,
     warnings: list[Issue] | None = None,
 ) -> dict[str, Any]:
     links = [
@@ -79,13 +117,11 @@ def searchset(
     if total is not None:
         bundle["total"] = total
     bundle["link"] = links
+    subset = subset or Subset(None, None)
     bundle["entry"] = [
-        {
-            "fullUrl": f"{base}/{v.path}",
-            "resource": resource_fragment(v),
-            "search": {"mode": "match"},
-        }
-        for v in versions
+        {"fullUrl": f"{base}/{v.path}", "resource": subset.apply(v), "search": {"mode": mode}}
+        for mode, group in (("match", versions), ("include", included or []))
+        for v in group
     ]
     if warnings:
         bundle["entry"].append(

@@ -68,9 +68,12 @@ def capability_statement(
             {
                 "mode": "server",
                 "documentation": (
-                    "Search supports _id and every token parameter (system|code, code, |code, "
-                    "system|), which are also what conditional create, update, delete and "
-                    "conditional references accept. Paging with _count and _offset."
+                    "Search by every official search parameter of type string, token, date, "
+                    "reference, quantity, number and uri, with their modifiers and prefixes; "
+                    "chains, _has, _include/_revinclude (:iterate), compartments, "
+                    "Patient/$everything, _sort, _summary, _elements, _total; GET and "
+                    "POST _search. Patient.phonetic matches pinyin and initials. Composite "
+                    "parameters are not yet supported."
                 ),
                 "resource": rest_resources,
                 "interaction": [

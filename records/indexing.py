@@ -339,7 +339,11 @@ class SearchIndexer:
         self._by_type: dict[str, list[_Parameter]] = {}
         #: Parameters of every resource type (_tag, _security, _profile, _source).
         self._common: list[_Parameter] = []
+        #: (base type, code) -> the SearchParameter definition, for the search engine.
+        self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
         for definition in search_parameters():
+            for base in definition["base"]:
+                self.definitions.setdefault((base, definition["code"]), definition)
             if definition["type"] not in indexed_types or not definition.get("expression"):
                 continue
             if definition["code"] in _IN_RESOURCES_TABLE:
@@ -358,6 +362,16 @@ class SearchIndexer:
                 self._by_type.setdefault(base, []).append(
                     _Parameter(definition["code"], definition["type"], evaluate)
                 )
+
+    def definition(self, resource_type: str, code: str) -> dict[str, Any] | None:
+        """The SearchParameter ``code`` of a type (or of every type), if it is indexed."""
+        if code not in self.parameters(resource_type) and code not in ("_id", "_lastUpdated"):
+            return None
+        return (
+            self.definitions.get((resource_type, code))
+            or self.definitions.get(("Resource", code))
+            or self.definitions.get(("DomainResource", code))
+        )
 
     def parameters(self, resource_type: str) -> dict[str, str]:
         """The indexed parameter codes of a type and their search types."""

@@ -19,7 +19,10 @@ import orjson
 from health.core.ids import is_valid_resource_id, new_resource_id
 from records import bundles
 from records.criteria import Criteria
+from records.definitions import compartments
 from records.outcome import FhirError, Issue
+from records.search.engine import Compartment, SearchEngine
+from records.search.parse import SearchParser
 from records.store import HistoryPage, NewResource, ResourceStore, StoredVersion, parse_etag
 from records.validation import check_resource_type, validate_resource
 
@@ -127,6 +130,8 @@ class Interactions:
         segments = request.segments
         method = request.method.upper()
         if not segments:
+            if method == "GET":
+                return await self.search(request, None)
             raise FhirError.of(405, f"{method} is not supported at the base", code="not-supported")
         if segments == ["_history"] and method == "GET":
             return await self._history(request, None, None)
@@ -138,7 +143,7 @@ class Interactions:
             if method in ("PUT", "DELETE", "PATCH") and request.query:
                 return await self._conditional(request, res_type, method)
             if method == "GET":
-                return await self._search(request, res_type)
+                return await self.search(request, res_type)
         elif segments[1] == "_history" and len(segments) == 2 and method == "GET":
             return await self._history(request, res_type, None)
         else:
@@ -154,6 +159,24 @@ class Interactions:
                     return await self.patch(request, res_type, res_id)
                 if method == "DELETE":
                     return await self.delete(request, res_type, res_id)
+            elif len(segments) == 3 and method == "GET" and segments[2] == "$everything":
+                if res_type != "Patient":
+                    raise FhirError.of(
+                        404, "$everything is defined for Patient", code="not-supported"
+                    )
+                await self.store.read(res_type, res_id)
+                return await self.search(request, None, compartment=Compartment(res_type, res_id))
+            elif len(segments) == 3 and method == "GET" and segments[2][:1].isupper():
+                # Compartment search: Patient/123/Observation?code=...
+                target_type = segments[2]
+                check_resource_type(target_type)
+                if target_type not in compartments().get(res_type, {}) and target_type != res_type:
+                    raise FhirError.of(
+                        404, f"{target_type} is not in the {res_type} compartment", code="not-found"
+                    )
+                return await self.search(
+                    request, target_type, compartment=Compartment(res_type, res_id)
+                )
             elif segments[2] == "_history" and method == "GET":
                 if len(segments) == 3:
                     return await self._history(request, res_type, res_id)
@@ -346,48 +369,39 @@ class Interactions:
         request.body = {**body, "id": res_id} if body else body
         return await self.update(request, res_type, res_id)
 
-    async def _search(self, request: FhirRequest, res_type: str) -> FhirResult:
-        """Search by ``_id`` and token parameters, paged with ``_count`` and ``_offset``.
+    async def search(
+        self, request: FhirRequest, res_type: str | None, *, compartment: Compartment | None = None
+    ) -> FhirResult:
+        """A search (type, system or compartment level), with includes, paging and summaries.
 
         Unsupported parameters are ignored and named in an OperationOutcome entry, or refused
         with 400 when the client sends ``Prefer: handling=strict``, as the search page says.
         """
-        count = _int_param(request, "_count")
-        if count is not None and count < 0:
-            raise FhirError.of(400, "_count must not be negative", code="value")
-        count = self.default_page_size if count is None else min(count, self.max_page_size)
-        offset = _int_param(request, "_offset") or 0
-        if offset < 0:
-            raise FhirError.of(400, "_offset must not be negative", code="value")
-        criteria = Criteria.parse(res_type, request.query, self.store.indexer, conditional=False)
-        if criteria.ignored and request.handling_strict:
-            raise FhirError(
-                400, [Issue(f"Search: {p}", code="not-supported") for p in criteria.ignored]
-            )
-        session = self.store.session
-        summary_count = count == 0 or request.param("_summary") == "count"
-        total = await criteria.count(session)
-        versions: list[StoredVersion] = []
-        if not summary_count:
-            for res_id in await criteria.find_ids(session, limit=count, offset=offset):
-                found = await self.store.current(res_type, res_id)
-                if found is not None and not found.deleted:
-                    versions.append(found)
+        parser = SearchParser(
+            self.store.indexer, max_count=self.max_page_size, default_count=self.default_page_size
+        )
+        query = parser.parse(res_type, request.params(), strict=request.handling_strict)
+        result = await SearchEngine(
+            self.store.session, self.store.indexer, base_url=self.base_url
+        ).run(query, compartment=compartment)
+        path = request.path.strip("/")
         kept = [(k, v) for k, v in request.params() if k not in ("_count", "_offset")]
         return FhirResult(
             200,
             body=bundles.searchset(
                 base=self.base_url,
-                path=res_type,
+                path=path,
                 criteria=kept,
-                versions=versions,
-                count=count,
-                offset=offset,
-                has_more=not summary_count and total > offset + count,
-                total=total,
+                versions=result.matches,
+                included=result.included,
+                count=query.options.count,
+                offset=query.options.offset,
+                has_more=result.has_more,
+                total=result.total,
+                subset=bundles.Subset(query.options.summary, query.options.elements),
                 warnings=[
                     Issue(f"Ignored: {p}", code="not-supported", severity="warning")
-                    for p in criteria.ignored
+                    for p in query.ignored
                 ],
             ),
         )

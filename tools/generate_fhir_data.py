@@ -10,6 +10,8 @@ committed with the code:
 - ``search_parameters.json``: every SearchParameter, with FHIRPath expressions rewritten
   where fhirpathpy cannot evaluate them as published;
 - ``compartments.json``: the compartment definitions (resource type -> parameter codes);
+- ``summary_elements.json``: each resource type's top-level elements marked isSummary, as
+  JSON names, for ``_summary=true``;
 - ``choice_elements.json``: names of choice elements (``value[x]``) and their types, so the
   search indexer looks for ``valueQuantity`` only where a choice can be.
 
@@ -134,6 +136,27 @@ def build_choice_elements(package: Package) -> dict[str, list[str]]:
                     code = type_["code"]
                     choices.setdefault(name, set()).add(code[0].upper() + code[1:])
     return {name: sorted(types) for name, types in sorted(choices.items())}
+
+
+def build_summary_elements(package: Package) -> dict[str, list[str]]:
+    """Resource type -> the JSON names of its top-level elements that are in the summary."""
+    summaries: dict[str, list[str]] = {}
+    for sd in concrete_types(package, "resource"):
+        names: list[str] = []
+        for element in sd.get("snapshot", {}).get("element", []):
+            path = element.get("path", "")
+            if path.count(".") != 1 or not element.get("isSummary"):
+                continue
+            name = path.split(".", 1)[1]
+            if name.endswith("[x]"):
+                stem = name[: -len("[x]")]
+                names += [
+                    stem + t["code"][0].upper() + t["code"][1:] for t in element.get("type", [])
+                ]
+            else:
+                names.append(name)
+        summaries[sd["type"]] = names
+    return summaries
 
 
 # -- value sets ------------------------------------------------------------------------
@@ -646,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "bindings.json", bindings)
     write_json(args.out / "search_parameters.json", search_parameters)
     write_json(args.out / "compartments.json", compartments)
+    write_json(args.out / "summary_elements.json", build_summary_elements(package))
     choice_elements = build_choice_elements(package)
     write_json(args.out / "choice_elements.json", choice_elements)
 

@@ -104,11 +104,19 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
                     base_url=base_url, indexer=context.indexer, software_version=_software_version()
                 ),
             )
-        body, raw = await read_body(request, max_bytes=context.max_body_bytes)
+        query = request.url.query
+        if method == "POST" and (path == "_search" or path.endswith("/_search")):
+            # Search by POST: the criteria come as a form, added to any in the URL.
+            form = (await request.body()).decode("utf-8", "replace")
+            query = "&".join(q for q in (query, form) if q)
+            path, method = path[: -len("_search")].rstrip("/"), "GET"
+            body, raw = None, b""
+        else:
+            body, raw = await read_body(request, max_bytes=context.max_body_bytes)
         fhir_request = FhirRequest(
             method="GET" if method == "HEAD" else method,
             path=path,
-            query=request.url.query,
+            query=query,
             body=body,
             content_type=request.headers.get("content-type"),
             if_match=request.headers.get("if-match"),

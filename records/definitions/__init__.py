@@ -73,3 +73,9 @@ def compartments() -> dict[str, dict[str, list[str]]]:
 def choice_elements() -> dict[str, tuple[str, ...]]:
     """Choice element names (``value``, ``effective``...) and the types their keys end with."""
     return {name: tuple(types) for name, types in _load("choice_elements.json").items()}
+
+
+@cache
+def summary_elements() -> dict[str, frozenset[str]]:
+    """Each resource type's top-level elements that ``_summary=true`` keeps."""
+    return {t: frozenset(names) for t, names in _load("summary_elements.json").items()}

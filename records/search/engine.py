@@ -1,0 +1,259 @@
+"""Running a parsed search: the page, the total, and the included resources.
+
+One SELECT over ``resources`` joined to each row's current version, filtered by the clauses
+(see :mod:`records.search.sql`), ordered by the ``_sort`` keys and then by ``rid`` so every
+order is total, paged with LIMIT/OFFSET; a COUNT with the same filter gives the total.
+Includes follow the reference index from the page (``_include``) or to it (``_revinclude``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from records.definitions import compartments
+from records.indexing import SearchIndexer
+from records.search.parse import Include, SearchQuery
+from records.search.sql import condition, sort_key
+from records.store import StoredVersion, _aware
+from records.tables import resource_versions, resources, search_reference
+
+#: How many rounds ``:iterate`` includes follow before stopping.
+MAX_INCLUDE_DEPTH = 4
+
+
+@dataclass
+class SearchResult:
+    matches: list[StoredVersion]
+    total: int | None
+    has_more: bool
+    included: list[StoredVersion] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """``Patient/123``: the resources that refer to it through its compartment's parameters."""
+
+    type: str
+    id: str
+
+    def condition(self, r: Any, res_types: list[str] | None) -> ColumnElement[bool]:
+        members = compartments().get(self.type, {})
+        per_type = []
+        for res_type, params in members.items():
+            if res_types is not None and res_type not in res_types:
+                continue
+            per_type.append(
+                and_(search_reference.c.res_type == res_type, search_reference.c.param.in_(params))
+            )
+        referring = (
+            select(search_reference.c.rid)
+            .where(
+                search_reference.c.rid == r.c.rid,
+                search_reference.c.target_type == self.type,
+                search_reference.c.target_id == self.id,
+                or_(*per_type),
+            )
+            .exists()
+        )
+        if res_types is None or self.type in res_types:
+            return or_(referring, and_(r.c.res_type == self.type, r.c.res_id == self.id))
+        return referring
+
+
+def _version_columns() -> list[Any]:
+    return [
+        resources.c.rid,
+        resources.c.res_type,
+        resources.c.res_id,
+        resource_versions.c.version,
+        resource_versions.c.last_updated,
+        resource_versions.c.method,
+        resource_versions.c.content,
+    ]
+
+
+def _current_join() -> Any:
+    return resources.join(
+        resource_versions,
+        and_(
+            resource_versions.c.rid == resources.c.rid,
+            resource_versions.c.version == resources.c.version,
+        ),
+    )
+
+
+def _stored(row: Any) -> StoredVersion:
+    return StoredVersion(
+        row.res_type, row.res_id, row.version, _aware(row.last_updated), row.method, row.content
+    )
+
+
+class SearchEngine:
+    def __init__(self, session: AsyncSession, indexer: SearchIndexer, *, base_url: str) -> None:
+        self.session = session
+        self.indexer = indexer
+        self.base_url = base_url
+
+    def _filters(
+        self, query: SearchQuery, compartment: Compartment | None
+    ) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = [resources.c.deleted.is_(False)]
+        types = [query.res_type] if query.res_type else query.options.types
+        if types:
+            filters.append(resources.c.res_type.in_(types))
+        if compartment is not None:
+            filters.append(compartment.condition(resources, types))
+        by_type: dict[str, list[ColumnElement[bool]]] = {}
+        for clause in query.clauses:
+            by_type.setdefault(clause.res_type, []).append(
+                condition(clause, resources, self.base_url)
+            )
+        if query.res_type is None and by_type:
+            # A system search: each type's clauses apply to that type's resources.
+            filters.append(
+                or_(*(and_(resources.c.res_type == t, *conds) for t, conds in by_type.items()))
+            )
+        else:
+            for conds in by_type.values():
+                filters.extend(conds)
+        return filters
+
+    async def run(
+        self, query: SearchQuery, *, compartment: Compartment | None = None
+    ) -> SearchResult:
+        options = query.options
+        filters = self._filters(query, compartment)
+        total = None
+        if options.total != "none" or options.count == 0 or options.summary == "count":
+            total = (
+                await self.session.execute(
+                    select(func.count()).select_from(resources).where(*filters)
+                )
+            ).scalar_one()
+        if options.count == 0 or options.summary == "count":
+            return SearchResult([], total, False)
+        order = []
+        for param, descending in options.sort:
+            param_type = (
+                "token"
+                if param == "_id"
+                else (
+                    "date"
+                    if param == "_lastUpdated"
+                    else self.indexer.parameters(query.res_type or "")[param]
+                )
+            )
+            order.append(sort_key(param, param_type, descending, resources))
+        order.append(resources.c.rid.asc())
+        rows = (
+            await self.session.execute(
+                select(*_version_columns())
+                .select_from(_current_join())
+                .where(*filters)
+                .order_by(*order)
+                .offset(options.offset)
+                .limit(options.count + 1)
+            )
+        ).all()
+        has_more = len(rows) > options.count
+        rows = rows[: options.count]
+        result = SearchResult([_stored(r) for r in rows], total, has_more)
+        if options.includes:
+            result.included = await self._includes(
+                options.includes, [(r.rid, r.res_type, r.res_id) for r in rows]
+            )
+        return result
+
+    async def _includes(
+        self, includes: list[Include], page: list[tuple[int, str, str]]
+    ) -> list[StoredVersion]:
+        seen = {rid for rid, _, _ in page}
+        found: list[StoredVersion] = []
+        frontier = page
+        for depth in range(MAX_INCLUDE_DEPTH):
+            round_includes = [i for i in includes if depth == 0 or i.iterate]
+            if not round_includes or not frontier:
+                break
+            rows: list[Any] = []
+            for include in round_includes:
+                rows += await (
+                    self._revinclude(include, frontier)
+                    if include.reverse
+                    else self._include(include, frontier)
+                )
+            frontier = []
+            for row in rows:
+                if row.rid in seen:
+                    continue
+                seen.add(row.rid)
+                found.append(_stored(row))
+                frontier.append((row.rid, row.res_type, row.res_id))
+        return found
+
+    async def _include(self, include: Include, frontier: list[tuple[int, str, str]]) -> list[Any]:
+        ref = search_reference
+        conditions = [
+            ref.c.rid.in_(
+                [rid for rid, res_type, _ in frontier if res_type == include.source_type]
+            ),
+            ref.c.target_id.is_not(None),
+        ]
+        if include.param != "*":
+            conditions.append(ref.c.param == include.param)
+        if include.target_type:
+            conditions.append(ref.c.target_type == include.target_type)
+        targets = (
+            await self.session.execute(
+                select(ref.c.target_type, ref.c.target_id).where(*conditions)
+            )
+        ).all()
+        if not targets:
+            return []
+        wanted = {(t.target_type, t.target_id) for t in targets}
+        rows = (
+            await self.session.execute(
+                select(*_version_columns())
+                .select_from(_current_join())
+                .where(
+                    resources.c.deleted.is_(False),
+                    resources.c.res_type.in_({t for t, _ in wanted}),
+                    resources.c.res_id.in_({i for _, i in wanted}),
+                )
+            )
+        ).all()
+        return [r for r in rows if (r.res_type, r.res_id) in wanted]
+
+    async def _revinclude(
+        self, include: Include, frontier: list[tuple[int, str, str]]
+    ) -> list[Any]:
+        ref = search_reference
+        conditions = [
+            ref.c.res_type == include.source_type,
+            ref.c.target_id.in_({res_id for _, _, res_id in frontier}),
+            ref.c.target_type.in_({res_type for _, res_type, _ in frontier}),
+        ]
+        if include.param != "*":
+            conditions.append(ref.c.param == include.param)
+        pairs = {(res_type, res_id) for _, res_type, res_id in frontier}
+        referring = (
+            await self.session.execute(
+                select(ref.c.rid, ref.c.target_type, ref.c.target_id).where(*conditions)
+            )
+        ).all()
+        rids = {r.rid for r in referring if (r.target_type, r.target_id) in pairs}
+        if not rids:
+            return []
+        return list(
+            (
+                await self.session.execute(
+                    select(*_version_columns())
+                    .select_from(_current_join())
+                    .where(resources.c.deleted.is_(False), resources.c.rid.in_(rids))
+                    .order_by(resources.c.rid)
+                )
+            ).all()
+        )

@@ -1,0 +1,263 @@
+"""SQL conditions for search clauses, over the typed index tables.
+
+Each clause becomes a condition on one ``resources`` row (``r``): an EXISTS over the index
+rows of that parameter, with the OR of its values inside. Chains and ``_has`` nest the same
+conditions on another alias of ``resources``. Dates compare as ranges, numbers and quantities
+with the implicit precision of the value the client wrote, as the FHIR search page says.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, false, literal, not_, or_, select, true
+from sqlalchemy.sql import FromClause
+
+from health.core.clock import utcnow
+from records import pinyin
+from records.datetimes import date_range
+from records.indexing import normalize_text
+from records.search.parse import Clause, Value, check_number
+from records.tables import SEARCH_TABLES, resources, search_reference
+
+_ESCAPE = "\\"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _exists(table: FromClause, r: FromClause, param: str, condition: ColumnElement[bool]) -> Any:
+    return (
+        select(literal(1))
+        .select_from(table)
+        .where(table.c.rid == r.c.rid, table.c.param == param, condition)
+        .exists()
+    )
+
+
+def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
+    """The SQL condition that ``r`` matches ``clause``."""
+    if clause.has is not None:
+        return _has(clause, r, base_url)
+    if clause.chain is not None:
+        return _chain(clause, r, base_url)
+    if clause.param == "_id":
+        return r.c.res_id.in_([v.text for v in clause.values])
+    if clause.param == "_lastUpdated":
+        return or_(*(_date_value(v, r.c.last_updated, r.c.last_updated) for v in clause.values))
+    table = SEARCH_TABLES[clause.type]
+    if clause.modifier == "missing":
+        present = _exists(table, r, clause.param, true())
+        return not_(present) if clause.values[0].text == "true" else present
+    build = _BUILDERS[clause.type]
+    alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
+    if clause.modifier == "not":
+        return not_(_exists(table, r, clause.param, alternatives))
+    return _exists(table, r, clause.param, alternatives)
+
+
+def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
+    assert clause.chain is not None
+    target = resources.alias()
+    targets = select(target.c.res_id).where(
+        target.c.res_type == clause.chain.res_type,
+        target.c.deleted.is_(False),
+        condition(clause.chain, target, base_url),
+    )
+    ref = search_reference
+    return _exists(
+        ref,
+        r,
+        clause.param,
+        and_(ref.c.target_type == clause.chain.res_type, ref.c.target_id.in_(targets)),
+    )
+
+
+def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
+    assert clause.has is not None and clause.chain is not None
+    referring_type, reference_param = clause.has
+    referrer = resources.alias()
+    ref = search_reference.alias()
+    return (
+        select(literal(1))
+        .select_from(ref.join(referrer, referrer.c.rid == ref.c.rid))
+        .where(
+            referrer.c.res_type == referring_type,
+            referrer.c.deleted.is_(False),
+            ref.c.param == reference_param,
+            ref.c.target_type == r.c.res_type,
+            ref.c.target_id == r.c.res_id,
+            condition(clause.chain, referrer, base_url),
+        )
+        .exists()
+    )
+
+
+# -- one value of each type --------------------------------------------------------------
+
+
+def _token(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:
+    text = value.text
+    if clause.modifier == "text":
+        return table.c.text.like(_like_escape(normalize_text(text)) + "%", escape=_ESCAPE)
+    if "|" not in text:
+        return table.c.code == text
+    system, code = text.split("|", 1)
+    conditions = []
+    if code:
+        conditions.append(table.c.code == code)
+    if system:
+        conditions.append(table.c.system == system)
+    else:
+        conditions.append(table.c.system.is_(None))
+    return and_(*conditions)
+
+
+def _string(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:
+    if clause.param == "phonetic":
+        key = pinyin.query_key(value.text)
+        return table.c.value_normalized.like(_like_escape(key) + "%", escape=_ESCAPE)
+    if clause.modifier == "exact":
+        return table.c.value_exact == value.text
+    needle = _like_escape(normalize_text(value.text))
+    # Chinese names have no word boundaries: 小明 should find 马小明, so Han text matches anywhere.
+    if clause.modifier == "contains" or pinyin.has_han(value.text):
+        return table.c.value_normalized.like(f"%{needle}%", escape=_ESCAPE)
+    return table.c.value_normalized.like(f"{needle}%", escape=_ESCAPE)
+
+
+def _date_value(value: Value, start: Any, end: Any) -> ColumnElement[bool]:
+    low, high = date_range(value.text)
+    prefix = value.prefix
+    if prefix == "eq":
+        return and_(start >= low, end <= high)
+    if prefix == "ne":
+        return or_(start < low, end > high)
+    if prefix == "gt":
+        return end > high
+    if prefix == "lt":
+        return start < low
+    if prefix == "ge":
+        return end >= low
+    if prefix == "le":
+        return start <= high
+    if prefix == "sa":
+        return start > high
+    if prefix == "eb":
+        return end < low
+    # ap: within 10% of the distance from now, at least a day, either side.
+    slack = max(abs(utcnow() - low) / 10, dt.timedelta(days=1))
+    return and_(end >= low - slack, start <= high + slack)
+
+
+def _date(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:
+    return _date_value(value, table.c.start, table.c.end)
+
+
+def _number_value(column: Any, text: str, prefix: str) -> ColumnElement[bool]:
+    number = check_number(text)
+    exponent = number.as_tuple().exponent
+    half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
+    low, high = number - half, number + half
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix in ("gt", "sa"):
+        return column > number
+    if prefix in ("lt", "eb"):
+        return column < number
+    if prefix == "ge":
+        return column >= number
+    if prefix == "le":
+        return column <= number
+    slack = abs(number) / 10
+    return and_(column >= number - slack, column <= number + slack)
+
+
+def _number(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:
+    return _number_value(table.c.value, value.text, value.prefix)
+
+
+def _quantity(
+    table: FromClause, value: Value, clause: Clause, base_url: str
+) -> ColumnElement[bool]:
+    number, _, rest = value.text.partition("|")
+    conditions = [_number_value(table.c.value, number, value.prefix)]
+    if rest:
+        system, _, code = rest.partition("|")
+        if system:
+            conditions.append(table.c.system == system)
+        if code:
+            conditions.append(or_(table.c.code == code, table.c.unit == code))
+    return and_(*conditions)
+
+
+def _reference(
+    table: FromClause, value: Value, clause: Clause, base_url: str
+) -> ColumnElement[bool]:
+    text = value.text.split("/_history/")[0]
+    if base_url and text.startswith(base_url + "/"):
+        text = text[len(base_url) + 1 :]
+    if text.startswith(("http://", "https://", "urn:")):
+        return table.c.url == text
+    parts = text.split("/")
+    if len(parts) == 2:
+        return and_(table.c.target_type == parts[0], table.c.target_id == parts[1])
+    condition_ = table.c.target_id == text
+    if len(clause.targets) == 1:
+        condition_ = and_(condition_, table.c.target_type == clause.targets[0])
+    return condition_
+
+
+def _uri(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:
+    if clause.modifier == "below":
+        return table.c.uri.like(_like_escape(value.text) + "%", escape=_ESCAPE)
+    if clause.modifier == "above":
+        return literal(value.text).like(table.c.uri + "%")
+    return table.c.uri == value.text
+
+
+_BUILDERS = {
+    "token": _token,
+    "string": _string,
+    "date": _date,
+    "number": _number,
+    "quantity": _quantity,
+    "reference": _reference,
+    "uri": _uri,
+}
+
+
+def sort_key(param: str, param_type: str, descending: bool, r: FromClause) -> Any:
+    """The value a resource is sorted by for ``param``: its least (or, descending, greatest)."""
+    if param == "_id":
+        column: Any = r.c.res_id
+    elif param == "_lastUpdated":
+        column = r.c.last_updated
+    else:
+        table = SEARCH_TABLES[param_type]
+        value_column = {
+            "string": "value_normalized",
+            "token": "code",
+            "number": "value",
+            "quantity": "value",
+            "reference": "target_id",
+            "uri": "uri",
+            "date": "end" if descending else "start",
+        }[param_type]
+        from sqlalchemy import func
+
+        aggregate = func.max if descending else func.min
+        column = (
+            select(aggregate(table.c[value_column]))
+            .where(table.c.rid == r.c.rid, table.c.param == param)
+            .scalar_subquery()
+        )
+    return column.desc().nulls_last() if descending else column.asc().nulls_last()
+
+
+__all__ = ["condition", "false", "sort_key"]

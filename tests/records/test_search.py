@@ -1,0 +1,416 @@
+"""FHIR search over real HTTP on SQLite and PostgreSQL: each parameter type, modifier and
+prefix, chains, _has, includes, compartments, $everything, sorting, paging and summaries.
+
+Each test tags what it writes with a marker of its own and adds ``_tag`` to its searches, so
+tests sharing one database do not see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+TAG_SYSTEM = "urn:test:search"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+
+
+class World:
+    """A small set of resources under one marker tag, and searches restricted to it."""
+
+    def __init__(self, fhir: httpx.Client) -> None:
+        self.fhir = fhir
+        self.marker = uuid.uuid4().hex
+        self.tag = f"{TAG_SYSTEM}|{self.marker}"
+
+    def create(self, resource: dict[str, Any]) -> str:
+        meta = resource.setdefault("meta", {})
+        meta["tag"] = [{"system": TAG_SYSTEM, "code": self.marker}]
+        response = self.fhir.post(f"/{resource['resourceType']}", json=resource)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def search(self, path: str, **params: Any) -> dict[str, Any]:
+        response = self.fhir.get(f"/{path}", params={"_tag": self.tag, **params})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def ids(self, path: str, **params: Any) -> set[str]:
+        bundle = self.search(path, **params)
+        return {e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"}
+
+    def patient(self, family: str, given: str, **extra: Any) -> str:
+        return self.create(
+            {
+                "resourceType": "Patient",
+                "name": [{"text": family + given, "family": family, "given": [given]}],
+                **extra,
+            }
+        )
+
+    def observation(
+        self,
+        patient_id: str,
+        loinc: str,
+        value: float | None = None,
+        unit: str = "mm[Hg]",
+        when: str = "2024-03-05T10:00:00+08:00",
+        **extra: Any,
+    ) -> str:
+        body: dict[str, Any] = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {
+                "coding": [{"system": LOINC, "code": loinc, "display": "Systolic blood pressure"}],
+                "text": "收缩压",
+            },
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectiveDateTime": when,
+        }
+        if value is not None:
+            body["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+        body.update(extra)
+        return self.create(body)
+
+
+@pytest.fixture
+def world(fhir: httpx.Client) -> World:
+    return World(fhir)
+
+
+class TestString:
+    def test_prefix_case_and_accent_insensitive(self, world: World) -> None:
+        jose = world.patient("Núñez", "José")
+        world.patient("Smith", "Anna")
+        assert world.ids("Patient", family="nunez") == {jose}
+        assert world.ids("Patient", name="JOS") == {jose}
+
+    def test_exact_and_contains(self, world: World) -> None:
+        a = world.patient("Hansen", "Eva")
+        b = world.patient("Hans", "Eva")
+        assert world.ids("Patient", **{"family:exact": "Hans"}) == {b}
+        assert world.ids("Patient", **{"family:contains": "anse"}) == {a}
+
+    def test_chinese_characters_match_as_substrings(self, world: World) -> None:
+        ma = world.patient("马", "小明")
+        wang = world.patient("王", "小红")
+        assert world.ids("Patient", name="王") == {wang}
+        assert world.ids("Patient", name="小明") == {ma}
+        assert world.ids("Patient", name="马小") == {ma}
+        assert world.ids("Patient", name="小") == {ma, wang}
+
+    def test_phonetic_pinyin_and_initials(self, world: World) -> None:
+        ma = world.patient("马", "小明")
+        shan = world.patient("单", "田芳")
+        for query in ("maxiaoming", "ma xiaoming", "Ma Xiao", "mxm"):
+            assert world.ids("Patient", phonetic=query) == {ma}, query
+        assert world.ids("Patient", phonetic="shantianfang") == {shan}
+        assert world.ids("Patient", phonetic="dantianfang") == set()
+
+
+class TestToken:
+    def test_system_and_code_forms(self, world: World) -> None:
+        p = world.patient("杨", "秀英")
+        with_system = world.observation(p, "8480-6", 120)
+        no_system = world.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"code": "8480-6"}]},
+            }
+        )
+        assert world.ids("Observation", code="8480-6") == {with_system, no_system}
+        assert world.ids("Observation", code=f"{LOINC}|8480-6") == {with_system}
+        assert world.ids("Observation", code="|8480-6") == {no_system}
+        assert world.ids("Observation", code=f"{LOINC}|") == {with_system}
+
+    def test_not_text_and_missing(self, world: World) -> None:
+        p = world.patient("杨", "秀英")
+        sys_bp = world.observation(p, "8480-6", 120)
+        pulse = world.observation(
+            p,
+            "8867-4",
+            72,
+            unit="/min",
+            code={
+                "coding": [{"system": LOINC, "code": "8867-4", "display": "Heart rate"}],
+                "text": "心率",
+            },
+        )
+        assert world.ids("Observation", **{"code:not": "8480-6"}) == {pulse}
+        assert world.ids("Observation", **{"code:text": "心率"}) == {pulse}
+        assert world.ids("Observation", **{"code:text": "systolic"}) == {sys_bp}
+        assert world.ids("Patient", **{"gender:missing": "true"}) == {p}
+        assert world.ids("Patient", **{"gender:missing": "false"}) == set()
+
+    def test_comma_is_or_and_repetition_is_and(self, world: World) -> None:
+        p = world.patient("杨", "秀英", gender="female")
+        q = world.patient("李", "军", gender="male")
+        assert world.ids("Patient", gender="female,male") == {p, q}
+        bundle = world.fhir.get(
+            "/Patient", params=[("_tag", world.tag), ("gender", "female"), ("gender", "male")]
+        )
+        assert bundle.json()["total"] == 0
+
+
+class TestDate:
+    @pytest.mark.parametrize(
+        ("query", "found"),
+        [
+            ("2024-03-05", True),
+            ("2024-03", True),
+            ("2024", True),
+            ("2024-03-06", False),
+            ("gt2024-03-04", True),
+            ("gt2024-03-05", False),
+            ("lt2024-03-06", True),
+            ("lt2024-03-05", False),
+            ("ge2024-03-05", True),
+            ("le2024-03-05", True),
+            ("sa2024-03-04", True),
+            ("eb2024-03-06", True),
+            ("ne2024-03-05", False),
+            ("ap2024-03-05", True),
+        ],
+    )
+    def test_prefixes_on_a_point_in_time(self, world: World, query: str, found: bool) -> None:
+        p = world.patient("丁", "文")
+        obs = world.observation(p, "8480-6", 120, when="2024-03-05T10:00:00+08:00")
+        assert world.ids("Observation", date=query) == ({obs} if found else set())
+
+    def test_dates_without_zone_are_china_time(self, world: World) -> None:
+        p = world.patient("丁", "文")
+        late_evening = world.observation(p, "8480-6", 120, when="2024-03-05T23:30:00+08:00")
+        # 23:30 in Yinchuan is still the 5th there, though it is 15:30Z.
+        assert world.ids("Observation", date="2024-03-05") == {late_evening}
+        assert world.ids("Observation", date="2024-03-06") == set()
+
+    def test_periods(self, world: World) -> None:
+        p = world.patient("丁", "文")
+        stay = world.create(
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "IMP",
+                },
+                "subject": {"reference": f"Patient/{p}"},
+                "period": {"start": "2024-01-10", "end": "2024-01-20"},
+            }
+        )
+        assert world.ids("Encounter", date="ge2024-01-15") == {stay}
+        assert world.ids("Encounter", date="gt2024-01-20") == set()
+        assert world.ids("Encounter", date="eq2024-01") == {stay}
+        assert world.ids("Encounter", date="sa2024-01-09") == {stay}
+
+    def test_bad_date_is_400(self, world: World) -> None:
+        response = world.fhir.get("/Observation", params={"date": "2024-13-45"})
+        assert response.status_code == 400
+        assert "date" in response.json()["issue"][0]["diagnostics"]
+
+
+class TestNumberAndQuantity:
+    def test_quantity_prefixes_units_and_precision(self, world: World) -> None:
+        p = world.patient("海", "燕")
+        high = world.observation(p, "8480-6", 165)
+        normal = world.observation(p, "8480-6", 120.4)
+        assert world.ids("Observation", **{"value-quantity": "gt140"}) == {high}
+        assert world.ids("Observation", **{"value-quantity": f"le140|{UCUM}|mm[Hg]"}) == {normal}
+        assert world.ids("Observation", **{"value-quantity": "120"}) == {normal}  # [119.5, 120.5)
+        assert world.ids("Observation", **{"value-quantity": "120.0"}) == set()  # [119.95, 120.05)
+        assert world.ids("Observation", **{"value-quantity": "165||mm[Hg]"}) == {high}
+        assert world.ids("Observation", **{"value-quantity": "165||kg"}) == set()
+        assert world.ids("Observation", **{"value-quantity": "ne165"}) == {normal}
+
+    def test_money_is_a_quantity_in_yuan(self, world: World) -> None:
+        p = world.patient("纳", "兰")
+        claim = world.create(
+            {
+                "resourceType": "ExplanationOfBenefit",
+                "status": "active",
+                "use": "claim",
+                "outcome": "complete",
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                            "code": "institutional",
+                        }
+                    ]
+                },
+                "patient": {"reference": f"Patient/{p}"},
+                "created": "2024-03-05",
+                "insurer": {"display": "宁夏城乡居民医保"},
+                "provider": {"display": "银川市第一人民医院"},
+                "insurance": [{"focal": True, "coverage": {"display": "城乡居民医保"}}],
+                "total": [
+                    {
+                        "category": {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/adjudication",
+                                    "code": "submitted",
+                                }
+                            ]
+                        },
+                        "amount": {"value": 36000.5, "currency": "CNY"},
+                    }
+                ],
+            }
+        )
+        assert world.ids("ExplanationOfBenefit", patient=p) == {claim}
+
+    def test_bad_number_is_400(self, world: World) -> None:
+        assert world.fhir.get("/Observation", params={"value-quantity": "gtabc"}).status_code == 400
+
+
+class TestReference:
+    def test_id_type_and_url_forms(self, world: World) -> None:
+        p = world.patient("冶", "成")
+        obs = world.observation(p, "8480-6", 120)
+        assert world.ids("Observation", subject=f"Patient/{p}") == {obs}
+        assert world.ids("Observation", subject=p) == {obs}
+        assert world.ids("Observation", patient=p) == {obs}
+        assert world.ids("Observation", **{"subject:Patient": p}) == {obs}
+        assert world.ids("Observation", **{"subject:Group": p}) == set()
+        base = str(world.fhir.base_url).rstrip("/")
+        assert world.ids("Observation", subject=f"{base}/Patient/{p}") == {obs}
+
+    def test_chain(self, world: World) -> None:
+        ma = world.patient("马", "小明", gender="male")
+        yang = world.patient("杨", "秀英", gender="female")
+        obs_ma = world.observation(ma, "8480-6", 120)
+        world.observation(yang, "8480-6", 130)
+        assert world.ids("Observation", **{"subject:Patient.name": "马"}) == {obs_ma}
+        assert world.ids("Observation", **{"patient.gender": "male"}) == {obs_ma}
+
+    def test_has(self, world: World) -> None:
+        hypertensive = world.patient("马", "小明")
+        other = world.patient("杨", "秀英")
+        world.observation(hypertensive, "8480-6", 165)
+        world.observation(other, "8867-4", 70, unit="/min")
+        assert world.ids("Patient", **{"_has:Observation:patient:code": "8480-6"}) == {hypertensive}
+        assert world.ids("Patient", **{"_has:Observation:patient:value-quantity": "gt160"}) == {
+            hypertensive
+        }
+
+    def test_include_and_revinclude(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        obs = world.observation(p, "8480-6", 120)
+        bundle = world.search("Observation", _include="Observation:subject")
+        modes = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]}
+        assert modes == {("Observation", "match"), ("Patient", "include")}
+        assert bundle["total"] == 1
+        bundle = world.search("Patient", _revinclude="Observation:subject")
+        assert {e["resource"]["id"] for e in bundle["entry"]} == {p, obs}
+
+    def test_include_iterate(self, world: World) -> None:
+        township = world.create({"resourceType": "Organization", "name": "闽宁镇卫生院"})
+        village = world.create(
+            {
+                "resourceType": "Organization",
+                "name": "原隆村卫生室",
+                "partOf": {"reference": f"Organization/{township}"},
+            }
+        )
+        p = world.patient(
+            "马", "小明", managingOrganization={"reference": f"Organization/{village}"}
+        )
+        plain = world.search("Patient", _include="Patient:organization")
+        assert {e["resource"]["id"] for e in plain["entry"]} == {p, village}
+        iterated = world.fhir.get(
+            "/Patient",
+            params=[
+                ("_tag", world.tag),
+                ("_include", "Patient:organization"),
+                ("_include:iterate", "Organization:partof"),
+            ],
+        ).json()
+        assert {e["resource"]["id"] for e in iterated["entry"]} == {p, village, township}
+
+
+class TestCompartmentsAndEverything:
+    def test_patient_compartment(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        other = world.patient("杨", "秀英")
+        mine = world.observation(p, "8480-6", 120)
+        world.observation(other, "8480-6", 120)
+        response = world.fhir.get(f"/Patient/{p}/Observation", params={"code": "8480-6"})
+        assert {e["resource"]["id"] for e in response.json()["entry"]} == {mine}
+
+    def test_everything_is_paged(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        made = {p} | {world.observation(p, "8480-6", 120 + i) for i in range(5)}
+        first = world.fhir.get(f"/Patient/{p}/$everything", params={"_count": 4}).json()
+        assert first["total"] == 6
+        second = httpx.get(
+            next(link["url"] for link in first["link"] if link["relation"] == "next")
+        ).json()
+        assert {e["resource"]["id"] for e in first["entry"] + second["entry"]} == made
+
+
+class TestResultParameters:
+    def test_sort_several_keys(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        a = world.observation(p, "8480-6", 150, when="2024-01-01")
+        b = world.observation(p, "8480-6", 120, when="2024-03-01")
+        c = world.observation(p, "8480-6", 130, when="2024-03-01")
+        newest_first = world.search("Observation", _sort="-date,value-quantity")
+        assert [e["resource"]["id"] for e in newest_first["entry"]] == [b, c, a]
+
+    def test_paging_is_not_disturbed_by_new_writes(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        made = [world.observation(p, "8480-6", 100 + i) for i in range(5)]
+        first = world.search("Observation", _count=2)
+        world.observation(p, "8480-6", 200)  # arrives while the client pages
+        seen = [e["resource"]["id"] for e in first["entry"]]
+        url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        while url:
+            page = httpx.get(url).json()
+            seen += [e["resource"]["id"] for e in page["entry"]]
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert seen[:5] == made and len(seen) == len(set(seen)) == 6
+
+    def test_summary_elements_and_total(self, world: World) -> None:
+        p = world.patient(
+            "马",
+            "小明",
+            gender="male",
+            text={
+                "status": "generated",
+                "div": '<div xmlns="http://www.w3.org/1999/xhtml">马小明</div>',
+            },
+        )
+        count = world.search("Patient", _summary="count")
+        assert count["total"] == 1 and count["entry"] == []
+        summary = world.search("Patient", _summary="true")["entry"][0]["resource"]
+        assert "text" not in summary and summary["gender"] == "male"
+        assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+        data = world.search("Patient", _summary="data")["entry"][0]["resource"]
+        assert "text" not in data and data["name"][0]["family"] == "马"
+        elements = world.search("Patient", _elements="gender")["entry"][0]["resource"]
+        assert set(elements) == {"resourceType", "id", "meta", "gender"}
+        assert "total" not in world.search("Patient", _total="none")
+        assert world.ids("Patient") == {p}
+
+    def test_post_search_form(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        response = world.fhir.post(
+            "/Patient/_search",
+            content=f"_tag={world.tag}&family=马",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 200, response.text
+        assert {e["resource"]["id"] for e in response.json()["entry"]} == {p}
+
+    def test_system_search_by_type(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        obs = world.observation(p, "8480-6", 120)
+        bundle = world.fhir.get(
+            "", params={"_type": "Patient,Observation", "_tag": world.tag}
+        ).json()
+        assert {e["resource"]["id"] for e in bundle["entry"]} == {p, obs}
