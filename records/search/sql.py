@@ -29,11 +29,20 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _exists(table: FromClause, r: FromClause, param: str, condition: ColumnElement[bool]) -> Any:
+def _exists(
+    table: FromClause, r: FromClause, clause: Clause, condition: ColumnElement[bool]
+) -> Any:
+    # res_type and param lead every index on the index tables: naming both lets the database
+    # find the matching rows by index instead of probing every resource row.
     return (
         select(literal(1))
         .select_from(table)
-        .where(table.c.rid == r.c.rid, table.c.param == param, condition)
+        .where(
+            table.c.rid == r.c.rid,
+            table.c.res_type == clause.res_type,
+            table.c.param == clause.param,
+            condition,
+        )
         .exists()
     )
 
@@ -50,13 +59,13 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
         return or_(*(_date_value(v, r.c.last_updated, r.c.last_updated) for v in clause.values))
     table = SEARCH_TABLES[clause.type]
     if clause.modifier == "missing":
-        present = _exists(table, r, clause.param, true())
+        present = _exists(table, r, clause, true())
         return not_(present) if clause.values[0].text == "true" else present
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
     if clause.modifier == "not":
-        return not_(_exists(table, r, clause.param, alternatives))
-    return _exists(table, r, clause.param, alternatives)
+        return not_(_exists(table, r, clause, alternatives))
+    return _exists(table, r, clause, alternatives)
 
 
 def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
@@ -71,7 +80,7 @@ def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
     return _exists(
         ref,
         r,
-        clause.param,
+        clause,
         and_(ref.c.target_type == clause.chain.res_type, ref.c.target_id.in_(targets)),
     )
 
@@ -87,6 +96,7 @@ def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
         .where(
             referrer.c.res_type == referring_type,
             referrer.c.deleted.is_(False),
+            ref.c.res_type == referring_type,
             ref.c.param == reference_param,
             ref.c.target_type == r.c.res_type,
             ref.c.target_id == r.c.res_id,
@@ -254,7 +264,7 @@ def sort_key(param: str, param_type: str, descending: bool, r: FromClause) -> An
         aggregate = func.max if descending else func.min
         column = (
             select(aggregate(table.c[value_column]))
-            .where(table.c.rid == r.c.rid, table.c.param == param)
+            .where(table.c.rid == r.c.rid, table.c.res_type == r.c.res_type, table.c.param == param)
             .scalar_subquery()
         )
     return column.desc().nulls_last() if descending else column.asc().nulls_last()

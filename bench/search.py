@@ -1,0 +1,404 @@
+"""Search latency at a million resources, beside hand-written SQL over the same tables.
+
+Loads, through the real import path, the demo network with Chinese patients (two seeds of
+2,000) and the Synthea bundles copied under fresh ids until the store holds ``--target``
+resources (default 1,000,000); then, for each typical clinic query, sends ``--runs``
+requests over HTTP to ``health serve`` with values drawn from the data and prints p50, p95,
+p99 and requests/s, beside the p50/p95 of the best SQL we could write for the same question,
+run directly with asyncpg.
+
+    python bench/search.py [--target 1000000] [--runs 100] [--database-url URL]
+
+``--database-url`` reuses a PostgreSQL database (loading only what is missing), so the
+queries can be measured again without reloading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import random
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from health.cli import run_migrations
+from health.core.database import Database
+from health.demo import build_demo_bundles
+from records.importer import import_files, process_bundle
+from records.indexing import SearchIndexer
+from tests.services import SHARED, AppServer, PostgresServer
+
+SYNTHEA = SHARED / "data" / "synthea-r4"
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def copies_of_synthea(folder: Path, copies: int) -> list[Path]:
+    """Each Synthea bundle ``copies`` times, every uuid in it replaced consistently."""
+    files = []
+    for source in sorted(SYNTHEA.glob("*.json.gz")):
+        raw = gzip.decompress(source.read_bytes())
+        for copy in range(copies):
+            mapping: dict[bytes, bytes] = {}
+
+            def fresh(match: re.Match[bytes], mapping: dict[bytes, bytes] = mapping) -> bytes:
+                return mapping.setdefault(match.group(0), str(uuid.uuid4()).encode())
+
+            target = folder / f"{source.name[:-8]}-{copy}.json.gz"
+            target.write_bytes(gzip.compress(_UUID.sub(fresh, raw), compresslevel=1))
+            files.append(target)
+    return files
+
+
+async def count_resources(url: str) -> int:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM resources"))
+    finally:
+        await connection.close()
+
+
+def load(url: str, target: int) -> None:
+    run_migrations(url)
+    have = asyncio.run(count_resources(url))
+    if have >= target:
+        print(f"store already holds {have} resources")
+        return
+
+    async def demo() -> None:
+        database = Database(url)
+        indexer = SearchIndexer()
+        for seed in (2026, 2027):
+            for bundle in build_demo_bundles(seed=seed, patients=2000):
+                await process_bundle(database, indexer, bundle)
+        await database.dispose()
+
+    started = time.perf_counter()
+    asyncio.run(demo())
+    have = asyncio.run(count_resources(url))
+    copies = max(1, -(-(target - have) // 91216))
+    with tempfile.TemporaryDirectory() as folder:
+        files = copies_of_synthea(Path(folder), copies)
+        print(f"loading {len(files)} Synthea copies after {have} demo resources...", flush=True)
+        results = import_files(url, files, jobs=2)
+    failed = [r for r in results if r.error]
+    total = asyncio.run(count_resources(url))
+    elapsed = time.perf_counter() - started
+    print(
+        f"loaded {total} resources in {elapsed:.0f} s ({(total - have) / elapsed:.0f}/s with indexing)"
+        + (f"; {len(failed)} files failed: {failed[0].error}" if failed else "")
+    )
+
+
+@dataclass
+class Query:
+    label: str
+    path: Callable[[dict[str, Any]], str]
+    params: Callable[[dict[str, Any]], dict[str, str]]
+    sql: str
+    sql_args: Callable[[dict[str, Any]], list[Any]]
+
+
+_PAGE = """SELECT v.content FROM resources r JOIN resource_versions v
+  ON v.rid = r.rid AND v.version = r.version WHERE r.res_type = '{type}' AND NOT r.deleted AND {where}
+  ORDER BY {order} LIMIT 51"""
+
+
+def page_sql(res_type: str, where: str, order: str = "r.rid") -> str:
+    return _PAGE.format(type=res_type, where=where, order=order)
+
+
+QUERIES = [
+    Query(
+        "Patient by Chinese name",
+        lambda s: "Patient",
+        lambda s: {"name": s["han"]},
+        page_sql(
+            "Patient",
+            "EXISTS (SELECT 1 FROM search_string s WHERE s.rid = r.rid AND s.param = 'name' "
+            "AND s.value_normalized LIKE '%' || $1 || '%')",
+        ),
+        lambda s: [s["han"]],
+    ),
+    Query(
+        "Patient by pinyin initials",
+        lambda s: "Patient",
+        lambda s: {"phonetic": s["initials"]},
+        page_sql(
+            "Patient",
+            "EXISTS (SELECT 1 FROM search_string s WHERE s.rid = r.rid AND s.param = 'phonetic' "
+            "AND s.value_normalized LIKE $1 || '%')",
+        ),
+        lambda s: [s["initials"]],
+    ),
+    Query(
+        "Patient by resident id",
+        lambda s: "Patient",
+        lambda s: {"identifier": f"urn:oid:2.16.156.10011.1.3|{s['resident_id']}"},
+        page_sql(
+            "Patient",
+            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'identifier' "
+            "AND t.code = $1 AND t.system = 'urn:oid:2.16.156.10011.1.3')",
+        ),
+        lambda s: [s["resident_id"]],
+    ),
+    Query(
+        "Patient by family name prefix",
+        lambda s: "Patient",
+        lambda s: {"family": s["family"][:4]},
+        page_sql(
+            "Patient",
+            "EXISTS (SELECT 1 FROM search_string s WHERE s.rid = r.rid AND s.param = 'family' "
+            "AND s.value_normalized LIKE $1 || '%')",
+        ),
+        lambda s: [s["family"][:4].lower()],
+    ),
+    Query(
+        "Observations of a patient by code, last year, newest first",
+        lambda s: "Observation",
+        lambda s: {
+            "patient": s["patient"],
+            "code": "http://loinc.org|8302-2",
+            "date": "ge2015-01-01",
+            "_sort": "-date",
+        },
+        page_sql(
+            "Observation",
+            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid AND f.param = 'patient' "
+            "AND f.target_type = 'Patient' AND f.target_id = $1) AND EXISTS (SELECT 1 FROM search_token t "
+            "WHERE t.rid = r.rid AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org') "
+            "AND EXISTS (SELECT 1 FROM search_date d WHERE d.rid = r.rid AND d.param = 'date' "
+            "AND d.\"end\" >= '2014-12-31 16:00:00')",
+            "(SELECT max(d.\"end\") FROM search_date d WHERE d.rid = r.rid AND d.param = 'date') DESC",
+        ),
+        lambda s: [s["patient"]],
+    ),
+    Query(
+        "Encounters in a month at a clinic",
+        lambda s: "Encounter",
+        lambda s: {"service-provider": s["provider"], "date": ["ge2018-01-01", "lt2019-01-01"]},
+        page_sql(
+            "Encounter",
+            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid AND f.param = 'service-provider' "
+            "AND f.target_id = $1) AND EXISTS (SELECT 1 FROM search_date d WHERE d.rid = r.rid "
+            "AND d.param = 'date' AND d.\"end\" >= '2017-12-31 16:00:00' AND d.start < '2018-12-31 16:00:00')",
+        ),
+        lambda s: [s["provider"].split("/")[1]],
+    ),
+    Query(
+        "Conditions by ICD-10 code",
+        lambda s: "Condition",
+        lambda s: {"code": "http://hl7.org/fhir/sid/icd-10|I10"},
+        page_sql(
+            "Condition",
+            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
+            "AND t.code = 'I10' AND t.system = 'http://hl7.org/fhir/sid/icd-10')",
+        ),
+        lambda s: [],
+    ),
+    Query(
+        "Conditions by SNOMED code (Synthea)",
+        lambda s: "Condition",
+        lambda s: {"code": "http://snomed.info/sct|44054006"},
+        page_sql(
+            "Condition",
+            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
+            "AND t.code = '44054006' AND t.system = 'http://snomed.info/sct')",
+        ),
+        lambda s: [],
+    ),
+    Query(
+        "Observations chained to patient name",
+        lambda s: "Observation",
+        lambda s: {"subject:Patient.name": s["han"], "code": "http://loinc.org|85354-9"},
+        page_sql(
+            "Observation",
+            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid AND f.param = 'subject' "
+            "AND f.target_type = 'Patient' AND f.target_id IN (SELECT p.res_id FROM resources p "
+            "JOIN search_string s ON s.rid = p.rid WHERE p.res_type = 'Patient' AND s.param = 'name' "
+            "AND s.value_normalized LIKE '%' || $1 || '%')) AND EXISTS (SELECT 1 FROM search_token t "
+            "WHERE t.rid = r.rid AND t.param = 'code' AND t.code = '85354-9')",
+        ),
+        lambda s: [s["han"]],
+    ),
+    Query(
+        "Encounters of a patient with _include practitioner",
+        lambda s: "Encounter",
+        lambda s: {"patient": s["patient"], "_include": "Encounter:participant"},
+        page_sql(
+            "Encounter",
+            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid "
+            "AND f.param = 'patient' AND f.target_id = $1)",
+        ),
+        lambda s: [s["patient"]],
+    ),
+    Query(
+        "High systolic pressures",
+        lambda s: "Observation",
+        lambda s: {"code": "http://loinc.org|8480-6", "value-quantity": "gt140", "_count": "20"},
+        page_sql(
+            "Observation",
+            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
+            "AND t.code = '8480-6') AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
+            "AND q.param = 'value-quantity' AND q.value > 140)",
+        ),
+        lambda s: [],
+    ),
+    Query(
+        "Patient $everything, first page",
+        lambda s: f"Patient/{s['patient']}/$everything",
+        lambda s: {"_count": "50"},
+        page_sql(
+            "Observation",
+            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid "
+            "AND f.target_type = 'Patient' AND f.target_id = $1)",
+        ).replace("r.res_type = 'Observation' AND ", ""),
+        lambda s: [s["patient"]],
+    ),
+]
+
+
+async def samples(url: str, n: int) -> list[dict[str, Any]]:
+    """Parameter values drawn from the data: patients with Chinese names and Synthea ones."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        chinese = await connection.fetch(
+            "SELECT r.res_id, v.content FROM resources r JOIN resource_versions v ON v.rid = r.rid "
+            "AND v.version = r.version WHERE r.res_type = 'Patient' AND v.content LIKE '%2.16.156.10011.1.3%' "
+            "ORDER BY random() LIMIT $1",
+            n,
+        )
+        synthea = await connection.fetch(
+            "SELECT r.res_id, v.content FROM resources r JOIN resource_versions v ON v.rid = r.rid "
+            "AND v.version = r.version WHERE r.res_type = 'Patient' AND v.content LIKE '%synthea%' "
+            "ORDER BY random() LIMIT $1",
+            n,
+        )
+        providers = await connection.fetch(
+            "SELECT DISTINCT target_type || '/' || target_id AS p FROM search_reference "
+            "WHERE param = 'service-provider' AND target_id IS NOT NULL LIMIT 200"
+        )
+    finally:
+        await connection.close()
+    from records.pinyin import name_keys
+
+    chosen = []
+    rng = random.Random(7)
+    for (cid, ccontent), (sid, scontent) in zip(chinese, synthea, strict=False):
+        c, s = orjson.loads(ccontent), orjson.loads(scontent)
+        name = c["name"][0]
+        chosen.append(
+            {
+                "han": name["text"][-2:] if len(name["text"]) > 2 else name["text"],
+                "initials": name_keys(name["text"], name.get("family"))[1],
+                "resident_id": next(
+                    i["value"] for i in c["identifier"] if i["system"].endswith("10011.1.3")
+                ),
+                "family": s["name"][0]["family"],
+                "patient": sid if rng.random() < 0.7 else cid,
+                "provider": rng.choice(providers)["p"],
+            }
+        )
+    return chosen
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return pick(0.50) * 1000, pick(0.95) * 1000, pick(0.99) * 1000
+
+
+async def measure_sql(url: str, query: Query, chosen: list[dict[str, Any]]) -> list[float]:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        statement = await connection.prepare(query.sql)
+        times = []
+        for sample in chosen:
+            started = time.perf_counter()
+            await statement.fetch(*query.sql_args(sample))
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        await connection.close()
+
+
+def measure(url: str, runs: int) -> None:
+    chosen = asyncio.run(samples(url, runs))
+    server = AppServer(url).start()
+    try:
+        with httpx.Client(base_url=f"{server.url}/fhir", timeout=120) as client:
+            print(
+                f"\n{'query':<58} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7} | {'SQL p50':>7} {'SQL p95':>7}  (ms)"
+            )
+            for query in QUERIES:
+                client.get(f"/{query.path(chosen[0])}", params=query.params(chosen[0]))  # warm
+                times = []
+                matched = 0
+                for sample in chosen:
+                    started = time.perf_counter()
+                    response = client.get(f"/{query.path(sample)}", params=query.params(sample))
+                    times.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text[:300]
+                    matched += bool(response.json().get("entry"))
+                sql_times = asyncio.run(measure_sql(url, query, chosen))
+                p50, p95, p99 = percentiles(times)
+                s50, s95, _ = percentiles(sql_times)
+                print(
+                    f"{query.label:<58} {p50:7.1f} {p95:7.1f} {p99:7.1f} {len(times) / sum(times):7.0f} | "
+                    f"{s50:7.1f} {s95:7.1f}   ({matched}/{len(chosen)} non-empty)",
+                    flush=True,
+                )
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument(
+        "--database-url", help="an existing PostgreSQL database to load into and query"
+    )
+    args = parser.parse_args()
+    if not SYNTHEA.is_dir():
+        print(f"skipped: {SYNTHEA} is absent (the Synthea bundles live in ../shared)")
+        return
+    postgres = None
+    url = args.database_url
+    if url is None:
+        postgres = PostgresServer().start()
+        url = postgres.create_database("bench_search")
+    try:
+        load(url, args.target)
+        asyncio.run(analyze(url))
+        measure(url, args.runs)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+async def analyze(url: str) -> None:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
+
+
+if __name__ == "__main__":
+    main()
