@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
-from records.search.parse import Clause, SearchParser, SearchQuery
+from records.search.parse import Clause, SearchParser, SearchQuery, split_token
 from records.search.sql import condition
 from records.tables import resources
 
@@ -65,11 +65,11 @@ def _matches(clause: Clause, res_id: str, index_rows: dict[str, list[dict[str, A
         return False  # only _id and plain tokens are matched against a Bundle's own entries
     rows = [r for r in index_rows.get("token", []) if r["param"] == clause.param]
     for value in clause.values:
-        system, bar, code = value.text.partition("|") if "|" in value.text else ("", "", value.text)
+        system, code = split_token(value.text)
         for row in rows:
             if code and row.get("code") != code:
                 continue
-            if bar and (row.get("system") or "") != system:
+            if system is not None and (row.get("system") or "") != system:
                 continue
             return True
     return False

@@ -71,6 +71,6 @@ def date_range(text: str) -> tuple[dt.datetime, dt.datetime]:
                 end = start + dt.timedelta(seconds=1)
             else:
                 end = start + dt.timedelta(minutes=1)
-    except ValueError:
-        raise ValueError(f"'{text}' is not a real date") from None
-    return start.astimezone(dt.UTC), (end - _ONE).astimezone(dt.UTC)
+        return start.astimezone(dt.UTC), (end - _ONE).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"'{text}' is not a date this server can compare") from None

@@ -267,7 +267,10 @@ def _decimal(value: Any) -> Decimal | None:
         number = Decimal(str(value))
     except ArithmeticError:
         return None
-    return number if number.is_finite() else None
+    # Beyond what the index column holds (28 digits before the point) a value is not indexed.
+    if not number.is_finite() or abs(number.adjusted()) > 27:
+        return None
+    return number
 
 
 def _quantity_rows(node: Node) -> list[dict[str, Any]]:

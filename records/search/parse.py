@@ -18,6 +18,8 @@ from records.definitions import resource_types
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
 
+#: Numbers are stored with 28 digits before the point and 10 after; beyond that, no match.
+MAX_EXPONENT = 27
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
@@ -65,8 +67,10 @@ class Clause:
     type: str
     modifier: str | None
     values: tuple[Value, ...]
-    #: For a chained parameter (subject:Patient.name): the clause to apply to the target type.
+    #: For a chained parameter (subject:Patient.name): the clause to apply to the target type,
+    #: and the same clause on other target types when the chain names no type (subject.name).
     chain: Clause | None = None
+    chain_alternatives: tuple[Clause, ...] = ()
     #: Target resource types of a reference parameter (or the one named by the modifier).
     targets: tuple[str, ...] = ()
     #: For _has: the referring type and the reference parameter that points back at us.
@@ -103,11 +107,15 @@ class SearchQuery:
 
 
 def _split_values(raw: str) -> list[str]:
-    """Split on commas not escaped with a backslash, and unescape \\, \\| \\$ and \\\\."""
+    """Split on commas not escaped with a backslash, and unescape \\, \\$ and \\\\.
+
+    An escaped ``\\|`` stays escaped: only the token parser knows whether a bar separates the
+    system from the code (see :func:`split_token`).
+    """
     values, current, escaped = [], "", False
     for char in raw:
         if escaped:
-            current += char
+            current += ("\\" + char) if char == "|" else char
             escaped = False
         elif char == "\\":
             escaped = True
@@ -121,6 +129,8 @@ def _split_values(raw: str) -> list[str]:
 
 
 def _value(param_type: str, text: str) -> Value:
+    if param_type != "token":
+        text = text.replace("\\|", "|")  # only tokens give a bar a meaning
     if param_type in ("date", "number", "quantity"):
         match = _PREFIXED.match(text)
         if match:
@@ -133,8 +143,8 @@ def check_number(text: str) -> Decimal:
         number = Decimal(text)
     except InvalidOperation:
         raise ValueError(f"'{text}' is not a number") from None
-    if not number.is_finite():
-        raise ValueError(f"'{text}' is not a number")
+    if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
+        raise ValueError(f"'{text}' is not a number this server can compare")
     return number
 
 
@@ -202,10 +212,8 @@ class SearchParser:
             chained = [c for c in chained if c is not None]
             if not chained:
                 return None
-            if len(chained) > 1:
-                raise ValueError(
-                    f"the chain {name} is ambiguous: name the type, e.g. {code}:{chosen[0]}.{rest}"
-                )
+            # Without a type (subject.name) the chain runs through every target type that has
+            # the chained parameter.
             return Clause(
                 res_type,
                 code,
@@ -213,7 +221,8 @@ class SearchParser:
                 None,
                 (),
                 chain=chained[0],
-                targets=(chained[0].res_type,),
+                chain_alternatives=tuple(chained[1:]),
+                targets=tuple(c.res_type for c in chained),
             )
         if modifier:
             allowed = _MODIFIERS.get(param_type, set())
@@ -226,8 +235,10 @@ class SearchParser:
         values = tuple(_value(param_type, v) for v in _split_values(raw))
         if not values:
             raise ValueError("no value given")
-        if modifier == "missing" and values[0].text not in ("true", "false"):
-            raise ValueError(":missing takes true or false")
+        if modifier == "missing":
+            if values[0].text not in ("true", "false"):
+                raise ValueError(":missing takes true or false")
+            return Clause(res_type, code, param_type, modifier, values, targets=targets)
         if param_type in ("number", "quantity"):
             for value in values:
                 check_number(value.text.split("|")[0])
@@ -235,8 +246,7 @@ class SearchParser:
             from records.datetimes import date_range
 
             for value in values:
-                if modifier != "missing":
-                    date_range(value.text)
+                date_range(value.text)
         return Clause(res_type, code, param_type, modifier or None, values, targets=targets)
 
     def _has(self, res_type: str, name: str, raw: str) -> Clause | None:
@@ -317,3 +327,14 @@ class SearchParser:
             pass  # read before the criteria
         elif name in ("_contained", "_containedType"):
             refuse(f"{name} is not supported")
+
+
+_UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
+
+
+def split_token(text: str) -> tuple[str | None, str]:
+    """``system|code`` → (system, code); ``code`` → (None, code); ``\\|`` is a literal bar."""
+    parts = _UNESCAPED_BAR.split(text, maxsplit=1)
+    if len(parts) == 1:
+        return None, parts[0].replace("\\|", "|")
+    return parts[0].replace("\\|", "|"), parts[1].replace("\\|", "|")

@@ -19,7 +19,7 @@ from health.core.clock import utcnow
 from records import pinyin
 from records.datetimes import date_range
 from records.indexing import normalize_text
-from records.search.parse import Clause, Value, check_number
+from records.search.parse import Clause, Value, check_number, split_token
 from records.tables import SEARCH_TABLES, resources, search_reference
 
 _ESCAPE = "\\"
@@ -70,19 +70,19 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
 
 def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
     assert clause.chain is not None
-    target = resources.alias()
-    targets = select(target.c.res_id).where(
-        target.c.res_type == clause.chain.res_type,
-        target.c.deleted.is_(False),
-        condition(clause.chain, target, base_url),
-    )
     ref = search_reference
-    return _exists(
-        ref,
-        r,
-        clause,
-        and_(ref.c.target_type == clause.chain.res_type, ref.c.target_id.in_(targets)),
-    )
+    alternatives = []
+    for chained in (clause.chain, *clause.chain_alternatives):
+        target = resources.alias()
+        targets = select(target.c.res_id).where(
+            target.c.res_type == chained.res_type,
+            target.c.deleted.is_(False),
+            condition(chained, target, base_url),
+        )
+        alternatives.append(
+            and_(ref.c.target_type == chained.res_type, ref.c.target_id.in_(targets))
+        )
+    return _exists(ref, r, clause, or_(*alternatives))
 
 
 def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
@@ -113,9 +113,9 @@ def _token(table: FromClause, value: Value, clause: Clause, base_url: str) -> Co
     text = value.text
     if clause.modifier == "text":
         return table.c.text.like(_like_escape(normalize_text(text)) + "%", escape=_ESCAPE)
-    if "|" not in text:
-        return table.c.code == text
-    system, code = text.split("|", 1)
+    system, code = split_token(text)
+    if system is None:
+        return table.c.code == code
     conditions = []
     if code:
         conditions.append(table.c.code == code)
