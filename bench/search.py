@@ -246,14 +246,14 @@ QUERIES = [
         lambda s: [s["patient"]],
     ),
     Query(
-        "High systolic pressures",
+        "Body heights over 170 cm",
         lambda s: "Observation",
-        lambda s: {"code": "http://loinc.org|8480-6", "value-quantity": "gt140", "_count": "20"},
+        lambda s: {"code": "http://loinc.org|8302-2", "value-quantity": "gt170", "_count": "20"},
         page_sql(
             "Observation",
             "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
-            "AND t.code = '8480-6') AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
-            "AND q.param = 'value-quantity' AND q.value > 140)",
+            "AND t.code = '8302-2') AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
+            "AND q.param = 'value-quantity' AND q.value > 170)",
         ),
         lambda s: [],
     ),

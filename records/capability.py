@@ -48,8 +48,17 @@ def capability_statement(
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
                 "searchParam": search_params,
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
             }
         )
+        if res_type == "Patient":
+            rest_resources[-1]["operation"] = [
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
+            ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -80,6 +89,7 @@ def capability_statement(
                     {"code": "transaction"},
                     {"code": "batch"},
                     {"code": "history-system"},
+                    {"code": "search-system"},
                 ],
             }
         ],

@@ -42,26 +42,22 @@ class Compartment:
 
     def condition(self, r: Any, res_types: list[str] | None) -> ColumnElement[bool]:
         members = compartments().get(self.type, {})
-        per_type = []
-        for res_type, params in members.items():
-            if res_types is not None and res_type not in res_types:
-                continue
-            per_type.append(
-                and_(search_reference.c.res_type == res_type, search_reference.c.param.in_(params))
-            )
-        referring = (
-            select(search_reference.c.rid)
-            .where(
-                search_reference.c.rid == r.c.rid,
-                search_reference.c.target_type == self.type,
-                search_reference.c.target_id == self.id,
-                or_(*per_type),
-            )
-            .exists()
+        ref = search_reference.alias()
+        per_type = [
+            and_(ref.c.res_type == res_type, ref.c.param.in_(params))
+            for res_type, params in members.items()
+            if res_types is None or res_type in res_types
+        ]
+        # One IN over a UNION: the rows that refer to the compartment's owner, and the owner.
+        members_rids = select(ref.c.rid).where(
+            ref.c.target_type == self.type, ref.c.target_id == self.id, or_(*per_type)
         )
         if res_types is None or self.type in res_types:
-            return or_(referring, and_(r.c.res_type == self.type, r.c.res_id == self.id))
-        return referring
+            owner = resources.alias()
+            members_rids = members_rids.union(
+                select(owner.c.rid).where(owner.c.res_type == self.type, owner.c.res_id == self.id)
+            )
+        return r.c.rid.in_(members_rids)
 
 
 def _version_columns() -> list[Any]:

@@ -29,21 +29,17 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _exists(
-    table: FromClause, r: FromClause, clause: Clause, condition: ColumnElement[bool]
-) -> Any:
-    # res_type and param lead every index on the index tables: naming both lets the database
-    # find the matching rows by index instead of probing every resource row.
+def _matching(table: FromClause, clause: Clause, condition_: ColumnElement[bool]) -> Any:
+    """The rids whose index rows for ``clause``'s parameter meet ``condition_``.
+
+    An uncorrelated subquery, used as ``r.rid IN (...)``: the database can then start from the
+    few index rows that match (res_type and param lead every index) and never probes each
+    resource row; nested chains stay semi-joins instead of nested loops.
+    """
     return (
-        select(literal(1))
-        .select_from(table)
-        .where(
-            table.c.rid == r.c.rid,
-            table.c.res_type == clause.res_type,
-            table.c.param == clause.param,
-            condition,
-        )
-        .exists()
+        select(table.c.rid)
+        .where(table.c.res_type == clause.res_type, table.c.param == clause.param, condition_)
+        .correlate(None)
     )
 
 
@@ -57,32 +53,36 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
         return r.c.res_id.in_([v.text for v in clause.values])
     if clause.param == "_lastUpdated":
         return or_(*(_date_value(v, r.c.last_updated, r.c.last_updated) for v in clause.values))
-    table = SEARCH_TABLES[clause.type]
+    table = SEARCH_TABLES[clause.type].alias()
     if clause.modifier == "missing":
-        present = _exists(table, r, clause, true())
+        present = r.c.rid.in_(_matching(table, clause, true()))
         return not_(present) if clause.values[0].text == "true" else present
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
     if clause.modifier == "not":
-        return not_(_exists(table, r, clause, alternatives))
-    return _exists(table, r, clause, alternatives)
+        return r.c.rid.not_in(_matching(table, clause, alternatives))
+    return r.c.rid.in_(_matching(table, clause, alternatives))
 
 
 def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
     assert clause.chain is not None
-    ref = search_reference
+    ref = search_reference.alias()
     alternatives = []
     for chained in (clause.chain, *clause.chain_alternatives):
         target = resources.alias()
-        targets = select(target.c.res_id).where(
-            target.c.res_type == chained.res_type,
-            target.c.deleted.is_(False),
-            condition(chained, target, base_url),
+        targets = (
+            select(target.c.res_id)
+            .where(
+                target.c.res_type == chained.res_type,
+                target.c.deleted.is_(False),
+                condition(chained, target, base_url),
+            )
+            .correlate(None)
         )
         alternatives.append(
             and_(ref.c.target_type == chained.res_type, ref.c.target_id.in_(targets))
         )
-    return _exists(ref, r, clause, or_(*alternatives))
+    return r.c.rid.in_(_matching(ref, clause, or_(*alternatives)))
 
 
 def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
@@ -90,20 +90,20 @@ def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
     referring_type, reference_param = clause.has
     referrer = resources.alias()
     ref = search_reference.alias()
-    return (
-        select(literal(1))
+    referred = (
+        select(ref.c.target_id)
         .select_from(ref.join(referrer, referrer.c.rid == ref.c.rid))
         .where(
             referrer.c.res_type == referring_type,
             referrer.c.deleted.is_(False),
             ref.c.res_type == referring_type,
             ref.c.param == reference_param,
-            ref.c.target_type == r.c.res_type,
-            ref.c.target_id == r.c.res_id,
+            ref.c.target_type == clause.res_type,
             condition(clause.chain, referrer, base_url),
         )
-        .exists()
+        .correlate(None)
     )
+    return r.c.res_id.in_(referred)
 
 
 # -- one value of each type --------------------------------------------------------------
@@ -249,7 +249,7 @@ def sort_key(param: str, param_type: str, descending: bool, r: FromClause) -> An
     elif param == "_lastUpdated":
         column = r.c.last_updated
     else:
-        table = SEARCH_TABLES[param_type]
+        table = SEARCH_TABLES[param_type].alias()
         value_column = {
             "string": "value_normalized",
             "token": "code",
