@@ -82,7 +82,8 @@ def capability_statement(
                     "chains, _has, _include/_revinclude (:iterate), compartments, "
                     "Patient/$everything, _sort, _summary, _elements, _total; GET and "
                     "POST _search. Patient.phonetic matches pinyin and initials. Composite "
-                    "parameters are not yet supported."
+                    "parameters of a token and one value (code-value-quantity and 35 more) "
+                    "are supported; the five others are not."
                 ),
                 "resource": rest_resources,
                 "interaction": [

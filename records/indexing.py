@@ -27,7 +27,9 @@ from records.definitions import choice_elements, search_parameters
 logger = logging.getLogger(__name__)
 
 #: Parameter types whose values are written to the index tables.
-INDEXED_TYPES = frozenset({"token", "string", "date", "reference", "quantity", "number", "uri"})
+INDEXED_TYPES = frozenset(
+    {"token", "string", "date", "reference", "quantity", "number", "uri", "composite"}
+)
 
 Node = Any
 Evaluator = Callable[[dict[str, Any]], list[Node]]
@@ -318,6 +320,45 @@ _ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
 }
 
 
+def _composite_token(node: Node) -> list[dict[str, Any]]:
+    return [
+        {"value_system": t["system"], "value_code": t["code"]}
+        for t in _token_rows(node)
+        if t["code"]
+    ]
+
+
+def _composite_quantity(node: Node) -> list[dict[str, Any]]:
+    return [
+        {
+            "value_number": q["value"],
+            "value_system": q["system"],
+            "value_code": q["code"],
+            "value_text": q["unit"],
+        }
+        for q in _quantity_rows(node)
+    ]
+
+
+def _composite_date(node: Node) -> list[dict[str, Any]]:
+    return [{"value_start": d["start"], "value_end": d["end"]} for d in _date_rows(node)]
+
+
+def _composite_string(node: Node) -> list[dict[str, Any]]:
+    return [{"value_text": r["value_normalized"]} for r in _string_rows(node)]
+
+
+_COMPOSITE_VALUE_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
+    "token": _composite_token,
+    "quantity": _composite_quantity,
+    "date": _composite_date,
+    "string": _composite_string,
+}
+_EMPTY_COMPOSITE_VALUE = dict.fromkeys(
+    ("value_system", "value_code", "value_number", "value_start", "value_end", "value_text")
+)
+
+
 #: Common parameters answered from the ``resources`` table, not from index rows.
 _IN_RESOURCES_TABLE = frozenset({"_id", "_lastUpdated"})
 
@@ -327,9 +368,13 @@ class _Parameter:
     code: str
     type: str
     evaluate: Evaluator
+    #: How a composite turns each element into rows (other types go by their type).
+    row_maker: Callable[[Node], list[dict[str, Any]]] | None = None
 
     @property
     def rows(self) -> Callable[[Node], list[dict[str, Any]]]:
+        if self.row_maker is not None:
+            return self.row_maker
         if self.code == "phonetic":
             return _phonetic_rows
         return _ROWS[self.type]
@@ -344,12 +389,17 @@ class SearchIndexer:
         self._common: list[_Parameter] = []
         #: (base type, code) -> the SearchParameter definition, for the search engine.
         self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
+        #: (base type, code) of an indexed composite -> the type of its second component.
+        self.composites: dict[tuple[str, str], str] = {}
         for definition in search_parameters():
             for base in definition["base"]:
                 self.definitions.setdefault((base, definition["code"]), definition)
             if definition["type"] not in indexed_types or not definition.get("expression"):
                 continue
             if definition["code"] in _IN_RESOURCES_TABLE:
+                continue
+            if definition["type"] == "composite":
+                self._add_composite(definition)
                 continue
             for base in definition["base"]:
                 if base in ("Resource", "DomainResource"):
@@ -365,6 +415,39 @@ class SearchIndexer:
                 self._by_type.setdefault(base, []).append(
                     _Parameter(definition["code"], definition["type"], evaluate)
                 )
+
+    def _add_composite(self, definition: dict[str, Any]) -> None:
+        """A composite of a token and one value (41 of R4B's 46 composites) gets indexed."""
+        by_url = {d["url"]: d for d in search_parameters()}
+        components = definition.get("component") or []
+        if len(components) != 2:
+            return
+        kinds = [by_url.get(c["definition"], {}).get("type") for c in components]
+        if kinds[0] != "token" or kinds[1] not in _COMPOSITE_VALUE_ROWS:
+            return
+        first = _compile_simple("Element", "Element." + components[0]["expression"])
+        second = _compile_simple("Element", "Element." + components[1]["expression"])
+        if first is None or second is None:
+            return
+        value_rows = _COMPOSITE_VALUE_ROWS[kinds[1]]
+
+        def rows(element: Node) -> list[dict[str, Any]]:
+            tokens = [t for node in first(element) for t in _token_rows(node) if t["code"]]
+            values = [v for node in second(element) for v in value_rows(node)]
+            return [
+                {"system": t["system"], "code": t["code"], **_EMPTY_COMPOSITE_VALUE, **v}
+                for t in tokens
+                for v in values
+            ]
+
+        for base in definition["base"]:
+            elements = _compile_simple(base, definition["expression"])
+            if elements is None:
+                continue
+            self.composites[(base, definition["code"])] = kinds[1]
+            self._by_type.setdefault(base, []).append(
+                _Parameter(definition["code"], "composite", elements, rows)
+            )
 
     def definition(self, resource_type: str, code: str) -> dict[str, Any] | None:
         """The SearchParameter ``code`` of a type (or of every type), if it is indexed."""

@@ -154,6 +154,23 @@ search_uri = _index_table(
     indexes=(("res_type", "param", "uri"),),
 )
 
+search_composite = _index_table(
+    "search_composite",
+    # The first component, a token (code, combo-code...).
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    # The second component, in the columns its type needs: token (value_system, value_code),
+    # quantity (value_number, value_system, value_code, value_text as unit), date (value_start,
+    # value_end), string (value_text, normalised).
+    Column("value_system", String(255), nullable=True),
+    Column("value_code", String(255), nullable=True),
+    Column("value_number", Numeric(precision=38, scale=10), nullable=True),
+    Column("value_start", DateTime(timezone=True), nullable=True),
+    Column("value_end", DateTime(timezone=True), nullable=True),
+    Column("value_text", String(255), nullable=True),
+    indexes=(("res_type", "param", "code", "system"),),
+)
+
 SEARCH_TABLES = {
     "string": search_string,
     "token": search_token,
@@ -162,4 +179,5 @@ SEARCH_TABLES = {
     "quantity": search_quantity,
     "number": search_number,
     "uri": search_uri,
+    "composite": search_composite,
 }

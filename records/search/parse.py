@@ -29,6 +29,7 @@ _MODIFIERS = {
     "number": {"missing"},
     "quantity": {"missing"},
     "uri": {"below", "above", "missing"},
+    "composite": {"missing"},
 }
 _RESULT = frozenset(
     {
@@ -75,6 +76,8 @@ class Clause:
     targets: tuple[str, ...] = ()
     #: For _has: the referring type and the reference parameter that points back at us.
     has: tuple[str, str] | None = None
+    #: For a composite (code-value-quantity): the type of the value after the ``$``.
+    value_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ def _value(param_type: str, text: str) -> Value:
         if match:
             return Value(text[2:], match.group(1))
     return Value(text)
+
+
+def composite_value(text: str, value_type: str) -> Value:
+    """The part of a composite value after ``$``, with its prefix where its type has one."""
+    return _value(value_type, text)
 
 
 def check_number(text: str) -> Decimal:
@@ -239,6 +247,23 @@ class SearchParser:
             if values[0].text not in ("true", "false"):
                 raise ValueError(":missing takes true or false")
             return Clause(res_type, code, param_type, modifier, values, targets=targets)
+        if param_type == "composite":
+            value_type = self.indexer.composites.get((res_type, code))
+            for value in values:
+                if "$" not in value.text:
+                    raise ValueError(
+                        "a composite value is code$value, e.g. http://loinc.org|8480-6$gt140"
+                    )
+                second = composite_value(value.text.partition("$")[2], value_type or "")
+                if value_type in ("quantity", "number"):
+                    check_number(second.text.split("|")[0])
+                elif value_type == "date":
+                    from records.datetimes import date_range
+
+                    date_range(second.text)
+            return Clause(
+                res_type, code, param_type, modifier or None, values, value_type=value_type
+            )
         if param_type in ("number", "quantity"):
             for value in values:
                 check_number(value.text.split("|")[0])
@@ -290,8 +315,9 @@ class SearchParser:
             for key in (k.strip() for k in raw.split(",") if k.strip()):
                 descending = key.startswith("-")
                 code = key.lstrip("-")
+                definition = self.indexer.definition(res_type, code) if res_type else None
                 if code in ("_id", "_lastUpdated") or (
-                    res_type and self.indexer.definition(res_type, code)
+                    definition is not None and definition["type"] not in ("composite", "special")
                 ):
                     options.sort.append((code, descending))
                 else:

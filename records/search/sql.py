@@ -19,7 +19,7 @@ from health.core.clock import utcnow
 from records import pinyin
 from records.datetimes import date_range
 from records.indexing import normalize_text
-from records.search.parse import Clause, Value, check_number, split_token
+from records.search.parse import Clause, Value, check_number, composite_value, split_token
 from records.tables import SEARCH_TABLES, resources, search_reference
 
 _ESCAPE = "\\"
@@ -231,6 +231,36 @@ def _uri(table: FromClause, value: Value, clause: Clause, base_url: str) -> Colu
     return table.c.uri == value.text
 
 
+def _composite(
+    table: FromClause, value: Value, clause: Clause, base_url: str
+) -> ColumnElement[bool]:
+    first, _, rest = value.text.partition("$")
+    system, code = split_token(first)
+    conditions = [table.c.code == code]
+    if system is not None:
+        conditions.append(table.c.system == system if system else table.c.system.is_(None))
+    second = composite_value(rest, clause.value_type or "")
+    if clause.value_type == "token":
+        value_system, value_code = split_token(second.text)
+        conditions.append(table.c.value_code == value_code)
+        if value_system:
+            conditions.append(table.c.value_system == value_system)
+    elif clause.value_type == "quantity":
+        number, _, units = second.text.partition("|")
+        conditions.append(_number_value(table.c.value_number, number, second.prefix))
+        unit_system, _, unit = units.partition("|")
+        if unit_system:
+            conditions.append(table.c.value_system == unit_system)
+        if unit:
+            conditions.append(or_(table.c.value_code == unit, table.c.value_text == unit))
+    elif clause.value_type == "date":
+        conditions.append(_date_value(second, table.c.value_start, table.c.value_end))
+    else:
+        needle = _like_escape(normalize_text(second.text))
+        conditions.append(table.c.value_text.like(needle + "%", escape=_ESCAPE))
+    return and_(*conditions)
+
+
 _BUILDERS = {
     "token": _token,
     "string": _string,
@@ -239,6 +269,7 @@ _BUILDERS = {
     "quantity": _quantity,
     "reference": _reference,
     "uri": _uri,
+    "composite": _composite,
 }
 
 

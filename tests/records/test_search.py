@@ -268,6 +268,56 @@ class TestNumberAndQuantity:
         assert world.fhir.get("/Observation", params={"value-quantity": "gtabc"}).status_code == 400
 
 
+class TestComposite:
+    def test_code_value_quantity_on_the_observation_and_its_components(self, world: World) -> None:
+        p = world.patient("海", "燕")
+        panel = world.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": "85354-9"}], "text": "血压"},
+                "subject": {"reference": f"Patient/{p}"},
+                "component": [
+                    {
+                        "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                        "valueQuantity": {
+                            "value": 165,
+                            "unit": "mm[Hg]",
+                            "system": UCUM,
+                            "code": "mm[Hg]",
+                        },
+                    },
+                    {
+                        "code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                        "valueQuantity": {
+                            "value": 85,
+                            "unit": "mm[Hg]",
+                            "system": UCUM,
+                            "code": "mm[Hg]",
+                        },
+                    },
+                ],
+            }
+        )
+        single = world.observation(p, "8480-6", 120)
+        query = {"component-code-value-quantity": f"{LOINC}|8480-6$gt140"}
+        assert world.ids("Observation", **query) == {panel}
+        # The diastolic 85 must not pair with the systolic code: values stay with their component.
+        assert (
+            world.ids("Observation", **{"component-code-value-quantity": "8480-6$lt100"}) == set()
+        )
+        assert world.ids("Observation", **{"combo-code-value-quantity": "8480-6$ge120"}) == {
+            panel,
+            single,
+        }
+        assert world.ids("Observation", **{"code-value-quantity": "8480-6$120"}) == {single}
+
+    def test_a_value_without_dollar_is_400(self, world: World) -> None:
+        response = world.fhir.get("/Observation", params={"code-value-quantity": "8480-6"})
+        assert response.status_code == 400
+        assert "$" in response.json()["issue"][0]["diagnostics"]
+
+
 class TestReference:
     def test_id_type_and_url_forms(self, world: World) -> None:
         p = world.patient("冶", "成")
