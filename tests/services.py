@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,6 +54,25 @@ def _as_postgres_user(command: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *command]
     return command
+
+
+def query_database(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one read-only SQL statement, through the project's own engine setup."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from health.core.database import Database
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        database = Database(database_url)
+        try:
+            async with database.transaction(write=False) as session:
+                return [tuple(row) for row in (await session.execute(text(sql))).all()]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(fetch())
 
 
 class PostgresServer:

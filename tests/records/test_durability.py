@@ -9,11 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from records.tables import resource_versions, resources
 from tests.conftest import BACKENDS, fresh_database
-from tests.services import AppServer, wait_until
+from tests.services import AppServer, query_database, wait_until
 
 SYSTEM = "https://fhir.yinchuan-health.cn/sid/test"
 
@@ -74,25 +72,11 @@ def test_concurrent_creates_with_one_client_id_make_one_resource(fhir: httpx.Cli
 
 
 def _counts(database_url: str) -> tuple[int, int]:
-    import asyncio
-
-    from health.core.database import Database
-
-    async def count() -> tuple[int, int]:
-        database = Database(database_url)
-        try:
-            async with database.transaction(write=False) as session:
-                n_resources = (
-                    await session.execute(select(func.count()).select_from(resources))
-                ).scalar_one()
-                n_versions = (
-                    await session.execute(select(func.count()).select_from(resource_versions))
-                ).scalar_one()
-                return n_resources, n_versions
-        finally:
-            await database.dispose()
-
-    return asyncio.run(count())
+    ((n_resources, n_versions),) = query_database(
+        database_url,
+        "SELECT (SELECT count(*) FROM resources), (SELECT count(*) FROM resource_versions)",
+    )
+    return int(n_resources), int(n_versions)
 
 
 @pytest.fixture(params=BACKENDS)

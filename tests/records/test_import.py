@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BACKENDS, fresh_database
-from tests.services import PROJECT_ROOT
+from tests.services import PROJECT_ROOT, query_database
 
 
 def run_health(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,24 +29,6 @@ def run_health(database_url: str, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def stored_contents(database_url: str, sql: str) -> list[tuple]:
-    import asyncio
-
-    from sqlalchemy import text
-
-    from health.core.database import Database
-
-    async def fetch() -> list[tuple]:
-        database = Database(database_url)
-        try:
-            async with database.transaction(write=False) as session:
-                return [tuple(row) for row in (await session.execute(text(sql))).all()]
-        finally:
-            await database.dispose()
-
-    return asyncio.run(fetch())
-
-
 @pytest.fixture(params=BACKENDS)
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return fresh_database(request, request.param, tmp_path)
@@ -58,21 +40,19 @@ def test_all_synthea_bundles_load_without_error(empty_database: str, shared_dir:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "imported 91216 resources from 295 of 295 files" in result.stdout
     by_type = dict(
-        stored_contents(
-            empty_database, "SELECT res_type, count(*) FROM resources GROUP BY res_type"
-        )
+        query_database(empty_database, "SELECT res_type, count(*) FROM resources GROUP BY res_type")
     )
     assert by_type["Patient"] == 294
     assert by_type["Observation"] == 41912
     assert sum(by_type.values()) == 91216
     # Every urn:uuid reference between entries now names the stored resource.
-    leftovers = stored_contents(
+    leftovers = query_database(
         empty_database,
         'SELECT count(*) FROM resource_versions WHERE content LIKE \'%"reference":"urn:uuid:%\'',
     )
     assert leftovers == [(0,)]
     # And the identifier index finds each patient by its Synthea identifier.
-    indexed = stored_contents(
+    indexed = query_database(
         empty_database,
         "SELECT count(DISTINCT rid) FROM search_token "
         "WHERE res_type = 'Patient' AND param = 'identifier'",
@@ -127,8 +107,6 @@ def test_files_that_fail_are_reported_and_the_rest_load(
     assert "b-bad.json" in result.stderr and "Patient.gender" in result.stderr
     assert "c-broken.json" in result.stderr and "not JSON" in result.stderr
     counts = dict(
-        stored_contents(
-            empty_database, "SELECT res_type, count(*) FROM resources GROUP BY res_type"
-        )
+        query_database(empty_database, "SELECT res_type, count(*) FROM resources GROUP BY res_type")
     )
     assert counts == {"Patient": 2, "Observation": 3}

@@ -12,7 +12,6 @@ start of any part; tokens on any coding; quantities with the implicit precision 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
@@ -29,7 +28,7 @@ import pytest
 
 from records.importer import import_files
 from tests.conftest import BACKENDS, fresh_database
-from tests.services import AppServer
+from tests.services import AppServer, query_database
 
 BUNDLES = 25
 LOINC = "http://loinc.org"
@@ -242,25 +241,12 @@ class Stored:
 
 
 def stored_resources(database_url: str) -> list[tuple[str, str, str]]:
-    from sqlalchemy import text
-
-    from health.core.database import Database
-
-    sql = (
+    return query_database(  # type: ignore[return-value]
+        database_url,
         "SELECT r.res_type, r.res_id, v.content FROM resources r "
         "JOIN resource_versions v ON v.rid = r.rid AND v.version = r.version "
-        "WHERE NOT r.deleted"
+        "WHERE NOT r.deleted",
     )
-
-    async def fetch() -> list[tuple[str, str, str]]:
-        database = Database(database_url)
-        try:
-            async with database.transaction(write=False) as session:
-                return [tuple(row) for row in (await session.execute(text(sql))).all()]
-        finally:
-            await database.dispose()
-
-    return asyncio.run(fetch())
 
 
 def named_values(stored: Stored) -> dict[str, str]:
