@@ -32,6 +32,8 @@ INDEXED_TYPES = frozenset(
 )
 
 Node = Any
+#: Index rows of ``identifier:of-type`` are stored under the parameter code plus this suffix.
+OF_TYPE_SUFFIX = ":of-type"
 Evaluator = Callable[[dict[str, Any]], list[Node]]
 
 _STEP = r"(?:extension\('[^']+'\)|[a-z][A-Za-z0-9]*(?:\.ofType\([A-Za-z]+\))?)"
@@ -171,13 +173,27 @@ def _token_rows(node: Node) -> list[dict[str, Any]]:
     if "value" in node:  # Identifier, ContactPoint
         kind = node.get("type")
         type_text = kind.get("text") if isinstance(kind, dict) else None
-        return [
+        value = str(node["value"])[:255]
+        rows = [
             {
                 "system": node.get("system"),
-                "code": str(node["value"])[:255],
+                "code": value,
                 "text": normalize_text(type_text)[:255] if type_text else None,
             }
         ]
+        # identifier:of-type=type-system|type-code|value: rows of their own, keyed by the
+        # identifier's type coding, with the value where :text rows keep display text.
+        for coding in kind.get("coding") or () if isinstance(kind, dict) else ():
+            if isinstance(coding, dict) and coding.get("code"):
+                rows.append(
+                    {
+                        "system": coding.get("system"),
+                        "code": coding["code"],
+                        "text": value,
+                        OF_TYPE_SUFFIX: True,
+                    }
+                )
+        return rows
     return []
 
 
@@ -479,5 +495,7 @@ class SearchIndexer:
                         continue
                     seen.add(key)
                     row["param"] = parameter.code
+                    if row.pop(OF_TYPE_SUFFIX, False):
+                        row["param"] += OF_TYPE_SUFFIX
                     rows.setdefault(parameter.type, []).append(row)
         return rows

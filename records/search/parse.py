@@ -23,7 +23,7 @@ MAX_EXPONENT = 27
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "missing"},
+    "token": {"not", "text", "missing", "of-type"},
     "reference": {"missing", "identifier"},  # plus a resource type (subject:Patient)
     "date": {"missing"},
     "number": {"missing"},
@@ -243,6 +243,8 @@ class SearchParser:
         values = tuple(_value(param_type, v) for v in _split_values(raw))
         if not values:
             raise ValueError("no value given")
+        if modifier == "of-type" and any(len(_UNESCAPED_BAR.split(v.text)) != 3 for v in values):
+            raise ValueError(":of-type takes type-system|type-code|identifier-value")
         if modifier == "missing":
             if values[0].text not in ("true", "false"):
                 raise ValueError(":missing takes true or false")

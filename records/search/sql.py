@@ -9,6 +9,8 @@ with the implicit precision of the value the client wrote, as the FHIR search pa
 from __future__ import annotations
 
 import datetime as dt
+import re
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -18,11 +20,12 @@ from sqlalchemy.sql import FromClause
 from health.core.clock import utcnow
 from records import pinyin
 from records.datetimes import date_range
-from records.indexing import normalize_text
+from records.indexing import OF_TYPE_SUFFIX, normalize_text
 from records.search.parse import Clause, Value, check_number, composite_value, split_token
 from records.tables import SEARCH_TABLES, resources, search_reference
 
 _ESCAPE = "\\"
+_UNESCAPED_BAR_SPLIT = re.compile(r"(?<!\\)\|").split
 
 
 def _like_escape(text: str) -> str:
@@ -54,6 +57,11 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
     if clause.param == "_lastUpdated":
         return or_(*(_date_value(v, r.c.last_updated, r.c.last_updated) for v in clause.values))
     table = SEARCH_TABLES[clause.type].alias()
+    if clause.modifier == "of-type":
+        of_type = replace(clause, param=clause.param + OF_TYPE_SUFFIX)
+        return r.c.rid.in_(
+            _matching(table, of_type, or_(*(_of_type(table, v) for v in clause.values)))
+        )
     if clause.modifier == "missing":
         present = r.c.rid.in_(_matching(table, clause, true()))
         return not_(present) if clause.values[0].text == "true" else present
@@ -124,6 +132,14 @@ def _token(table: FromClause, value: Value, clause: Clause, base_url: str) -> Co
     else:
         conditions.append(table.c.system.is_(None))
     return and_(*conditions)
+
+
+def _of_type(table: FromClause, value: Value) -> ColumnElement[bool]:
+    parts = _UNESCAPED_BAR_SPLIT(value.text)
+    if len(parts) != 3:
+        raise ValueError(":of-type takes type-system|type-code|identifier-value")
+    system, code, identifier = (p.replace("\\|", "|") for p in parts)
+    return and_(table.c.system == system, table.c.code == code, table.c.text == identifier)
 
 
 def _string(table: FromClause, value: Value, clause: Clause, base_url: str) -> ColumnElement[bool]:

@@ -146,6 +146,35 @@ class TestToken:
         assert world.ids("Patient", **{"gender:missing": "true"}) == {p}
         assert world.ids("Patient", **{"gender:missing": "false"}) == set()
 
+    def test_identifier_of_type(self, world: World) -> None:
+        v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+        p = world.patient(
+            "马",
+            "小明",
+            identifier=[
+                {
+                    "type": {"coding": [{"system": v2, "code": "MR"}], "text": "病历号"},
+                    "system": "urn:test:mrn",
+                    "value": "MR-001",
+                }
+            ],
+        )
+        world.patient(
+            "杨",
+            "秀英",
+            identifier=[
+                {
+                    "type": {"coding": [{"system": v2, "code": "DL"}]},
+                    "system": "urn:test:dl",
+                    "value": "MR-001",
+                }
+            ],
+        )
+        assert world.ids("Patient", **{"identifier:of-type": f"{v2}|MR|MR-001"}) == {p}
+        assert world.ids("Patient", **{"identifier:text": "病历"}) == {p}
+        bad = world.fhir.get("/Patient", params={"identifier:of-type": "MR-001"})
+        assert bad.status_code == 400
+
     def test_comma_is_or_and_repetition_is_and(self, world: World) -> None:
         p = world.patient("杨", "秀英", gender="female")
         q = world.patient("李", "军", gender="male")
