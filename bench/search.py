@@ -324,6 +324,7 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
 async def measure_sql(url: str, query: Query, chosen: list[dict[str, Any]]) -> list[float]:
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
+        await connection.execute("SET plan_cache_mode = force_custom_plan")  # as the server does
         statement = await connection.prepare(query.sql)
         times = []
         for sample in chosen:

@@ -50,6 +50,11 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine_options.setdefault("connect_args", {"timeout": 60})
         else:
+            # Search statements differ wildly in selectivity by value (one patient's readings
+            # against every reading); a plan cached for one value can be ruinous for the next.
+            engine_options.setdefault(
+                "connect_args", {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+            )
             engine_options.setdefault("pool_size", 10)
             engine_options.setdefault("max_overflow", 20)
             engine_options.setdefault("pool_pre_ping", True)

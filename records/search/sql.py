@@ -33,16 +33,37 @@ def _like_escape(text: str) -> str:
 
 
 def _matching(table: FromClause, clause: Clause, condition_: ColumnElement[bool]) -> Any:
-    """The rids whose index rows for ``clause``'s parameter meet ``condition_``.
+    """The rids whose index rows for ``clause``'s parameter meet ``condition_``, uncorrelated.
 
-    An uncorrelated subquery, used as ``r.rid IN (...)``: the database can then start from the
-    few index rows that match (res_type and param lead every index) and never probes each
-    resource row; nested chains stay semi-joins instead of nested loops.
+    Chains and ``_has`` use it as ``IN (...)``, so the database starts from the few rows that
+    match the inner condition instead of probing every outer row.
     """
     return (
         select(table.c.rid)
         .where(table.c.res_type == clause.res_type, table.c.param == clause.param, condition_)
         .correlate(None)
+    )
+
+
+def _has_row(
+    table: FromClause, r: FromClause, clause: Clause, condition_: ColumnElement[bool]
+) -> Any:
+    """EXISTS an index row of ``r`` for the clause's parameter that meets ``condition_``.
+
+    Correlated on purpose: with ORDER BY and LIMIT the database may walk the resources in
+    order and stop at the page's end, which beats building the set of every match when a
+    condition (value > 170) matches half the table.
+    """
+    return (
+        select(literal(1))
+        .select_from(table)
+        .where(
+            table.c.rid == r.c.rid,
+            table.c.res_type == clause.res_type,
+            table.c.param == clause.param,
+            condition_,
+        )
+        .exists()
     )
 
 
@@ -59,17 +80,15 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
     table = SEARCH_TABLES[clause.type].alias()
     if clause.modifier == "of-type":
         of_type = replace(clause, param=clause.param + OF_TYPE_SUFFIX)
-        return r.c.rid.in_(
-            _matching(table, of_type, or_(*(_of_type(table, v) for v in clause.values)))
-        )
+        return _has_row(table, r, of_type, or_(*(_of_type(table, v) for v in clause.values)))
     if clause.modifier == "missing":
-        present = r.c.rid.in_(_matching(table, clause, true()))
+        present = _has_row(table, r, clause, true())
         return not_(present) if clause.values[0].text == "true" else present
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
     if clause.modifier == "not":
-        return r.c.rid.not_in(_matching(table, clause, alternatives))
-    return r.c.rid.in_(_matching(table, clause, alternatives))
+        return not_(_has_row(table, r, clause, alternatives))
+    return _has_row(table, r, clause, alternatives)
 
 
 def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
