@@ -405,6 +405,7 @@ class SearchIndexer:
         self._common: list[_Parameter] = []
         #: (base type, code) -> the SearchParameter definition, for the search engine.
         self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
+        self._codes: dict[str, dict[str, str]] = {}
         #: (base type, code) of an indexed composite -> the type of its second component.
         self.composites: dict[tuple[str, str], str] = {}
         for definition in search_parameters():
@@ -477,7 +478,11 @@ class SearchIndexer:
 
     def parameters(self, resource_type: str) -> dict[str, str]:
         """The indexed parameter codes of a type and their search types."""
-        return {p.code: p.type for p in self._parameters_of(resource_type)}
+        known = self._codes.get(resource_type)
+        if known is None:  # asked on every search clause: computed once per type
+            known = {p.code: p.type for p in self._parameters_of(resource_type)}
+            self._codes[resource_type] = known
+        return known
 
     def _parameters_of(self, resource_type: str) -> list[_Parameter]:
         return self._common + self._by_type.get(resource_type, [])

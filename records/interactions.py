@@ -71,12 +71,6 @@ class FhirResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class HistoryRequest:
-    res_type: str | None
-    res_id: str | None
-
-
 def _resource_body(request: FhirRequest, res_type: str) -> dict[str, Any]:
     data = request.body
     if not isinstance(data, dict):

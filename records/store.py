@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import is_valid_resource_id, new_resource_id
 from records.indexing import SearchIndexer
-from records.outcome import FhirError
+from records.outcome import FhirError, Issue
 from records.tables import SEARCH_TABLES, resource_versions, resources
 
 
@@ -34,6 +34,29 @@ class StoredVersion:
     last_updated: dt.datetime
     method: str
     content: str | None  # None for a deletion
+
+    @classmethod
+    def from_row(
+        cls,
+        row: Any,
+        *,
+        res_type: str | None = None,
+        res_id: str | None = None,
+        version: int | None = None,
+    ) -> StoredVersion:
+        """From a result row with last_updated, method and content (and the rest, if selected).
+
+        SQLite hands back naive datetimes; everything is stored in UTC.
+        """
+        moment = row.last_updated
+        return cls(
+            res_type or row.res_type,
+            res_id or row.res_id,
+            version if version is not None else row.version,
+            moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC),
+            row.method,
+            row.content,
+        )
 
     @property
     def deleted(self) -> bool:
@@ -152,9 +175,7 @@ class ResourceStore:
         ).first()
         if row is None:
             return None
-        return StoredVersion(
-            res_type, res_id, row.version, _aware(row.last_updated), row.method, row.content
-        )
+        return StoredVersion.from_row(row, res_type=res_type, res_id=res_id)
 
     async def read(self, res_type: str, res_id: str) -> StoredVersion:
         found = await self.current(res_type, res_id)
@@ -189,9 +210,7 @@ class ResourceStore:
             raise FhirError.of(
                 404, f"{res_type}/{res_id} has no version {version}", code="not-found"
             )
-        found = StoredVersion(
-            res_type, res_id, version, _aware(row.last_updated), row.method, row.content
-        )
+        found = StoredVersion.from_row(row, res_type=res_type, res_id=res_id, version=version)
         if found.deleted:
             raise FhirError(410, [_gone_issue(res_type, res_id, version)])
         return found
@@ -266,12 +285,7 @@ class ResourceStore:
             has_more = len(rows) > count
             rows = rows[:count]
             has_newer = older_than is not None
-        versions = [
-            StoredVersion(
-                r.res_type, r.res_id, r.version, _aware(r.last_updated), r.method, r.content
-            )
-            for r in rows
-        ]
+        versions = [StoredVersion.from_row(r) for r in rows]
         return HistoryPage(
             versions=versions,
             total=total,
@@ -524,14 +538,7 @@ class ResourceStore:
                 await self.session.execute(insert(SEARCH_TABLES[kind]), rows)
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def _gone_issue(res_type: str, res_id: str, version: int) -> Any:
-    from records.outcome import Issue
-
+def _gone_issue(res_type: str, res_id: str, version: int) -> Issue:
     return Issue(
         f"{res_type}/{res_id} was deleted (version {version})", code="deleted", severity="error"
     )

@@ -12,10 +12,13 @@ A **batch** runs each entry on its own, inside a savepoint, and reports each ent
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from health.core.clock import fhir_instant
 from health.core.ids import new_resource_id
@@ -391,10 +394,6 @@ class BundleProcessor:
             and resource.get("resourceType") == "Binary"
             and resource.get("data")
         ):
-            import base64
-
-            import orjson
-
             try:
                 return orjson.loads(base64.b64decode(resource["data"]))
             except (ValueError, orjson.JSONDecodeError):

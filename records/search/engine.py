@@ -18,7 +18,7 @@ from records.definitions import compartments
 from records.indexing import SearchIndexer
 from records.search.parse import Include, SearchQuery
 from records.search.sql import condition, sort_key
-from records.store import StoredVersion, _aware
+from records.store import StoredVersion
 from records.tables import resource_versions, resources, search_reference
 
 #: How many rounds ``:iterate`` includes follow before stopping.
@@ -79,12 +79,6 @@ def _current_join() -> Any:
             resource_versions.c.rid == resources.c.rid,
             resource_versions.c.version == resources.c.version,
         ),
-    )
-
-
-def _stored(row: Any) -> StoredVersion:
-    return StoredVersion(
-        row.res_type, row.res_id, row.version, _aware(row.last_updated), row.method, row.content
     )
 
 
@@ -157,7 +151,7 @@ class SearchEngine:
         ).all()
         has_more = len(rows) > options.count
         rows = rows[: options.count]
-        result = SearchResult([_stored(r) for r in rows], total, has_more)
+        result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
         if options.includes:
             result.included = await self._includes(
                 options.includes, [(r.rid, r.res_type, r.res_id) for r in rows]
@@ -186,7 +180,7 @@ class SearchEngine:
                 if row.rid in seen:
                     continue
                 seen.add(row.rid)
-                found.append(_stored(row))
+                found.append(StoredVersion.from_row(row))
                 frontier.append((row.rid, row.res_type, row.res_id))
         return found
 

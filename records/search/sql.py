@@ -14,7 +14,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, literal, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from health.core.clock import utcnow
@@ -334,6 +334,3 @@ def sort_key(param: str, param_type: str, descending: bool, r: FromClause) -> An
             .scalar_subquery()
         )
     return column.desc().nulls_last() if descending else column.asc().nulls_last()
-
-
-__all__ = ["condition", "false", "sort_key"]
