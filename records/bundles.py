@@ -74,40 +74,21 @@ def searchset(
     criteria: list[tuple[str, str]],
     versions: list[StoredVersion],
     count: int,
-    offset: int,
-    has_more: bool,
+    position: list[tuple[str, str]],
+    next_cursor: str | None,
+    previous_cursor: str | None,
     total: int | None,
     included: list[StoredVersion] | None = None,
     subset: Subset | None = None,
     warnings: list[Issue] | None = None,
 ) -> dict[str, Any]:
-    links = [
-        _link(
-            "self", _url(base, path, [*criteria, ("_count", str(count)), ("_offset", str(offset))])
-        )
-    ]
-    if offset > 0:
-        links.append(
-            _link(
-                "previous",
-                _url(
-                    base,
-                    path,
-                    [*criteria, ("_count", str(count)), ("_offset", str(max(offset - count, 0)))],
-                ),
-            )
-        )
-    if has_more:
-        links.append(
-            _link(
-                "next",
-                _url(
-                    base,
-                    path,
-                    [*criteria, ("_count", str(count)), ("_offset", str(offset + count))],
-                ),
-            )
-        )
+    """``position`` is how the client reached this page (``_cursor`` or ``_offset``), if at all."""
+    paged = [*criteria, ("_count", str(count))]
+    links = [_link("self", _url(base, path, [*paged, *position]))]
+    if previous_cursor is not None:
+        links.append(_link("previous", _url(base, path, [*paged, ("_cursor", previous_cursor)])))
+    if next_cursor is not None:
+        links.append(_link("next", _url(base, path, [*paged, ("_cursor", next_cursor)])))
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": new_resource_id(),

@@ -379,7 +379,8 @@ class Interactions:
             self.store.session, self.store.indexer, base_url=self.base_url
         ).run(query, compartment=compartment)
         path = request.path.strip("/")
-        kept = [(k, v) for k, v in request.params() if k not in ("_count", "_offset")]
+        paging = ("_count", "_offset", "_cursor")
+        kept = [(k, v) for k, v in request.params() if k not in paging]
         return FhirResult(
             200,
             body=bundles.searchset(
@@ -389,8 +390,9 @@ class Interactions:
                 versions=result.matches,
                 included=result.included,
                 count=query.options.count,
-                offset=query.options.offset,
-                has_more=result.has_more,
+                position=[(k, v) for k, v in request.params() if k in paging[1:]],
+                next_cursor=result.next_cursor,
+                previous_cursor=result.previous_cursor,
                 total=result.total,
                 subset=bundles.Subset(query.options.summary, query.options.elements),
                 warnings=[

@@ -2,7 +2,8 @@
 
 One SELECT over ``resources`` joined to each row's current version, filtered by the clauses
 (see :mod:`records.search.sql`), ordered by the ``_sort`` keys and then by ``rid`` so every
-order is total, paged with LIMIT/OFFSET; a COUNT with the same filter gives the total.
+order is total, paged from a keyset cursor (:mod:`records.search.cursor`); a COUNT with the
+same filter gives the total.
 Includes follow the reference index from the page (``_include``) or to it (``_revinclude``).
 """
 
@@ -16,13 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from records.definitions import compartments
 from records.indexing import SearchIndexer
-from records.search.parse import Include, SearchQuery
-from records.search.sql import condition, sort_key
+from records.search.cursor import Cursor
+from records.search.parse import Include, ResultOptions, SearchQuery
+from records.search.sql import condition, sort_value
 from records.store import StoredVersion
 from records.tables import resource_versions, resources, search_reference
 
 #: How many rounds ``:iterate`` includes follow before stopping.
 MAX_INCLUDE_DEPTH = 4
+#: Up to how many matches a search counts when the client did not ask for ``_total=accurate``.
+ESTIMATE_LIMIT = 1000
 
 
 @dataclass
@@ -31,6 +35,9 @@ class SearchResult:
     total: int | None
     has_more: bool
     included: list[StoredVersion] = field(default_factory=list)
+    #: Where the pages after and before this one start, when there are such pages.
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,26 @@ def _version_columns() -> list[Any]:
         resource_versions.c.method,
         resource_versions.c.content,
     ]
+
+
+def _ordering(keys: list[tuple[Any, bool]], forward: bool) -> list[Any]:
+    """ORDER BY for the sort keys, NULLs last; reading backwards reverses every key."""
+    order = []
+    for value, descending in keys:
+        if forward:
+            order.append(value.desc().nulls_last() if descending else value.asc().nulls_last())
+        else:
+            order.append(value.asc().nulls_first() if descending else value.desc().nulls_first())
+    return order
+
+
+def _ordering_rid(forward: bool) -> Any:
+    return resources.c.rid.asc() if forward else resources.c.rid.desc()
+
+
+def _cursor_at(row: Any, forward: bool, keys: list[tuple[Any, bool]]) -> str:
+    values = tuple(row._mapping[f"sort_{i}"] for i in range(len(keys)))
+    return Cursor(forward, values, row.rid).encode()
 
 
 def _current_join() -> Any:
@@ -117,46 +144,76 @@ class SearchEngine:
     ) -> SearchResult:
         options = query.options
         filters = self._filters(query, compartment)
-        total = None
-        if options.total != "none" or options.count == 0 or options.summary == "count":
-            total = (
-                await self.session.execute(
-                    select(func.count()).select_from(resources).where(*filters)
-                )
-            ).scalar_one()
+        total = await self._total(options, filters)
         if options.count == 0 or options.summary == "count":
             return SearchResult([], total, False)
-        order = []
-        for param, descending in options.sort:
-            param_type = (
-                "token"
-                if param == "_id"
-                else (
-                    "date"
-                    if param == "_lastUpdated"
-                    else self.indexer.parameters(query.res_type or "")[param]
-                )
-            )
-            order.append(sort_key(param, param_type, descending, resources))
-        order.append(resources.c.rid.asc())
-        rows = (
-            await self.session.execute(
-                select(*_version_columns())
-                .select_from(_current_join())
-                .where(*filters)
-                .order_by(*order)
-                .offset(options.offset)
-                .limit(options.count + 1)
-            )
-        ).all()
+        keys = [
+            (sort_value(param, self._sort_type(query, param), descending, resources), descending)
+            for param, descending in options.sort
+        ]
+        cursor = options.cursor
+        forward = cursor is None or cursor.forward
+        statement = (
+            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
+            .select_from(_current_join())
+            .where(*filters)
+            .order_by(*_ordering(keys, forward), _ordering_rid(forward))
+            .limit(options.count + 1)
+        )
+        if cursor is not None:
+            statement = statement.where(cursor.condition(keys, resources.c.rid))
+        elif options.offset:
+            statement = statement.offset(options.offset)
+        rows = list((await self.session.execute(statement)).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
+        if not forward:
+            rows.reverse()
         result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
+        if rows:
+            # Reading forward there is more before this page if the client came from one;
+            # reading backward, the row past the page says so.
+            more_before = (cursor is not None or options.offset > 0) if forward else has_more
+            more_after = has_more if forward else True
+            if more_after:
+                result.next_cursor = _cursor_at(rows[-1], True, keys)
+            if more_before:
+                result.previous_cursor = _cursor_at(rows[0], False, keys)
         if options.includes:
             result.included = await self._includes(
                 options.includes, [(r.rid, r.res_type, r.res_id) for r in rows]
             )
         return result
+
+    async def _total(
+        self, options: ResultOptions, filters: list[ColumnElement[bool]]
+    ) -> int | None:
+        """The number of matches: exact when asked, else exact up to ``ESTIMATE_LIMIT``.
+
+        Counting ten thousand matches costs more than finding the first page of them, so
+        unless the client asks for ``_total=accurate`` (or for the count alone) the count
+        stops at the limit and a larger result has no total; its ``next`` link says more.
+        """
+        if options.count == 0 or options.summary == "count" or options.total == "accurate":
+            return (
+                await self.session.execute(
+                    select(func.count()).select_from(resources).where(*filters)
+                )
+            ).scalar_one()
+        if options.total == "none":
+            return None
+        bounded = select(resources.c.rid).where(*filters).limit(ESTIMATE_LIMIT + 1).subquery()
+        counted = (
+            await self.session.execute(select(func.count()).select_from(bounded))
+        ).scalar_one()
+        return counted if counted <= ESTIMATE_LIMIT else None
+
+    def _sort_type(self, query: SearchQuery, param: str) -> str:
+        if param == "_id":
+            return "token"
+        if param == "_lastUpdated":
+            return "date"
+        return self.indexer.parameters(query.res_type or "")[param]
 
     async def _includes(
         self, includes: list[Include], page: list[tuple[int, str, str]]

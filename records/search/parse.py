@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from records.definitions import resource_types
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
+from records.search.cursor import Cursor
 
 #: Numbers are stored with 28 digits before the point and 10 after; beyond that, no match.
 MAX_EXPONENT = 27
@@ -35,6 +36,7 @@ _RESULT = frozenset(
     {
         "_count",
         "_offset",
+        "_cursor",
         "_sort",
         "_include",
         "_revinclude",
@@ -93,11 +95,13 @@ class Include:
 class ResultOptions:
     count: int
     offset: int = 0
+    cursor: Cursor | None = None
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
     includes: list[Include] = field(default_factory=list)
     summary: str | None = None
     elements: list[str] | None = None
-    total: str = "accurate"
+    #: ``accurate`` counts every match; ``estimate`` (the default) counts up to a limit.
+    total: str = "estimate"
     types: list[str] | None = None
 
 
@@ -198,6 +202,8 @@ class SearchParser:
                         clauses.append(clause)
             except ValueError as error:
                 raise FhirError.of(400, f"Search parameter {name}: {error}", code="value") from None
+        if options.cursor is not None and len(options.cursor.values) != len(options.sort):
+            raise FhirError.of(400, "_cursor belongs to a search with another _sort", code="value")
         return SearchQuery(res_type, clauses, options, ignored)
 
     # -- criteria --------------------------------------------------------------------------
@@ -313,6 +319,8 @@ class SearchParser:
             if offset is None:
                 raise ValueError("_offset must be a whole number, 0 or more")
             options.offset = offset
+        elif name == "_cursor":
+            options.cursor = Cursor.decode(raw)
         elif name == "_sort":
             for key in (k.strip() for k in raw.split(",") if k.strip()):
                 descending = key.startswith("-")

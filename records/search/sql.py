@@ -14,7 +14,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from health.core.clock import utcnow
@@ -308,29 +308,25 @@ _BUILDERS = {
 }
 
 
-def sort_key(param: str, param_type: str, descending: bool, r: FromClause) -> Any:
+def sort_value(param: str, param_type: str, descending: bool, r: FromClause) -> Any:
     """The value a resource is sorted by for ``param``: its least (or, descending, greatest)."""
     if param == "_id":
-        column: Any = r.c.res_id
-    elif param == "_lastUpdated":
-        column = r.c.last_updated
-    else:
-        table = SEARCH_TABLES[param_type].alias()
-        value_column = {
-            "string": "value_normalized",
-            "token": "code",
-            "number": "value",
-            "quantity": "value",
-            "reference": "target_id",
-            "uri": "uri",
-            "date": "end" if descending else "start",
-        }[param_type]
-        from sqlalchemy import func
-
-        aggregate = func.max if descending else func.min
-        column = (
-            select(aggregate(table.c[value_column]))
-            .where(table.c.rid == r.c.rid, table.c.res_type == r.c.res_type, table.c.param == param)
-            .scalar_subquery()
-        )
-    return column.desc().nulls_last() if descending else column.asc().nulls_last()
+        return r.c.res_id
+    if param == "_lastUpdated":
+        return r.c.last_updated
+    table = SEARCH_TABLES[param_type].alias()
+    value_column = {
+        "string": "value_normalized",
+        "token": "code",
+        "number": "value",
+        "quantity": "value",
+        "reference": "target_id",
+        "uri": "uri",
+        "date": "end" if descending else "start",
+    }[param_type]
+    aggregate = func.max if descending else func.min
+    return (
+        select(aggregate(table.c[value_column]))
+        .where(table.c.rid == r.c.rid, table.c.res_type == r.c.res_type, table.c.param == param)
+        .scalar_subquery()
+    )

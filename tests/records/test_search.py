@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
+from records.search.engine import ESTIMATE_LIMIT
 
 TAG_SYSTEM = "urn:test:search"
 LOINC = "http://loinc.org"
@@ -57,7 +60,7 @@ class World:
         loinc: str,
         value: float | None = None,
         unit: str = "mm[Hg]",
-        when: str = "2024-03-05T10:00:00+08:00",
+        when: str | None = "2024-03-05T10:00:00+08:00",
         **extra: Any,
     ) -> str:
         body: dict[str, Any] = {
@@ -68,12 +71,17 @@ class World:
                 "text": "收缩压",
             },
             "subject": {"reference": f"Patient/{patient_id}"},
-            "effectiveDateTime": when,
         }
+        if when is not None:
+            body["effectiveDateTime"] = when
         if value is not None:
             body["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
         body.update(extra)
         return self.create(body)
+
+
+def _link(bundle: dict[str, Any], relation: str) -> str | None:
+    return next((link["url"] for link in bundle["link"] if link["relation"] == relation), None)
 
 
 @pytest.fixture
@@ -453,6 +461,86 @@ class TestResultParameters:
             seen += [e["resource"]["id"] for e in page["entry"]]
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         assert seen[:5] == made and len(seen) == len(set(seen)) == 6
+
+    def test_sorted_paging_survives_deletes_and_inserts(self, world: World) -> None:
+        """Every resource that still matches appears exactly once while others come and go."""
+        p = world.patient("马", "小明")
+        days = [f"2024-03-{d:02d}T10:00:00+08:00" for d in (1, 2, 2, 3, 4, 5, 5, 6, 7, 8)]
+        made = [world.observation(p, "8480-6", 100 + i, when=when) for i, when in enumerate(days)]
+        # Some without a date: they sort last, and must still page through.
+        undated = [world.observation(p, "8480-6", 90 + i, when=None) for i in range(2)]
+        first = world.search("Observation", _sort="-date,value-quantity", _count=3)
+        seen = [e["resource"]["id"] for e in first["entry"]]
+        assert seen == [made[9], made[8], made[7]]
+        # While the client reads: a resource it has seen and one it has not are deleted, and
+        # a new one sorts before the page it is on.
+        assert world.fhir.delete(f"/Observation/{made[9]}").status_code in (200, 204)
+        assert world.fhir.delete(f"/Observation/{made[4]}").status_code in (200, 204)
+        world.observation(p, "8480-6", 300, when="2024-03-09T10:00:00+08:00")
+        url = _link(first, "next")
+        pages = 1
+        while url:
+            page = httpx.get(url).json()
+            seen += [e["resource"]["id"] for e in page["entry"]]
+            url = _link(page, "next")
+            pages += 1
+        expected_rest = [made[5], made[6], made[3], made[1], made[2], made[0], *undated]
+        assert seen == [made[9], made[8], made[7], *expected_rest]
+        assert pages == 4
+
+    def test_previous_links_walk_back_through_the_same_pages(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        made = [world.observation(p, "8480-6", 100 + i) for i in range(7)]
+        pages = [world.search("Observation", _sort="-value-quantity", _count=3)]
+        assert _link(pages[0], "previous") is None
+        while (url := _link(pages[-1], "next")) is not None:
+            pages.append(httpx.get(url).json())
+        forward = [[e["resource"]["id"] for e in page["entry"]] for page in pages]
+        assert forward == [made[6:3:-1], made[3:0:-1], made[:1]]
+        backward = [forward[-1]]
+        url = _link(pages[-1], "previous")
+        while url is not None:
+            page = httpx.get(url).json()
+            backward.append([e["resource"]["id"] for e in page["entry"]])
+            url = _link(page, "previous")
+        assert backward == forward[::-1]
+
+    def test_a_cursor_from_another_sort_or_forged_is_400(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        for i in range(3):
+            world.observation(p, "8480-6", 100 + i)
+        first = world.search("Observation", _sort="-date", _count=1)
+        cursor = parse_qs(urlsplit(_link(first, "next") or "").query)["_cursor"][0]
+        for bad in (cursor, "bm90IGEgY3Vyc29y", "!!"):
+            response = world.fhir.get(
+                "/Observation", params={"_tag": world.tag, "_sort": "_id,date", "_cursor": bad}
+            )
+            assert response.status_code == 400, response.text
+            assert "_cursor" in response.json()["issue"][0]["diagnostics"]
+
+    def test_total_is_counted_up_to_a_limit_unless_asked_for(self, world: World) -> None:
+        p = world.patient("马", "小明")
+        entries = [
+            {
+                "request": {"method": "POST", "url": "Observation"},
+                "resource": {
+                    "resourceType": "Observation",
+                    "meta": {"tag": [{"system": TAG_SYSTEM, "code": world.marker}]},
+                    "status": "final",
+                    "code": {"coding": [{"system": LOINC, "code": "8867-4"}]},
+                    "subject": {"reference": f"Patient/{p}"},
+                },
+            }
+            for _ in range(ESTIMATE_LIMIT + 1)
+        ]
+        response = world.fhir.post(
+            "/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        )
+        assert response.status_code == 200, response.text[:500]
+        assert "total" not in world.search("Observation", _count=1)
+        assert world.search("Observation", _count=1, _total="accurate")["total"] == 1001
+        assert world.search("Observation", _summary="count")["total"] == 1001
+        assert world.search("Patient", _count=1)["total"] == 1
 
     def test_summary_elements_and_total(self, world: World) -> None:
         p = world.patient(

@@ -304,6 +304,7 @@ KNOWN_NAMES = (
     "_lastUpdated",
     "_count",
     "_offset",
+    "_cursor",
     "_sort",
     "_include",
     "_revinclude",
