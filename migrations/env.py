@@ -8,9 +8,11 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import health.auth.tables  # noqa: F401  (declares its tables on the metadata)
+import records.tables  # noqa: F401
 from health.core.database import Database
+from health.core.schema import metadata
 from health.core.settings import Settings
-from records.tables import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

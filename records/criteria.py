@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
 from records.search.parse import Clause, SearchParser, SearchQuery, split_token
@@ -39,14 +40,19 @@ class Criteria:
             )
         return cls(res_type, parsed)
 
-    async def find_ids(self, session: AsyncSession, *, limit: int = 2) -> list[str]:
-        """Ids of current, undeleted resources that match, oldest first, at most ``limit``."""
+    async def find_ids(
+        self, session: AsyncSession, *, access: RecordAccess = FULL_ACCESS, limit: int = 2
+    ) -> list[str]:
+        """Ids of current, undeleted resources that match and that ``access`` shows, oldest
+        first, at most ``limit``: a record the caller may not see never decides a condition."""
+        visible = access.visible(resources)
         statement = (
             select(resources.c.res_id)
             .where(
                 resources.c.res_type == self.res_type,
                 resources.c.deleted.is_(False),
-                *(condition(clause, resources, "") for clause in self.query.clauses),
+                *(condition(clause, resources, "", access) for clause in self.query.clauses),
+                *([] if visible is None else [visible]),
             )
             .order_by(resources.c.rid)
             .limit(limit)

@@ -22,7 +22,7 @@ from typing import Any
 
 from records import pinyin
 from records.datetimes import EARLIEST, LATEST, date_range
-from records.definitions import choice_elements, search_parameters
+from records.definitions import choice_elements, compartments, search_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -503,4 +503,21 @@ class SearchIndexer:
                     if row.pop(OF_TYPE_SUFFIX, False):
                         row["param"] += OF_TYPE_SUFFIX
                     rows.setdefault(parameter.type, []).append(row)
+        owners = self._patient_compartment_owners(resource_type, resource, rows.get("reference"))
+        if owners:
+            rows["compartment"] = [{"param": "Patient", "owner_id": o} for o in sorted(owners)]
         return rows
+
+    @staticmethod
+    def _patient_compartment_owners(
+        resource_type: str, resource: dict[str, Any], references: list[dict[str, Any]] | None
+    ) -> set[str]:
+        """The patients in whose compartment this resource is (CompartmentDefinition Patient)."""
+        owners = set()
+        if resource_type == "Patient" and isinstance(resource.get("id"), str):
+            owners.add(resource["id"])
+        links = compartments().get("Patient", {}).get(resource_type) or []
+        for row in references or ():
+            if row["param"] in links and row["target_type"] == "Patient" and row["target_id"]:
+                owners.add(row["target_id"])
+        return owners

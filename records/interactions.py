@@ -18,6 +18,7 @@ import orjson
 
 from health.core.ids import is_valid_resource_id, new_resource_id
 from records import bundles
+from records.access import interaction_of
 from records.criteria import Criteria
 from records.definitions import compartments
 from records.outcome import FhirError, Issue
@@ -121,6 +122,14 @@ class Interactions:
         self.default_page_size = default_page_size
 
     async def perform(self, request: FhirRequest) -> FhirResult:
+        """Run the interaction; a write must leave everything it wrote visible to the caller."""
+        changes_before = len(self.store.changes)
+        result = await self._dispatch(request)
+        if request.method.upper() != "GET":
+            await self.store.require_writes_visible(changes_before)
+        return result
+
+    async def _dispatch(self, request: FhirRequest) -> FhirResult:
         segments = request.segments
         method = request.method.upper()
         if not segments:
@@ -131,6 +140,8 @@ class Interactions:
             return await self._history(request, None, None)
         res_type = segments[0]
         check_resource_type(res_type)
+        access = self.store.access
+        access.require(res_type, interaction_of(method, segments[1:2] not in ([], ["_history"])))
         if len(segments) == 1:
             if method == "POST":
                 return await self.create(request, res_type)
@@ -164,6 +175,8 @@ class Interactions:
                 # Compartment search: Patient/123/Observation?code=...
                 target_type = segments[2]
                 check_resource_type(target_type)
+                access.require(target_type, "s")
+                await self.store.read(res_type, res_id)
                 if target_type not in compartments().get(res_type, {}) and target_type != res_type:
                     raise FhirError.of(
                         404, f"{target_type} is not in the {res_type} compartment", code="not-found"
@@ -207,7 +220,7 @@ class Interactions:
         condition = request.if_none_exist or (request.query or None)
         if condition:
             matches = await Criteria.parse(res_type, condition, self.store.indexer).find_ids(
-                self.store.session
+                self.store.session, access=self.store.access
             )
             if len(matches) > 1:
                 raise FhirError.of(
@@ -322,7 +335,7 @@ class Interactions:
 
     async def _conditional(self, request: FhirRequest, res_type: str, method: str) -> FhirResult:
         criteria = Criteria.parse(res_type, request.query, self.store.indexer)
-        matches = await criteria.find_ids(self.store.session)
+        matches = await criteria.find_ids(self.store.session, access=self.store.access)
         if len(matches) > 1:
             raise FhirError.of(
                 412, f"'{request.query}' matches more than one {res_type}", code="multiple-matches"
@@ -376,7 +389,7 @@ class Interactions:
         )
         query = parser.parse(res_type, request.params(), strict=request.handling_strict)
         result = await SearchEngine(
-            self.store.session, self.store.indexer, base_url=self.base_url
+            self.store.session, self.store.indexer, base_url=self.base_url, access=self.store.access
         ).run(query, compartment=compartment)
         path = request.path.strip("/")
         paging = ("_count", "_offset", "_cursor")

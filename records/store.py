@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import is_valid_resource_id, new_resource_id
+from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError, Issue
 from records.tables import SEARCH_TABLES, resource_versions, resources
@@ -148,7 +149,13 @@ class ResourceStore:
 
     session: AsyncSession
     indexer: SearchIndexer
+    #: Whose eyes: reads find only what this lets the caller see, and writes must stay in it.
+    access: RecordAccess = FULL_ACCESS
     changes: list[Change] = field(default_factory=list)
+
+    def _visible(self) -> list[ColumnElement[bool]]:
+        condition = self.access.visible(resources)
+        return [] if condition is None else [condition]
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -170,7 +177,11 @@ class ResourceStore:
                         resource_versions.c.version == resources.c.version,
                     ),
                 )
-                .where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+                .where(
+                    resources.c.res_type == res_type,
+                    resources.c.res_id == res_id,
+                    *self._visible(),
+                )
             )
         ).first()
         if row is None:
@@ -203,6 +214,7 @@ class ResourceStore:
                     resources.c.res_type == res_type,
                     resources.c.res_id == res_id,
                     resource_versions.c.version == version,
+                    *self._visible(),
                 )
             )
         ).first()
@@ -227,7 +239,10 @@ class ResourceStore:
         newer_than: int | None = None,
     ) -> HistoryPage:
         """Versions newest first, keyed by ``seq`` so pages stay put while new versions arrive."""
-        conditions = []
+        conditions = self._visible()
+        readable = self.access.types_allowed("r")
+        if readable is not None:
+            conditions.append(resource_versions.c.res_type.in_(readable))
         if res_type is not None:
             conditions.append(resource_versions.c.res_type == res_type)
         if res_id is not None:
@@ -241,7 +256,10 @@ class ResourceStore:
             conditions.append(resource_versions.c.last_updated <= at)
         total = (
             await self.session.execute(
-                select(func.count()).select_from(resource_versions).where(*conditions)
+                select(func.count())
+                .select_from(resource_versions)
+                .join(resources, resources.c.rid == resource_versions.c.rid)
+                .where(*conditions)
             )
         ).scalar_one()
         query = (
@@ -385,6 +403,7 @@ class ResourceStore:
             locked = await self._lock(res_type, res_id)
             assert locked is not None  # another transaction created it between our two looks
         rid, version, deleted = locked
+        await self._require_visible(rid, res_type, res_id)
         if if_match is not None and if_match != version:
             raise FhirError.of(
                 412,
@@ -413,6 +432,7 @@ class ResourceStore:
         if locked is None:
             raise FhirError.of(404, f"{res_type}/{res_id} is not known", code="not-found")
         rid, version, deleted = locked
+        await self._require_visible(rid, res_type, res_id)
         if if_match is not None and if_match != version:
             raise FhirError.of(
                 412, f"{res_type}/{res_id} is at version {version}, not {if_match}", code="conflict"
@@ -467,10 +487,54 @@ class ResourceStore:
         return (
             await self.session.execute(
                 select(resources.c.rid).where(
-                    resources.c.res_type == res_type, resources.c.res_id == res_id
+                    resources.c.res_type == res_type,
+                    resources.c.res_id == res_id,
+                    *self._visible(),
                 )
             )
         ).scalar_one_or_none()
+
+    async def _require_visible(self, rid: int, res_type: str, res_id: str) -> None:
+        """An existing resource the caller may not see is, to that caller, not there."""
+        visible = self._visible()
+        if (
+            visible
+            and (
+                await self.session.execute(
+                    select(resources.c.rid).where(resources.c.rid == rid, *visible)
+                )
+            ).first()
+            is None
+        ):
+            raise FhirError.of(404, f"{res_type}/{res_id} is not known", code="not-found")
+
+    async def require_writes_visible(self, since: int = 0) -> None:
+        """Refuse (403) if anything written since change ``since`` lies outside the caller's view.
+
+        Checked after the write, in its transaction, with the same condition as every read:
+        a record that would land in another clinic's patient, or in nobody's, is refused.
+        """
+        visible = self._visible()
+        written = {(c.res_type, c.res_id) for c in self.changes[since:] if c.method != "DELETE"}
+        if not visible or not written:
+            return
+        outside = (
+            await self.session.execute(
+                select(resources.c.res_type, resources.c.res_id).where(
+                    resources.c.res_type.in_({t for t, _ in written}),
+                    resources.c.res_id.in_({i for _, i in written}),
+                    not_(and_(*visible)),
+                )
+            )
+        ).all()
+        refused = sorted(f"{r.res_type}/{r.res_id}" for r in outside if tuple(r) in written)
+        if refused:
+            raise FhirError.of(
+                403,
+                f"{refused[0]} would be outside the records you may write "
+                "(it must belong to a patient in your care)",
+                code="forbidden",
+            )
 
     async def _lock(self, res_type: str, res_id: str) -> tuple[int, int, bool] | None:
         # FOR UPDATE on PostgreSQL; SQLite's write transactions are already exclusive.

@@ -11,14 +11,12 @@ are never the truth (``health reindex`` rebuilds them).
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     Numeric,
     String,
     Table,
@@ -26,17 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
-SurrogateKey = BigInteger().with_variant(Integer(), "sqlite")
+from health.core.schema import SurrogateKey, metadata
 
 resources = Table(
     "resources",
@@ -171,6 +159,16 @@ search_composite = _index_table(
     indexes=(("res_type", "param", "code", "system"),),
 )
 
+#: Compartment membership: one row per compartment a resource belongs to (``param`` is the
+#: compartment type, ``Patient``; ``owner_id`` its owner's id), derived from the reference
+#: rows and the official CompartmentDefinition. The access policy and compartment searches
+#: ask "is this row in one of these patients' records?" with one indexed lookup.
+search_compartment = _index_table(
+    "search_compartment",
+    Column("owner_id", String(64), nullable=False),
+    indexes=(("param", "owner_id"),),
+)
+
 SEARCH_TABLES = {
     "string": search_string,
     "token": search_token,
@@ -180,4 +178,5 @@ SEARCH_TABLES = {
     "number": search_number,
     "uri": search_uri,
     "composite": search_composite,
+    "compartment": search_compartment,
 }

@@ -212,7 +212,9 @@ class BundleProcessor:
             if entry.method == "POST":
                 condition = entry.if_none_exist or entry.query or None
                 if condition:
-                    matches = await self._criteria(entry, res_type, condition).find_ids(session)
+                    matches = await self._criteria(entry, res_type, condition).find_ids(
+                        session, access=self.store.access
+                    )
                     if len(matches) > 1:
                         raise FhirError.of(
                             412,
@@ -227,7 +229,9 @@ class BundleProcessor:
                 if entry.target is None:
                     entry.target = f"{res_type}/{new_resource_id()}"
             elif entry.query:
-                matches = await self._criteria(entry, res_type, entry.query).find_ids(session)
+                matches = await self._criteria(entry, res_type, entry.query).find_ids(
+                    session, access=self.store.access
+                )
                 if len(matches) > 1:
                     raise FhirError.of(
                         412,
@@ -322,6 +326,7 @@ class BundleProcessor:
             raise FhirError(status, issues)
 
         responses: dict[int, dict[str, Any]] = {}
+        changes_before = len(self.store.changes)
         for entry in entries:
             if entry.method == "DELETE":
                 responses[entry.index] = await self._run(entry, scan_identifiers)
@@ -330,6 +335,9 @@ class BundleProcessor:
             for entry in entries:
                 if entry.method in methods:
                     responses[entry.index] = await self._run(entry, scan_identifiers)
+        # The batched creates did not pass through Interactions.perform: hold them (and
+        # everything else) to the caller's view here, before the transaction commits.
+        await self.store.require_writes_visible(changes_before)
         return [responses[entry.index] for entry in entries]
 
     async def _create_posts(
@@ -339,6 +347,13 @@ class BundleProcessor:
         if not pending:
             return
         new = [e for e in pending if not e.existing]
+        for entry in new:
+            try:
+                self.store.access.require(entry.target.split("/")[0] if entry.target else "", "c")
+            except FhirError as error:
+                raise FhirError(
+                    error.status, [i.under(entry.where) for i in error.issues]
+                ) from None
         created = await self.store.create_many(
             [
                 NewResource(e.target.split("/")[0], e.target.split("/")[1], e.resource)
@@ -425,7 +440,7 @@ class BundleProcessor:
         assert match is not None
         res_type, query = match.groups()
         criteria = self._criteria(entry, res_type, query)
-        ids = set(await criteria.find_ids(self.store.session))
+        ids = set(await criteria.find_ids(self.store.session, access=self.store.access))
         for other in entries:
             if other.target and other.target.startswith(f"{res_type}/") and other.index_rows:
                 if criteria.matches(other.target.split("/")[1], other.index_rows):

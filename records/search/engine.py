@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from records.access import FULL_ACCESS, RecordAccess
 from records.definitions import compartments
 from records.indexing import SearchIndexer
 from records.search.cursor import Cursor
@@ -110,15 +111,37 @@ def _current_join() -> Any:
 
 
 class SearchEngine:
-    def __init__(self, session: AsyncSession, indexer: SearchIndexer, *, base_url: str) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        indexer: SearchIndexer,
+        *,
+        base_url: str,
+        access: RecordAccess = FULL_ACCESS,
+    ) -> None:
         self.session = session
         self.indexer = indexer
         self.base_url = base_url
+        self.access = access
+
+    def _seen(self, r: Any, interaction: str) -> list[ColumnElement[bool]]:
+        """What the caller may see of ``r``: its types for ``interaction`` and the policy's rows."""
+        conditions = []
+        types = self.access.types_allowed(interaction)
+        if types is not None:
+            conditions.append(r.c.res_type.in_(types))
+        visible = self.access.visible(r)
+        if visible is not None:
+            conditions.append(visible)
+        return conditions
 
     def _filters(
         self, query: SearchQuery, compartment: Compartment | None
     ) -> list[ColumnElement[bool]]:
-        filters: list[ColumnElement[bool]] = [resources.c.deleted.is_(False)]
+        filters: list[ColumnElement[bool]] = [
+            resources.c.deleted.is_(False),
+            *self._seen(resources, "s"),
+        ]
         types = [query.res_type] if query.res_type else query.options.types
         if types:
             filters.append(resources.c.res_type.in_(types))
@@ -127,7 +150,7 @@ class SearchEngine:
         by_type: dict[str, list[ColumnElement[bool]]] = {}
         for clause in query.clauses:
             by_type.setdefault(clause.res_type, []).append(
-                condition(clause, resources, self.base_url)
+                condition(clause, resources, self.base_url, self.access)
             )
         if query.res_type is None and by_type:
             # A system search: each type's clauses apply to that type's resources.
@@ -269,6 +292,7 @@ class SearchEngine:
                     resources.c.deleted.is_(False),
                     resources.c.res_type.in_({t for t, _ in wanted}),
                     resources.c.res_id.in_({i for _, i in wanted}),
+                    *self._seen(resources, "r"),
                 )
             )
         ).all()
@@ -299,7 +323,11 @@ class SearchEngine:
                 await self.session.execute(
                     select(*_version_columns())
                     .select_from(_current_join())
-                    .where(resources.c.deleted.is_(False), resources.c.rid.in_(rids))
+                    .where(
+                        resources.c.deleted.is_(False),
+                        resources.c.rid.in_(rids),
+                        *self._seen(resources, "r"),
+                    )
                     .order_by(resources.c.rid)
                 )
             ).all()

@@ -19,6 +19,7 @@ from sqlalchemy.sql import FromClause
 
 from health.core.clock import utcnow
 from records import pinyin
+from records.access import FULL_ACCESS, RecordAccess
 from records.datetimes import date_range
 from records.indexing import OF_TYPE_SUFFIX, normalize_text
 from records.search.parse import Clause, Value, check_number, composite_value, split_token
@@ -67,12 +68,18 @@ def _has_row(
     )
 
 
-def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
-    """The SQL condition that ``r`` matches ``clause``."""
+def condition(
+    clause: Clause, r: FromClause, base_url: str, access: RecordAccess = FULL_ACCESS
+) -> ColumnElement[bool]:
+    """The SQL condition that ``r`` matches ``clause``.
+
+    Chains and ``_has`` look at other resources: only at those ``access`` lets the caller
+    see, so a search cannot tell whether a hidden record matches.
+    """
     if clause.has is not None:
-        return _has(clause, r, base_url)
+        return _has(clause, r, base_url, access)
     if clause.chain is not None:
-        return _chain(clause, r, base_url)
+        return _chain(clause, r, base_url, access)
     if clause.param == "_id":
         return r.c.res_id.in_([v.text for v in clause.values])
     if clause.param == "_lastUpdated":
@@ -91,7 +98,14 @@ def condition(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[boo
     return _has_row(table, r, clause, alternatives)
 
 
-def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
+def _seen(access: RecordAccess, r: FromClause) -> list[ColumnElement[bool]]:
+    condition_ = access.visible(r)
+    return [] if condition_ is None else [condition_]
+
+
+def _chain(
+    clause: Clause, r: FromClause, base_url: str, access: RecordAccess
+) -> ColumnElement[bool]:
     assert clause.chain is not None
     ref = search_reference.alias()
     alternatives = []
@@ -102,7 +116,8 @@ def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
             .where(
                 target.c.res_type == chained.res_type,
                 target.c.deleted.is_(False),
-                condition(chained, target, base_url),
+                condition(chained, target, base_url, access),
+                *_seen(access, target),
             )
             .correlate(None)
         )
@@ -112,7 +127,7 @@ def _chain(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
     return r.c.rid.in_(_matching(ref, clause, or_(*alternatives)))
 
 
-def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
+def _has(clause: Clause, r: FromClause, base_url: str, access: RecordAccess) -> ColumnElement[bool]:
     assert clause.has is not None and clause.chain is not None
     referring_type, reference_param = clause.has
     referrer = resources.alias()
@@ -126,7 +141,8 @@ def _has(clause: Clause, r: FromClause, base_url: str) -> ColumnElement[bool]:
             ref.c.res_type == referring_type,
             ref.c.param == reference_param,
             ref.c.target_type == clause.res_type,
-            condition(clause.chain, referrer, base_url),
+            condition(clause.chain, referrer, base_url, access),
+            *_seen(access, referrer),
         )
         .correlate(None)
     )

@@ -1,0 +1,92 @@
+"""The tables of accounts, API clients, refresh tokens, break-glass grants and the audit chain.
+
+Users are the people who log in: each is a Practitioner of the directory with one role at one
+Organization. Clinical access is derived from that (see :mod:`health.auth.policy`), never
+stored per record. Secrets are stored only as hashes: passwords and client secrets with
+Argon2, refresh tokens with SHA-256 (they are long random strings, so a fast hash suffices).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
+
+from health.core.schema import SurrogateKey, metadata
+
+users = Table(
+    "users",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("role", String(32), nullable=False),
+    #: The Organization (clinic, township centre, hospital department, commission) of the role.
+    Column("organization_id", String(64), nullable=True),
+    #: The user's Practitioner in the directory (audit "who", consult actor), if any.
+    Column("practitioner_id", String(64), nullable=True),
+    Column("display_name", String(128), nullable=True),
+    Column("password_hash", Text, nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False),
+    #: Failed logins since the last success, and the lockout they earned.
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+clients = Table(
+    "api_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    #: The most this client may ask for, in SMART syntax (``system/*.rs``).
+    Column("scope", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    #: Every token rotated from one login shares a family; a replay revokes the family.
+    Column("family", String(64), nullable=False),
+    Column("username", String(64), ForeignKey("users.username"), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Index(None, "family"),
+)
+
+#: Break-glass: a user opened a patient's record outside their care, for a stated reason.
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("id", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("username", String(64), ForeignKey("users.username"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index(None, "username", "expires_at"),
+)
+
+#: The audit trail's hash chain: entry n's hash covers entry n-1's hash and the exact JSON
+#: text of AuditEvent n as stored, so changing, removing or reordering an AuditEvent in the
+#: database breaks every hash after it (``health audit verify``).
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("position", SurrogateKey, primary_key=True, autoincrement=False),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False),
+)
