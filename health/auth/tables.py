@@ -67,6 +67,21 @@ refresh_tokens = Table(
     Index(None, "family"),
 )
 
+#: Web logins: the cookie holds a random token, the table its hash, so logout and disabling
+#: an account end the session at once.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("username", String(64), ForeignKey("users.username"), nullable=False),
+    #: Sent back with every form and unsafe request (double submit, tied to this session).
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("address", String(64), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
 #: Break-glass: a user opened a patient's record outside their care, for a stated reason.
 access_grants = Table(
     "access_grants",

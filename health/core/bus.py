@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -27,6 +28,13 @@ class Subscription(Protocol):
 class MessageBus(Protocol):
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
     async def subscribe(self, channel: str) -> Subscription: ...
+    async def hit(self, key: str, window_seconds: int) -> int:
+        """Count one event under ``key``; how many there were in the current window.
+
+        Fixed windows shared by every process on the bus: what rate limits need.
+        """
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -49,6 +57,7 @@ class InProcessBus:
 
     def __init__(self) -> None:
         self._subscribers: defaultdict[str, set[_QueueSubscription]] = defaultdict(set)
+        self._counters: dict[str, tuple[int, int]] = {}  # key -> (window number, count)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         # Copy through JSON so that subscribers see what Redis subscribers would see.
@@ -63,6 +72,15 @@ class InProcessBus:
         subscription = _QueueSubscription(self, channel)
         self._subscribers[channel].add(subscription)
         return subscription
+
+    async def hit(self, key: str, window_seconds: int) -> int:
+        window = int(time.time() // window_seconds)
+        if len(self._counters) > 100_000:  # drop finished windows rather than grow forever
+            self._counters = {k: v for k, v in self._counters.items() if v[0] >= window}
+        current, count = self._counters.get(key, (window, 0))
+        count = count + 1 if current == window else 1
+        self._counters[key] = (window, count)
+        return count
 
     async def close(self) -> None:
         self._subscribers.clear()
@@ -92,6 +110,15 @@ class RedisBus:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         await self._redis.publish(channel, orjson.dumps(message))
+
+    async def hit(self, key: str, window_seconds: int) -> int:
+        window = int(time.time() // window_seconds)
+        name = f"hits:{key}:{window}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.expire(name, window_seconds * 2)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def subscribe(self, channel: str) -> Subscription:
         pubsub = self._redis.pubsub()

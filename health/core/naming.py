@@ -32,3 +32,6 @@ TEST_DATA_LABEL = {
     "code": "HTEST",
     "display": "test health data",
 }
+#: meta.tag of a Flag raised because illness pushes a household into poverty (因病致贫/返贫);
+#: commission analysts see the persons and households under such a Flag while it is active.
+ILLNESS_POVERTY_TAG = {"system": TAG_SYSTEM, "code": "illness-poverty", "display": "因病致贫返贫"}

@@ -34,6 +34,30 @@ class Settings(BaseSettings):
     #: Largest request body accepted, in bytes (a Bundle of a few thousand entries fits).
     max_body_bytes: int = 64 * 1024 * 1024
 
+    #: Key that signs access tokens and session cookies (hex, 32+ bytes). Unset: a key made
+    #: once and kept in ``var/secret.key``, shared by the workers of one machine.
+    secret_key: str | None = None
+    #: Issuer of access tokens: this service's public base URL.
+    issuer: str = "https://fhir.yinchuan-health.cn"
+    #: Lifetime of an access token and of a web session, in seconds.
+    access_token_ttl: int = 15 * 60
+    session_ttl: int = 8 * 60 * 60
+    #: Lifetime of a refresh token (``offline_access``), in seconds.
+    refresh_token_ttl: int = 7 * 24 * 60 * 60
+    #: How long a specialist keeps seeing a shared record after the consult's Consent ends.
+    consent_grace_seconds: int = 24 * 60 * 60
+    #: How long a break-glass opening lasts.
+    break_glass_seconds: int = 60 * 60
+    #: Failed logins before an account is locked, and for how long.
+    lockout_after: int = 5
+    lockout_seconds: int = 15 * 60
+    #: Login attempts allowed per client address per minute (all accounts together).
+    logins_per_address_per_minute: int = 20
+    #: Origins allowed to call the API from a browser (comma-separated); none by default.
+    cors_origins: str = ""
+    #: Send session cookies only over HTTPS (turn off only for plain-HTTP development).
+    secure_cookies: bool = True
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

@@ -2,7 +2,7 @@
 
 Patient compartment membership as an index (one row per resource and patient), filled here
 from the reference rows already indexed; the tables of users, API clients, refresh tokens,
-break-glass grants and the audit hash chain.
+web sessions, break-glass grants and the audit hash chain.
 
 Revision ID: 0005
 Revises: 0004
@@ -87,6 +87,20 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_refresh_tokens_family"), "refresh_tokens", ["family"])
     op.create_table(
+        "web_sessions",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("address", sa.String(length=64), nullable=True),
+        sa.Column("revoked", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["username"], ["users.username"], name=op.f("fk_web_sessions_username_users")
+        ),
+        sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_web_sessions")),
+    )
+    op.create_table(
         "access_grants",
         sa.Column("id", _KEY, autoincrement=True, nullable=False),
         sa.Column("username", sa.String(length=64), nullable=False),
@@ -138,6 +152,13 @@ def _fill_patient_compartment() -> None:
 
 
 def downgrade() -> None:
-    for table in ("audit_chain", "access_grants", "refresh_tokens", "api_clients", "users"):
+    for table in (
+        "audit_chain",
+        "access_grants",
+        "web_sessions",
+        "refresh_tokens",
+        "api_clients",
+        "users",
+    ):
         op.drop_table(table)
     op.drop_table("search_compartment")

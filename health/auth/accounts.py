@@ -1,0 +1,375 @@
+"""Accounts: users, API clients, web sessions and refresh tokens, and how each logs in.
+
+Every function takes the caller's session and keyword arguments, and never commits: the
+caller's transaction decides. Password checks run Argon2 in a thread (tens of milliseconds
+of CPU each) so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from health.auth.passwords import hash_password, password_problem, verify_password
+from health.auth.policy import ROLES
+from health.auth.scopes import ScopeSet, parse_scopes
+from health.auth.tables import clients, refresh_tokens, users, web_sessions
+from records.tables import resources
+
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+#: Roles whose work is at one organisation, which must exist in the directory.
+ROLES_AT_AN_ORGANIZATION = frozenset(
+    {"village_doctor", "township_doctor", "specialist", "commission_analyst"}
+)
+#: A hash to verify against when the account does not exist, so that the answer takes as
+#: long for an unknown username as for a wrong password.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+class AccountError(ValueError):
+    """Input an operator or admin must fix; the message names the field."""
+
+
+class LoginRefused(Exception):
+    """A login that fails. The message is safe to show: it never says which part was wrong."""
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    organization_id: str | None
+    practitioner_id: str | None
+    display_name: str | None
+    disabled: bool
+
+    @classmethod
+    def from_row(cls, row: object) -> User:
+        return cls(
+            username=row.username,  # type: ignore[attr-defined]
+            role=row.role,  # type: ignore[attr-defined]
+            organization_id=row.organization_id,  # type: ignore[attr-defined]
+            practitioner_id=row.practitioner_id,  # type: ignore[attr-defined]
+            display_name=row.display_name,  # type: ignore[attr-defined]
+            disabled=row.disabled,  # type: ignore[attr-defined]
+        )
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def _resource_exists(session: AsyncSession, res_type: str, res_id: str) -> bool:
+    found = await session.execute(
+        select(resources.c.rid).where(
+            resources.c.res_type == res_type,
+            resources.c.res_id == res_id,
+            resources.c.deleted.is_(False),
+        )
+    )
+    return found.first() is not None
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+async def add_user(
+    session: AsyncSession,
+    *,
+    username: str,
+    role: str,
+    organization_id: str | None,
+    password: str | None,
+    practitioner_id: str | None = None,
+    display_name: str | None = None,
+    now: dt.datetime,
+) -> User:
+    if not USERNAME.match(username):
+        raise AccountError(
+            "username: 2–64 lower-case letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    if role not in ROLES:
+        raise AccountError(f"role: one of {', '.join(ROLES)}")
+    if role in ROLES_AT_AN_ORGANIZATION and not organization_id:
+        raise AccountError(f"organization: a {role} works at an Organization; give its id")
+    if organization_id and not await _resource_exists(session, "Organization", organization_id):
+        raise AccountError(f"organization: Organization/{organization_id} is not in the directory")
+    if practitioner_id and not await _resource_exists(session, "Practitioner", practitioner_id):
+        raise AccountError(f"practitioner: Practitioner/{practitioner_id} is not in the directory")
+    if role == "specialist" and not practitioner_id:
+        raise AccountError("practitioner: a specialist is shared records as a Practitioner")
+    if password is not None and (problem := password_problem(password)):
+        raise AccountError(f"password: {problem}")
+    existing = await session.execute(select(users.c.username).where(users.c.username == username))
+    if existing.first() is not None:
+        raise AccountError(f"username: {username} already exists")
+    password_hash = await asyncio.to_thread(hash_password, password) if password else None
+    await session.execute(
+        users.insert().values(
+            username=username,
+            role=role,
+            organization_id=organization_id,
+            practitioner_id=practitioner_id,
+            display_name=display_name,
+            password_hash=password_hash,
+            disabled=False,
+            failed_logins=0,
+            created_at=now,
+        )
+    )
+    return User(username, role, organization_id, practitioner_id, display_name, False)
+
+
+async def get_user(session: AsyncSession, *, username: str) -> User | None:
+    row = (await session.execute(select(users).where(users.c.username == username))).first()
+    return User.from_row(row) if row else None
+
+
+async def list_users(session: AsyncSession) -> list[User]:
+    rows = (await session.execute(select(users).order_by(users.c.username))).all()
+    return [User.from_row(r) for r in rows]
+
+
+async def disable_user(session: AsyncSession, *, username: str) -> None:
+    """Disable the account and end its web sessions and refresh tokens at once."""
+    done = await session.execute(
+        update(users).where(users.c.username == username).values(disabled=True)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        raise AccountError(f"username: no user {username}")
+    await session.execute(
+        update(web_sessions).where(web_sessions.c.username == username).values(revoked=True)
+    )
+    await session.execute(
+        update(refresh_tokens).where(refresh_tokens.c.username == username).values(revoked=True)
+    )
+
+
+async def set_password(session: AsyncSession, *, username: str, password: str) -> None:
+    if problem := password_problem(password):
+        raise AccountError(f"password: {problem}")
+    password_hash = await asyncio.to_thread(hash_password, password)
+    done = await session.execute(
+        update(users)
+        .where(users.c.username == username)
+        .values(password_hash=password_hash, failed_logins=0, locked_until=None)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        raise AccountError(f"username: no user {username}")
+
+
+async def check_password(
+    session: AsyncSession,
+    *,
+    username: str,
+    password: str,
+    now: dt.datetime,
+    lockout_after: int,
+    lockout_seconds: int,
+) -> User:
+    """The user, if the password is right and the account usable; else :class:`LoginRefused`.
+
+    ``lockout_after`` failures in a row lock the account for ``lockout_seconds``; while it is
+    locked even the right password is refused, so guessing cannot continue.
+    """
+    row = (
+        await session.execute(select(users).where(users.c.username == username).with_for_update())
+    ).first()
+    stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+    matches = await asyncio.to_thread(verify_password, stored, password)
+    if row is None or row.disabled or not row.password_hash:
+        raise LoginRefused("Wrong username or password")
+    if row.locked_until is not None and _aware(row.locked_until) > now:
+        raise LoginRefused("This account is locked after repeated failed logins; try later")
+    if not matches:
+        failures = row.failed_logins + 1
+        locked_until = (
+            now + dt.timedelta(seconds=lockout_seconds) if failures >= lockout_after else None
+        )
+        await session.execute(
+            update(users)
+            .where(users.c.username == username)
+            .values(failed_logins=0 if locked_until else failures, locked_until=locked_until)
+        )
+        raise LoginRefused("Wrong username or password")
+    if row.failed_logins or row.locked_until:
+        await session.execute(
+            update(users)
+            .where(users.c.username == username)
+            .values(failed_logins=0, locked_until=None)
+        )
+    return User.from_row(row)
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+# -- API clients ---------------------------------------------------------------------------
+
+
+async def add_client(
+    session: AsyncSession, *, name: str, scope: str, now: dt.datetime
+) -> tuple[str, str]:
+    """Register a system client; returns (client_id, client_secret), the secret shown once."""
+    if not name.strip():
+        raise AccountError("name: give the client a name")
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as error:
+        raise AccountError(f"scope: {error}") from None
+    if not scopes.scopes or scopes.contexts() != {"system"}:
+        raise AccountError("scope: a client is given system/ scopes, e.g. system/*.rs")
+    client_id = secrets.token_hex(16)
+    secret = secrets.token_urlsafe(32)
+    await session.execute(
+        clients.insert().values(
+            client_id=client_id,
+            name=name.strip(),
+            secret_hash=await asyncio.to_thread(hash_password, secret),
+            scope=str(scopes),
+            disabled=False,
+            created_at=now,
+        )
+    )
+    return client_id, secret
+
+
+async def check_client(
+    session: AsyncSession, *, client_id: str, secret: str
+) -> tuple[str, ScopeSet]:
+    """(client name, granted scopes) if the secret is right; else :class:`LoginRefused`."""
+    row = (await session.execute(select(clients).where(clients.c.client_id == client_id))).first()
+    stored = row.secret_hash if row is not None else _DUMMY_HASH
+    matches = await asyncio.to_thread(verify_password, stored, secret)
+    if row is None or row.disabled or not matches:
+        raise LoginRefused("Unknown client or wrong secret")
+    return row.name, parse_scopes(row.scope)
+
+
+# -- web sessions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebSession:
+    user: User
+    csrf_token: str
+
+
+async def open_session(
+    session: AsyncSession, *, username: str, now: dt.datetime, ttl_seconds: int, address: str | None
+) -> tuple[str, str]:
+    """A new web session: (cookie token, CSRF token)."""
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    await session.execute(
+        web_sessions.insert().values(
+            token_hash=_digest(token),
+            username=username,
+            csrf_token=csrf,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+            address=address,
+            revoked=False,
+        )
+    )
+    return token, csrf
+
+
+async def find_session(session: AsyncSession, *, token: str, now: dt.datetime) -> WebSession | None:
+    row = (
+        await session.execute(
+            select(users, web_sessions.c.csrf_token)
+            .select_from(web_sessions.join(users, users.c.username == web_sessions.c.username))
+            .where(
+                web_sessions.c.token_hash == _digest(token),
+                web_sessions.c.revoked.is_(False),
+                web_sessions.c.expires_at > now,
+                users.c.disabled.is_(False),
+            )
+        )
+    ).first()
+    return WebSession(User.from_row(row), row.csrf_token) if row else None
+
+
+async def close_session(session: AsyncSession, *, token: str) -> None:
+    await session.execute(
+        update(web_sessions).where(web_sessions.c.token_hash == _digest(token)).values(revoked=True)
+    )
+
+
+# -- refresh tokens ------------------------------------------------------------------------
+
+
+async def issue_refresh_token(
+    session: AsyncSession,
+    *,
+    username: str,
+    scope: str,
+    now: dt.datetime,
+    ttl_seconds: int,
+    family: str | None = None,
+) -> str:
+    token = secrets.token_urlsafe(32)
+    await session.execute(
+        refresh_tokens.insert().values(
+            token_hash=_digest(token),
+            family=family or secrets.token_hex(16),
+            username=username,
+            scope=scope,
+            issued_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+            revoked=False,
+        )
+    )
+    return token
+
+
+async def use_refresh_token(
+    session: AsyncSession, *, token: str, now: dt.datetime, ttl_seconds: int
+) -> tuple[User, str, str]:
+    """Rotate: (user, scope, the new refresh token). The old one is spent.
+
+    A refresh token presented a second time means it was copied: the whole family (every
+    token rotated from the same login) is revoked, so the thief's copy dies with the user's.
+    """
+    row = (
+        await session.execute(
+            select(refresh_tokens)
+            .where(refresh_tokens.c.token_hash == _digest(token))
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise LoginRefused("Unknown refresh token")
+    if row.used_at is not None or row.revoked:
+        await session.execute(
+            update(refresh_tokens).where(refresh_tokens.c.family == row.family).values(revoked=True)
+        )
+        raise LoginRefused("This refresh token was already used; its login is now revoked")
+    if _aware(row.expires_at) <= now:
+        raise LoginRefused("The refresh token has expired; log in again")
+    user = await get_user(session, username=row.username)
+    if user is None or user.disabled:
+        raise LoginRefused("The account is disabled")
+    await session.execute(
+        update(refresh_tokens)
+        .where(refresh_tokens.c.token_hash == row.token_hash)
+        .values(used_at=now)
+    )
+    new = await issue_refresh_token(
+        session,
+        username=row.username,
+        scope=row.scope,
+        now=now,
+        ttl_seconds=ttl_seconds,
+        family=row.family,
+    )
+    return user, row.scope, new

@@ -1,0 +1,312 @@
+"""Who may see and do what with the records: the access policy the record store enforces.
+
+The default is deny (health records are sensitive personal information under the PIPL).
+A caller sees:
+
+- **directory and definitions** (:data:`SHARED_TYPES`: clinics, practitioners, value sets…),
+  whatever the role;
+- **patients' records** only through the patients "in their care", decided per role:
+  a village doctor's are the patients whose managing organisation is her clinic; a township
+  doctor's add the village clinics under the township (``Organization.partOf``); a
+  specialist's are the patients shared with him by an active Consent naming him as actor
+  (until its period ends, plus :attr:`Settings.consent_grace_seconds`); a commission
+  analyst's are the persons and household members under an active illness-poverty Flag.
+  Everybody's add the patients they opened by break-glass, until the grant expires;
+- admins see the directory and the audit trail, and no clinical record.
+
+"In the record of patient P" means in P's compartment (the official CompartmentDefinition),
+which the store indexes as ``search_compartment``; the whole rule is one SQL condition
+(:meth:`AccessPolicy.visible`) that the store adds to every query. SMART scopes narrow it
+further by type and interaction, and a token with a patient context (``patient/`` scopes)
+sees that patient's record only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, exists, false, literal, or_, select, union
+from sqlalchemy.sql import FromClause
+
+from health.auth.scopes import ScopeSet
+from health.auth.tables import access_grants
+from health.core.naming import ILLNESS_POVERTY_TAG, TAG_SYSTEM
+from records.outcome import FhirError
+from records.tables import (
+    resources,
+    search_compartment,
+    search_date,
+    search_reference,
+    search_token,
+)
+
+ROLES = ("village_doctor", "township_doctor", "specialist", "commission_analyst", "admin")
+#: The role of an API client authenticated with client_credentials: its scopes decide.
+SYSTEM_ROLE = "system"
+DOCTOR_ROLES = frozenset({"village_doctor", "township_doctor", "specialist"})
+
+#: Types that are nobody's personal record: the directory and shared definitions.
+DIRECTORY_TYPES = frozenset(
+    {"Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService"}
+)
+SHARED_TYPES = DIRECTORY_TYPES | frozenset(
+    {
+        "Endpoint",
+        "Medication",
+        "Substance",
+        "ValueSet",
+        "CodeSystem",
+        "ConceptMap",
+        "NamingSystem",
+        "StructureDefinition",
+        "SearchParameter",
+        "OperationDefinition",
+        "Questionnaire",
+        "ActivityDefinition",
+        "PlanDefinition",
+        "InsurancePlan",
+    }
+)
+#: The audit trail: written by the service only, never through the API.
+AUDIT_TYPE = "AuditEvent"
+#: What a commission analyst may write: the follow-up tasks of illness-poverty cases.
+ANALYST_WRITABLE = frozenset({"Task"})
+WRITES = frozenset("cud")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The authenticated caller of one request."""
+
+    #: ``user:wangfang`` or ``client:<client_id>``.
+    id: str
+    role: str
+    organization: str | None
+    practitioner: str | None
+    scopes: ScopeSet
+    #: The patient of a ``patient/`` launch context, if any.
+    patient: str | None = None
+    #: The access token's id, for the audit trail.
+    token_id: str | None = None
+
+    @property
+    def username(self) -> str | None:
+        return self.id.split(":", 1)[1] if self.id.startswith("user:") else None
+
+
+class AccessPolicy:
+    """:class:`records.access.RecordAccess` for one subject at one moment."""
+
+    def __init__(self, subject: Subject, *, now: dt.datetime, consent_grace_seconds: int) -> None:
+        self.subject = subject
+        self.now = now
+        self.grace = dt.timedelta(seconds=consent_grace_seconds)
+
+    # -- interactions ----------------------------------------------------------------------
+
+    def require(self, res_type: str, interaction: str) -> None:
+        if not self.subject.scopes.allows(res_type, interaction):
+            raise FhirError.of(
+                403,
+                f"The access token's scopes do not allow '{interaction}' on {res_type}",
+                code="forbidden",
+            )
+        problem = self._role_refuses(res_type, interaction)
+        if problem:
+            raise FhirError.of(403, problem, code="forbidden")
+
+    def _role_refuses(self, res_type: str, interaction: str) -> str | None:
+        role = self.subject.role
+        writing = interaction in WRITES
+        if res_type == AUDIT_TYPE and writing:
+            return "The audit trail is written by the service only"
+        if role == SYSTEM_ROLE:
+            return None
+        if role == "admin":
+            if res_type in DIRECTORY_TYPES or (res_type == AUDIT_TYPE and not writing):
+                return None
+            if res_type in SHARED_TYPES and not writing:
+                return None
+            return "Administrators keep the directory and accounts; clinical records are not theirs"
+        if writing and res_type in SHARED_TYPES:
+            return f"{res_type} is directory data, kept by administrators"
+        if role == "commission_analyst" and writing and res_type not in ANALYST_WRITABLE:
+            return "Commission analysts follow cases; they do not write clinical records"
+        if role not in ROLES:
+            return f"Unknown role {role!r}"
+        return None
+
+    def types_allowed(self, interaction: str) -> frozenset[str] | None:
+        by_scope = self.subject.scopes.types_allowed(interaction)
+        by_role: frozenset[str] | None = None
+        if self.subject.role == "admin":
+            by_role = SHARED_TYPES | {AUDIT_TYPE}
+        if by_scope is None:
+            return by_role
+        return by_scope if by_role is None else by_scope & by_role
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def visible(self, r: FromClause) -> ColumnElement[bool] | None:
+        role = self.subject.role
+        if role == SYSTEM_ROLE and self.subject.patient is None:
+            return None
+        shared = r.c.res_type.in_(SHARED_TYPES)
+        if role == "admin":
+            return or_(shared, r.c.res_type == AUDIT_TYPE)
+        in_care = exists().where(
+            search_compartment.c.rid == r.c.rid,
+            search_compartment.c.param == "Patient",
+            search_compartment.c.owner_id.in_(self.patients_in_care()),
+        )
+        return or_(shared, in_care)
+
+    def patients_in_care(self) -> Any:
+        """A SELECT of the ids of the patients whose records the subject may see."""
+        subject = self.subject
+        if subject.patient is not None and subject.role == SYSTEM_ROLE:
+            return select(literal(subject.patient))
+        sources = [self._by_role()]
+        if subject.username is not None:
+            sources.append(
+                select(access_grants.c.patient_id).where(
+                    access_grants.c.username == subject.username,
+                    access_grants.c.expires_at > self.now,
+                )
+            )
+        patients = union(*sources) if len(sources) > 1 else sources[0]
+        if subject.patient is not None:
+            # A patient launch context narrows the role's patients to that one.
+            inner = patients.subquery()
+            return select(inner.c[0]).where(inner.c[0] == subject.patient)
+        return patients
+
+    def _by_role(self) -> Any:
+        subject = self.subject
+        role = subject.role
+        if role in ("village_doctor", "township_doctor") and subject.organization:
+            return _patients_managed_by(_clinics(subject.organization, role))
+        if role == "specialist" and subject.practitioner:
+            return _patients_sharing_with(subject.practitioner, self.now - self.grace, self.now)
+        if role == "commission_analyst":
+            return _patients_flagged(self.now)
+        return select(literal("")).where(false())
+
+
+def _clinics(organization: str, role: str) -> Any:
+    """The clinic itself, and for a township doctor the village clinics under the township."""
+    own = select(literal(organization))
+    if role != "township_doctor":
+        return own
+    part_of = search_reference.alias()
+    children = select(resources.c.res_id).where(
+        resources.c.rid.in_(
+            select(part_of.c.rid).where(
+                part_of.c.res_type == "Organization",
+                part_of.c.param == "partof",
+                part_of.c.target_type == "Organization",
+                part_of.c.target_id == organization,
+            )
+        ),
+        resources.c.deleted.is_(False),
+    )
+    return union(own, children)
+
+
+def _patients_managed_by(clinics: Any) -> Any:
+    managing = search_reference.alias()
+    member = search_compartment.alias()
+    return select(member.c.owner_id).where(
+        member.c.res_type == "Patient",
+        member.c.param == "Patient",
+        member.c.rid.in_(
+            select(managing.c.rid).where(
+                managing.c.res_type == "Patient",
+                managing.c.param == "organization",
+                managing.c.target_type == "Organization",
+                managing.c.target_id.in_(clinics),
+            )
+        ),
+    )
+
+
+def _patients_sharing_with(practitioner: str, ended_after: dt.datetime, now: dt.datetime) -> Any:
+    """Patients of Consents that are active, name the practitioner as actor, and whose period
+    has begun and did not end before ``ended_after`` (the grace period)."""
+    actor = search_reference.alias()
+    status = search_token.alias()
+    period = search_date.alias()
+    consent = search_compartment.alias()
+    return select(consent.c.owner_id).where(
+        consent.c.res_type == "Consent",
+        consent.c.param == "Patient",
+        consent.c.rid.in_(
+            select(actor.c.rid).where(
+                actor.c.res_type == "Consent",
+                actor.c.param == "actor",
+                actor.c.target_type == "Practitioner",
+                actor.c.target_id == practitioner,
+            )
+        ),
+        consent.c.rid.in_(
+            select(status.c.rid).where(
+                status.c.res_type == "Consent",
+                status.c.param == "status",
+                status.c.code == "active",
+            )
+        ),
+        consent.c.rid.in_(
+            select(period.c.rid).where(
+                period.c.res_type == "Consent",
+                period.c.param == "period",
+                period.c.start <= now,
+                period.c.end >= ended_after,
+            )
+        ),
+    )
+
+
+def _patients_flagged(now: dt.datetime) -> Any:
+    """Persons under an active illness-poverty Flag, and members of flagged households."""
+    tag = search_token.alias()
+    period = search_date.alias()
+    flags = select(tag.c.rid).where(
+        tag.c.res_type == "Flag",
+        tag.c.param == "_tag",
+        tag.c.system == TAG_SYSTEM,
+        tag.c.code == ILLNESS_POVERTY_TAG["code"],
+        tag.c.rid.in_(
+            select(period.c.rid).where(
+                period.c.res_type == "Flag",
+                period.c.param == "date",
+                period.c.start <= now,
+                period.c.end >= now,
+            )
+        ),
+    )
+    subject = search_reference.alias()
+    member = search_reference.alias()
+    flagged_persons = select(search_compartment.c.owner_id).where(
+        search_compartment.c.res_type == "Flag", search_compartment.c.rid.in_(flags)
+    )
+    household_members = select(member.c.target_id).where(
+        member.c.res_type == "Group",
+        member.c.param == "member",
+        member.c.target_type == "Patient",
+        member.c.rid.in_(
+            select(resources.c.rid).where(
+                resources.c.res_type == "Group",
+                resources.c.res_id.in_(
+                    select(subject.c.target_id).where(
+                        subject.c.res_type == "Flag",
+                        subject.c.param == "subject",
+                        subject.c.target_type == "Group",
+                        subject.c.rid.in_(flags),
+                    )
+                ),
+            )
+        ),
+    )
+    return union(flagged_persons, household_members)
