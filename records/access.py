@@ -11,9 +11,11 @@ same condition: what a caller writes must be visible to that caller when the wri
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import FromClause
 
 
@@ -52,3 +54,38 @@ def interaction_of(method: str, names_instance: bool) -> str:
     if method in ("GET", "HEAD"):
         return "r" if names_instance else "s"
     return {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "r")
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    """What one API request did with the records, as the audit trail needs to know it.
+
+    ``interaction`` is a code of http://hl7.org/fhir/restful-interaction (``read``,
+    ``search-type``, ``create``, ``transaction``...); ``action`` the AuditEvent action
+    (C create, R read, U update, D delete, E execute — a search or an operation).
+    """
+
+    interaction: str
+    action: str
+    status: int
+    #: The request as sent below the FHIR base (``Observation?code=...``), for the record.
+    request: str
+    #: ``(type, id)`` of every resource the caller was shown or wrote.
+    resources: tuple[tuple[str, str], ...] = ()
+    #: For each patient whose record those resources are in, the ones in it.
+    patients: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: Why a refused request was refused (safe to keep: never carries the request's values).
+    problem: str | None = None
+
+
+class Caller(Protocol):
+    """The authenticated party of one API request: what it may see, and its audit trail."""
+
+    @property
+    def access(self) -> RecordAccess: ...
+
+    async def audit(self, event: AccessEvent, *, session: AsyncSession | None = None) -> None:
+        """Put ``event`` on the audit trail: in ``session``'s transaction when given (a
+        write, so the change and its record commit together), else in a transaction of its
+        own that has committed when this returns."""
+        ...

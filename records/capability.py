@@ -22,8 +22,13 @@ _INSTANCE_AND_TYPE = [
 
 
 def capability_statement(
-    *, base_url: str, indexer: SearchIndexer, software_version: str
+    *,
+    base_url: str,
+    indexer: SearchIndexer,
+    software_version: str,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The statement; ``security`` is ``rest.security`` as the application defines it."""
     rest_resources = []
     for res_type in sorted(resource_types()):
         search_params = [
@@ -85,6 +90,7 @@ def capability_statement(
                     "parameters of a token and one value (code-value-quantity and 35 more) "
                     "are supported; the five others are not."
                 ),
+                **({"security": security} if security else {}),
                 "resource": rest_resources,
                 "interaction": [
                     {"code": "transaction"},

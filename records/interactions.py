@@ -58,6 +58,36 @@ class FhirRequest:
                 return value
         return None
 
+    @property
+    def interaction(self) -> tuple[str, str]:
+        """(restful-interaction code, AuditEvent action) of this request."""
+        segments = self.segments
+        method = self.method.upper()
+        if method == "POST":
+            if not segments:
+                kind = self.body.get("type") if isinstance(self.body, dict) else None
+                return ("batch" if kind == "batch" else "transaction"), "E"
+            return "create", "C"
+        if method in ("PUT", "PATCH", "DELETE"):
+            return {"PUT": ("update", "U"), "PATCH": ("patch", "U"), "DELETE": ("delete", "D")}[
+                method
+            ]
+        if not segments:
+            return "search-system", "E"
+        if segments == ["_history"]:
+            return "history-system", "R"
+        if len(segments) == 1:
+            return "search-type", "E"
+        if segments[1] == "_history":
+            return "history-type", "R"
+        if len(segments) == 2:
+            return "read", "R"
+        if segments[2] == "_history":
+            return ("vread", "R") if len(segments) == 4 else ("history-instance", "R")
+        if segments[2].startswith("$"):
+            return "operation", "E"
+        return "search-type", "E"
+
 
 @dataclass
 class FhirResult:
@@ -70,6 +100,8 @@ class FhirResult:
     location: bool = False
     issues: list[Issue] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    #: The resources a search or history shows (besides ``version``), for the audit trail.
+    shown: list[StoredVersion] = field(default_factory=list)
 
 
 def _resource_body(request: FhirRequest, res_type: str) -> dict[str, Any]:
@@ -120,6 +152,9 @@ class Interactions:
         self.base_url = base_url.rstrip("/")
         self.max_page_size = max_page_size
         self.default_page_size = default_page_size
+        #: ``(type, id)`` of every resource shown to the caller so far (writes are in
+        #: ``store.changes``): what the audit trail records as seen.
+        self.shown: list[tuple[str, str]] = []
 
     async def perform(self, request: FhirRequest) -> FhirResult:
         """Run the interaction; a write must leave everything it wrote visible to the caller."""
@@ -127,6 +162,9 @@ class Interactions:
         result = await self._dispatch(request)
         if request.method.upper() != "GET":
             await self.store.require_writes_visible(changes_before)
+        elif result.version is not None and result.version.content is not None:
+            self.shown.append((result.version.res_type, result.version.res_id))
+        self.shown += [(v.res_type, v.res_id) for v in result.shown if v.content is not None]
         return result
 
     async def _dispatch(self, request: FhirRequest) -> FhirResult:
@@ -170,7 +208,9 @@ class Interactions:
                         404, "$everything is defined for Patient", code="not-supported"
                     )
                 await self.store.read(res_type, res_id)
-                return await self.search(request, None, compartment=Compartment(res_type, res_id))
+                # The patient's record, not the trail of who looked at it (AuditEvent?patient=).
+                everything = Compartment(res_type, res_id, excluded=frozenset({"AuditEvent"}))
+                return await self.search(request, None, compartment=everything)
             elif len(segments) == 3 and method == "GET" and segments[2][:1].isupper():
                 # Compartment search: Patient/123/Observation?code=...
                 target_type = segments[2]
@@ -413,6 +453,7 @@ class Interactions:
                     for p in query.ignored
                 ],
             ),
+            shown=[*result.matches, *result.included],
         )
 
     async def _history(
@@ -436,4 +477,5 @@ class Interactions:
             body=bundles.history(
                 base=self.base_url, path=path, params=request.params(), page=page, count=count
             ),
+            shown=page.versions,
         )

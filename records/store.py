@@ -22,7 +22,7 @@ from health.core.ids import is_valid_resource_id, new_resource_id
 from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError, Issue
-from records.tables import SEARCH_TABLES, resource_versions, resources
+from records.tables import SEARCH_TABLES, resource_versions, resources, search_compartment
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +313,52 @@ class ResourceStore:
             has_newer=has_newer,
         )
 
+    async def owners_of(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+        """For each resource, the patients in whose records (Patient compartments) it is.
+
+        Read from the compartment index; a deleted resource has no index rows left, so its
+        last stored content is indexed again to tell.
+        """
+        wanted = set(items)
+        owners: dict[tuple[str, str], set[str]] = {item: set() for item in wanted}
+        if not wanted:
+            return owners
+        rows = await self.session.execute(
+            select(resources.c.res_type, resources.c.res_id, search_compartment.c.owner_id)
+            .select_from(resources)
+            .join(search_compartment, search_compartment.c.rid == resources.c.rid)
+            .where(
+                search_compartment.c.param == "Patient",
+                resources.c.res_type.in_({t for t, _ in wanted}),
+                resources.c.res_id.in_({i for _, i in wanted}),
+            )
+        )
+        for row in rows:
+            key = (row.res_type, row.res_id)
+            if key in owners:
+                owners[key].add(row.owner_id)
+        for res_type, res_id in [key for key, found in owners.items() if not found]:
+            content = (
+                await self.session.execute(
+                    select(resource_versions.c.content)
+                    .join(resources, resources.c.rid == resource_versions.c.rid)
+                    .where(
+                        resources.c.res_type == res_type,
+                        resources.c.res_id == res_id,
+                        resources.c.deleted.is_(True),
+                        resource_versions.c.content.is_not(None),
+                    )
+                    .order_by(resource_versions.c.version.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if content is not None:
+                rows_of = self.indexer.extract(res_type, orjson.loads(content))
+                owners[(res_type, res_id)].update(
+                    r["owner_id"] for r in rows_of.get("compartment", ())
+                )
+        return owners
+
     # -- writes ----------------------------------------------------------------------------
 
     async def create_many(
@@ -360,8 +406,19 @@ class ResourceStore:
             stored.append(StoredVersion(item.res_type, item.res_id, 1, now, method, content))
             self.changes.append(Change(item.res_type, item.res_id, 1, method))
         await self.session.execute(insert(resource_versions), version_rows)
+        # Index what was stored: with the id the server gave (a Patient is in its own
+        # compartment by that id), not any id the client sent.
         await self._write_index_rows(
-            [(rid, item.res_type, item.data) for rid, item in zip(rids, items, strict=True)]
+            [
+                (
+                    rid,
+                    item.res_type,
+                    item.data
+                    if item.data.get("id") == item.res_id
+                    else {**item.data, "id": item.res_id},
+                )
+                for rid, item in zip(rids, items, strict=True)
+            ]
         )
         return stored
 

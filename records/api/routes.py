@@ -9,8 +9,10 @@ the bus channel :data:`CHANGES_CHANNEL`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,6 +20,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from health.core.bus import MessageBus
 from health.core.database import Database
+from health.core.ids import is_valid_resource_id
+from records.access import AccessEvent, Caller
 from records.api.responses import (
     check_format,
     error_response,
@@ -54,6 +58,10 @@ class RecordsContext:
     max_page_size: int
     default_page_size: int
     max_body_bytes: int
+    #: Who is asking: the caller of a request, or a FhirError (401) if nobody we know.
+    authenticate: Callable[[Request], Awaitable[Caller]]
+    #: ``CapabilityStatement.rest.security`` for a request (how clients get their tokens).
+    security: Callable[[Request], dict[str, Any]] | None = None
 
 
 def _software_version() -> str:
@@ -90,20 +98,31 @@ async def _publish(context: RecordsContext, store: ResourceStore) -> None:
 )
 @router.api_route("/fhir/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
 async def fhir_endpoint(request: Request, path: str = "") -> Response:
-    """FHIR R4B RESTful API (JSON)."""
+    """FHIR R4B RESTful API (JSON).
+
+    Every request but ``metadata`` needs a caller; what the caller did, or was refused, goes
+    on the audit trail before the response leaves: a write's record in the write's own
+    transaction, a read's in one of its own.
+    """
     context: RecordsContext = request.app.state.records
     base_url = _base_url(request, context)
     path = path.strip("/")
     method = request.method.upper()
+    caller: Caller | None = None
+    fhir_request: FhirRequest | None = None
     try:
         check_format(request)
         if path == "metadata" and method in ("GET", "HEAD"):
             return fhir_response(
                 200,
                 capability_statement(
-                    base_url=base_url, indexer=context.indexer, software_version=_software_version()
+                    base_url=base_url,
+                    indexer=context.indexer,
+                    software_version=_software_version(),
+                    security=context.security(request) if context.security else None,
                 ),
             )
+        caller = await context.authenticate(request)
         query = request.url.query
         if method == "POST" and (path == "_search" or path.endswith("/_search")):
             # Search by POST: the criteria come as a form, added to any in the URL.
@@ -128,7 +147,7 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
         )
         is_write = fhir_request.method != "GET"
         async with context.database.transaction(write=is_write) as session:
-            store = ResourceStore(session, context.indexer)
+            store = ResourceStore(session, context.indexer, access=caller.access)
             interactions = Interactions(
                 store,
                 base_url=base_url,
@@ -151,29 +170,103 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
                     return_preference=prefer(request, "return"),
                     is_write=is_write,
                 )
+            touched = [*interactions.shown, *((c.res_type, c.res_id) for c in store.changes)]
+            event = _event(
+                fhir_request,
+                response.status_code,
+                resources=touched,
+                owners=await store.owners_of(touched),
+            )
+            if is_write:
+                await caller.audit(event, session=session)
+        if not is_write:
+            await caller.audit(event)
         await _publish(context, store)
         return response
     except FhirError as error:
-        return error_response(error)
+        return await _refused(caller, fhir_request, error, method, path)
     except IntegrityError:
-        logger.info("write conflict on %s %s", method, path, exc_info=True)
-        return error_response(
+        logger.info("write conflict on %s %s", method, path)
+        return await _refused(
+            caller,
+            fhir_request,
             FhirError.of(
                 409,
                 "Another request changed the same record at the same moment; try again",
                 code="conflict",
-            )
+            ),
+            method,
+            path,
         )
     except DBAPIError as error:
         if _is_retryable(error):
-            return error_response(
+            return await _refused(
+                caller,
+                fhir_request,
                 FhirError.of(
                     409,
                     "The database could not serialise this change with a concurrent one; try again",
                     code="transient",
-                )
+                ),
+                method,
+                path,
             )
         raise
+
+
+def _event(
+    request: FhirRequest,
+    status: int,
+    *,
+    resources: list[tuple[str, str]] | None = None,
+    owners: dict[tuple[str, str], set[str]] | None = None,
+    problem: str | None = None,
+) -> AccessEvent:
+    interaction, action = request.interaction
+    target = request.path + (f"?{request.query}" if request.query else "")
+    shown = tuple(dict.fromkeys(resources or ()))
+    patients: dict[str, list[tuple[str, str]]] = {}
+    for resource in shown:
+        for patient in sorted((owners or {}).get(resource, ())):
+            patients.setdefault(patient, []).append(resource)
+    return AccessEvent(
+        interaction=interaction,
+        action=action,
+        status=status,
+        request=f"{request.method} {target}",
+        resources=shown,
+        patients={p: tuple(r) for p, r in sorted(patients.items())},
+        problem=problem,
+    )
+
+
+async def _refused(
+    caller: Caller | None,
+    request: FhirRequest | None,
+    error: FhirError,
+    method: str,
+    path: str,
+) -> Response:
+    """The error response; a refusal of a known caller goes on the audit trail too."""
+    if caller is not None:
+        described = request or FhirRequest(method=method, path=path)
+        # The reason kept is the error code, not the message: messages may quote values.
+        codes = ", ".join(sorted({i.code for i in error.issues})) or str(error.status)
+        # What was asked for, if it names a resource: a patient's clinic then sees the attempt.
+        segments = described.segments
+        named = (
+            [(segments[0], segments[1])]
+            if len(segments) >= 2
+            and segments[0][:1].isupper()
+            and segments[1][:1] not in ("_", "$")
+            and is_valid_resource_id(segments[1])
+            else []
+        )
+        owners = {(t, i): {i} for t, i in named if t == "Patient"}
+        await caller.audit(
+            _event(described, error.status, resources=named, owners=owners, problem=codes)
+        )
+    return error_response(error)
 
 
 def _is_retryable(error: DBAPIError) -> bool:

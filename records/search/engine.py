@@ -47,6 +47,8 @@ class Compartment:
 
     type: str
     id: str
+    #: Member types left out (``$everything`` leaves out the audit trail about the patient).
+    excluded: frozenset[str] = frozenset()
 
     def condition(self, r: Any, res_types: list[str] | None) -> ColumnElement[bool]:
         members = compartments().get(self.type, {})
@@ -54,7 +56,7 @@ class Compartment:
         per_type = [
             and_(ref.c.res_type == res_type, ref.c.param.in_(params))
             for res_type, params in members.items()
-            if res_types is None or res_type in res_types
+            if (res_types is None or res_type in res_types) and res_type not in self.excluded
         ]
         # One IN over a UNION: the rows that refer to the compartment's owner, and the owner.
         members_rids = select(ref.c.rid).where(

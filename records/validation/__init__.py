@@ -91,7 +91,8 @@ def _resident_id_issues(resource_type: str, data: dict[str, Any]) -> list[Issue]
         except ResidentIdError as error:
             issues.append(
                 Issue(
-                    f"Resident identity number '{value}' is invalid: {error}",
+                    # Never the number itself: error messages travel and get logged.
+                    f"The resident identity number is invalid: {error}",
                     code="value",
                     expression=(f"{path}.value",),
                 )
@@ -104,8 +105,8 @@ def _resident_id_issues(resource_type: str, data: dict[str, Any]) -> list[Issue]
                 if birth_date != resident.birth_date.isoformat():
                     issues.append(
                         Issue(
-                            f"birthDate {birth_date} disagrees with the resident identity "
-                            f"number, which gives {resident.birth_date.isoformat()}",
+                            "birthDate disagrees with the birth date in the resident "
+                            "identity number (its digits 7–14)",
                             code="business-rule",
                             expression=("Patient.birthDate",),
                         )

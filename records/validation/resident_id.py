@@ -60,17 +60,17 @@ def parse_resident_id(value: str, *, today: dt.date | None = None) -> ResidentId
     if match is None:
         raise ResidentIdError("must be 17 digits followed by a digit or X")
     if number[:2] not in _PROVINCE_CODES:
-        raise ResidentIdError(f"region code {number[:6]} names no province")
+        raise ResidentIdError("its region code (first 6 digits) names no province")
     try:
         birth_date = dt.datetime.strptime(match.group(1), "%Y%m%d").date()
     except ValueError:
-        raise ResidentIdError(f"birth date {match.group(1)} is not a date") from None
+        raise ResidentIdError("its birth date (digits 7–14) is not a date") from None
     today = today or dt.date.today()
     if birth_date.year < 1880 or birth_date > today:
-        raise ResidentIdError(f"birth date {birth_date.isoformat()} is out of range")
+        raise ResidentIdError("its birth date (digits 7–14) is out of range")
     expected = check_character(number[:17])
     if number[17] != expected:
-        raise ResidentIdError(f"check character is {number[17]}, expected {expected}")
+        raise ResidentIdError("its check character (the last) does not match the other 17")
     sex = "male" if int(number[16]) % 2 == 1 else "female"
     return ResidentId(number=number, region_code=number[:6], birth_date=birth_date, sex=sex)
 
