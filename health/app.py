@@ -5,15 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from health.auth.audit import AuditWriter, chain_key
+from health.auth.endpoints import capability_security
+from health.auth.endpoints import router as auth_router
+from health.auth.gate import Gate
+from health.auth.logins import LoginThrottle
+from health.auth.tokens import TokenSigner, service_secret
 from health.core.bus import create_bus
 from health.core.database import Database
-from health.core.settings import Settings, get_settings
+from health.core.problems import Problem, problem
+from health.core.settings import VAR_DIR, Settings, get_settings
+from health.web.pages import router as pages_router
+from health.web.security_headers import SecurityHeaders
 from records.api.responses import fhir_response
 from records.api.routes import RecordsContext
 from records.api.routes import router as fhir_router
@@ -22,34 +34,44 @@ from records.outcome import FhirError
 
 logger = logging.getLogger(__name__)
 
-
-def problem(status: int, title: str, detail: str | None = None) -> JSONResponse:
-    """RFC 9457 problem JSON, for errors outside ``/fhir``."""
-    body = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+STATIC_DIR = Path(__file__).parent / "web" / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    secret = service_secret(settings.secret_key, VAR_DIR / "secret.key")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url)
         bus = create_bus(settings.redis_url)
+        indexer = SearchIndexer()
+        audit = AuditWriter(database, indexer, chain_key(secret))
+        gate = Gate(
+            settings=settings,
+            database=database,
+            indexer=indexer,
+            signer=TokenSigner(secret, issuer=settings.issuer),
+            audit=audit,
+        )
+        app.state.gate = gate
+        app.state.bus = bus
+        app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
         app.state.records = RecordsContext(
             database=database,
-            indexer=SearchIndexer(),
+            indexer=indexer,
             bus=bus,
             base_url=settings.fhir_base_url,
             max_page_size=settings.max_page_size,
             default_page_size=settings.default_page_size,
             max_body_bytes=settings.max_body_bytes,
+            authenticate=gate.authenticate,
+            security=capability_security,
         )
         try:
             yield
         finally:
+            await audit.close()
             await bus.close()
             await database.dispose()
 
@@ -59,15 +81,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
     )
+    # The SMART configuration under /fhir must be routed before the FHIR catch-all.
+    app.include_router(auth_router)
+    app.include_router(pages_router)
     app.include_router(fhir_router)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict[str, str]:
-        return {
-            "service": "银川移民地区远程医疗与健康档案共享 Yinchuan resettlement-area telemedicine",
-            "fhir": "/fhir/metadata",
-            "api_docs": "/api/docs",
-        }
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if settings.cors_origins.strip():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer"],
+            expose_headers=["ETag", "Location", "Last-Modified"],
+        )
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -75,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _is_fhir(request: Request) -> bool:
         return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+
+    @app.exception_handler(Problem)
+    async def refused(request: Request, exc: Problem) -> Response:
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -94,7 +125,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        # The type only: an exception's message may quote a record's values.
+        logger.error(
+            "unhandled %s on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
         if _is_fhir(request):
             return fhir_response(
                 500,

@@ -1,16 +1,21 @@
-"""The ``health`` command: migrate, serve, seed, import, and the directory import."""
+"""The ``health`` command: migrate, serve, seed, import, reindex, the directory, users, API
+clients and the audit trail."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.settings import get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @click.group()
@@ -45,7 +50,16 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve the web app and the FHIR API."""
     import uvicorn
 
-    uvicorn.run("health.app:create_app", factory=True, host=host, port=port, workers=workers)
+    from health.core.log_redaction import uvicorn_log_config
+
+    uvicorn.run(
+        "health.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=uvicorn_log_config(),
+    )
 
 
 @main.command()
@@ -81,6 +95,20 @@ def seed(demo: bool, patients: int) -> None:
     except FhirError as error:
         raise click.ClickException(f"demo seed failed: {error}") from None
     click.echo(f"demo data: {written} resources written, {unchanged} already up to date")
+
+    from health.demo.users import DEMO_PASSWORD, seed_demo_users
+
+    async def users() -> list[tuple[Any, bool]]:
+        database = Database(get_settings().database_url)
+        try:
+            return list(await seed_demo_users(database, SearchIndexer()))
+        finally:
+            await database.dispose()
+
+    click.echo(f"demo users (password for each: {DEMO_PASSWORD}):")
+    for demo, created in asyncio.run(users()):
+        state = "created" if created else "exists"
+        click.echo(f"  {demo.username:16} {demo.role:20} {state}")
 
 
 @main.command(name="import")
@@ -179,6 +207,263 @@ def directory_import(csv_file: Path) -> None:
     except FhirError as error:
         raise click.ClickException(f"directory import failed: {error}") from None
     click.echo(f"directory: {count} organisations and locations loaded from {csv_file}")
+
+
+# -- users, clients, audit -----------------------------------------------------------------
+
+
+def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work(session)`` in one write transaction of the configured database; an
+    AccountError (input the operator must fix) becomes the command's error message."""
+    from health.auth.accounts import AccountError
+    from health.core.database import Database
+
+    async def run() -> T:
+        database = Database(get_settings().database_url)
+        try:
+            async with database.transaction(write=True) as session:
+                return await work(session)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except AccountError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _read_password(password_stdin: bool) -> str | None:
+    if not password_stdin:
+        return None
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def _organization_id(session: AsyncSession, given: str | None) -> str | None:
+    """An Organization's id, given its id or its code in the directory (640121105201)."""
+    from sqlalchemy import select
+
+    from health.core.naming import ORGANIZATION_CODE_SYSTEM
+    from records.criteria import Criteria
+    from records.indexing import SearchIndexer
+    from records.tables import resources
+
+    if not given:
+        return None
+    found = await session.execute(
+        select(resources.c.res_id).where(
+            resources.c.res_type == "Organization", resources.c.res_id == given
+        )
+    )
+    if found.first() is not None:
+        return given
+    ids = await Criteria.parse(
+        "Organization", f"identifier={ORGANIZATION_CODE_SYSTEM}|{given}", SearchIndexer()
+    ).find_ids(session)
+    return ids[0] if len(ids) == 1 else given
+
+
+@main.group()
+def user() -> None:
+    """User accounts: people who log in, each with one role at one organisation."""
+
+
+@user.command(name="add")
+@click.argument("username")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(
+        ["village_doctor", "township_doctor", "specialist", "commission_analyst", "admin"]
+    ),
+)
+@click.option("--org", "organization", help="the Organization's id or directory code")
+@click.option("--practitioner", help="the user's Practitioner id in the directory")
+@click.option("--name", "display_name", help="the name shown on pages and in the audit trail")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+def user_add(
+    username: str,
+    role: str,
+    organization: str | None,
+    practitioner: str | None,
+    display_name: str | None,
+    password_stdin: bool,
+) -> None:
+    """Create a user (without --password-stdin the account cannot log in until one is set)."""
+    from health.auth import accounts
+    from health.core.clock import utcnow
+
+    password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> Any:
+        return await accounts.add_user(
+            session,
+            username=username,
+            role=role,
+            organization_id=await _organization_id(session, organization),
+            practitioner_id=practitioner,
+            display_name=display_name,
+            password=password,
+            now=utcnow(),
+        )
+
+    created = _in_transaction(work)
+    click.echo(f"user {created.username} ({created.role}) created")
+
+
+@user.command(name="list")
+def user_list() -> None:
+    """List the users."""
+    from health.auth import accounts
+
+    async def work(session: AsyncSession) -> Any:
+        return await accounts.list_users(session)
+
+    for account in _in_transaction(work):
+        state = "disabled" if account.disabled else "active"
+        click.echo(
+            f"{account.username:24} {account.role:20} {account.organization_id or '-':38} "
+            f"{account.practitioner_id or '-':38} {state:9} {account.display_name or ''}"
+        )
+
+
+@user.command(name="disable")
+@click.argument("username")
+def user_disable(username: str) -> None:
+    """Disable a user: their sessions and refresh tokens end at once."""
+    from health.auth import accounts
+
+    async def work(session: AsyncSession) -> Any:
+        await accounts.disable_user(session, username=username)
+        return None
+
+    _in_transaction(work)
+    click.echo(f"user {username} disabled")
+
+
+@user.command(name="password")
+@click.argument("username")
+def user_password(username: str) -> None:
+    """Set a user's password, read from standard input; unlocks the account."""
+    from health.auth import accounts
+
+    password = _read_password(True) or ""
+
+    async def work(session: AsyncSession) -> Any:
+        await accounts.set_password(session, username=username, password=password)
+        return None
+
+    _in_transaction(work)
+    click.echo(f"password of {username} set")
+
+
+@user.command(name="token")
+@click.argument("username")
+@click.option("--scope", default="user/*.cruds", show_default=True, help="SMART scopes")
+@click.option("--ttl", type=int, default=None, help="lifetime in seconds (default: settings)")
+def user_token(username: str, scope: str, ttl: int | None) -> None:
+    """Print a bearer access token for USERNAME (an operator's command, for scripts)."""
+    from health.auth import accounts
+    from health.auth.scopes import parse_scopes
+    from health.auth.tokens import TokenSigner, service_secret
+    from health.core.settings import VAR_DIR
+
+    settings = get_settings()
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as error:
+        raise click.ClickException(f"scope: {error}") from None
+    if "system" in scopes.contexts() or not scopes.scopes:
+        raise click.ClickException("scope: a user's token takes user/ or patient/ scopes")
+    if "patient" in scopes.contexts():
+        raise click.ClickException("scope: patient/ scopes need a patient launch (the web login)")
+    if ttl is not None and ttl <= 0:
+        raise click.ClickException("ttl: give a positive number of seconds")
+
+    async def work(session: AsyncSession) -> Any:
+        return await accounts.get_user(session, username=username)
+
+    account = _in_transaction(work)
+    if account is None or account.disabled:
+        raise click.ClickException(f"username: no active user {username}")
+    signer = TokenSigner(
+        service_secret(settings.secret_key, VAR_DIR / "secret.key"), issuer=settings.issuer
+    )
+    token, _claims = signer.issue(
+        subject=f"user:{username}",
+        role=account.role,
+        organization=account.organization_id,
+        practitioner=account.practitioner_id,
+        scope=str(scopes),
+        ttl_seconds=ttl or settings.access_token_ttl,
+    )
+    click.echo(token)
+
+
+@main.group()
+def client() -> None:
+    """API clients: systems (client_credentials) and apps people log in to (SMART launch)."""
+
+
+@client.command(name="add")
+@click.argument("name")
+@click.option("--scope", required=True, help="the most it may ask for, e.g. system/*.rs")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="an app's redirect URI")
+@click.option("--public", is_flag=True, help="an app that cannot keep a secret (PKCE only)")
+def client_add(name: str, scope: str, redirect_uris: tuple[str, ...], public: bool) -> None:
+    """Register a client; prints JSON with client_id and client_secret (shown only once)."""
+    import json
+
+    from health.auth import accounts
+    from health.core.clock import utcnow
+
+    async def work(session: AsyncSession) -> Any:
+        return await accounts.add_client(
+            session,
+            name=name,
+            scope=scope,
+            now=utcnow(),
+            redirect_uris=redirect_uris,
+            public=public,
+        )
+
+    client_id, secret = _in_transaction(work)
+    click.echo(json.dumps({"client_id": client_id, "client_secret": secret}))
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command(name="verify")
+def audit_verify() -> None:
+    """Check the audit trail's hash chain; exit status 1 if it was tampered with."""
+    from health.auth.audit import ChainReport, chain_key, verify
+    from health.auth.tokens import service_secret
+    from health.core.database import Database
+    from health.core.settings import VAR_DIR
+
+    settings = get_settings()
+    key = chain_key(service_secret(settings.secret_key, VAR_DIR / "secret.key"))
+
+    async def run() -> ChainReport:
+        database = Database(settings.database_url)
+        try:
+            return await verify(database, key)
+        finally:
+            await database.dispose()
+
+    report = asyncio.run(run())
+    if report.intact:
+        click.echo(f"audit trail intact: {report.checked} entries")
+        return
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem}", err=True)
+    click.echo(
+        f"audit trail NOT intact: {len(report.problems)} problem(s) in {report.checked} entries",
+        err=True,
+    )
+    sys.exit(1)
 
 
 def _safe_url(url: str) -> str:

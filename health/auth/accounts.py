@@ -1,4 +1,4 @@
-"""Accounts: users, API clients, web sessions and refresh tokens, and how each logs in.
+"""Accounts: users, API clients, authorization codes, web sessions and refresh tokens.
 
 Every function takes the caller's session and keyword arguments, and never commits: the
 caller's transaction decides. Password checks run Argon2 in a thread (tens of milliseconds
@@ -8,11 +8,15 @@ of CPU each) so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from health.auth.passwords import hash_password, password_problem, verify_password
 from health.auth.policy import ROLES
 from health.auth.scopes import ScopeSet, parse_scopes
-from health.auth.tables import clients, refresh_tokens, users, web_sessions
+from health.auth.tables import (
+    authorization_codes,
+    clients,
+    refresh_tokens,
+    users,
+    web_sessions,
+)
 from records.tables import resources
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
@@ -216,26 +226,81 @@ def _aware(moment: dt.datetime) -> dt.datetime:
 # -- API clients ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    kind: str
+    scope: ScopeSet
+    redirect_uris: tuple[str, ...]
+    public: bool
+
+
+def _client_from_row(row: Any) -> Client:
+    return Client(
+        client_id=row.client_id,
+        name=row.name,
+        kind=row.kind,
+        scope=parse_scopes(row.scope),
+        redirect_uris=tuple((row.redirect_uris or "").split()),
+        public=row.secret_hash is None,
+    )
+
+
+def _check_redirect_uri(uri: str) -> None:
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if (
+        parts.fragment
+        or not parts.netloc
+        or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+    ):
+        raise AccountError(
+            f"redirect-uri: {uri!r} must be an absolute https:// URI without a fragment "
+            "(http:// only on this machine's loopback address)"
+        )
+
+
 async def add_client(
-    session: AsyncSession, *, name: str, scope: str, now: dt.datetime
-) -> tuple[str, str]:
-    """Register a system client; returns (client_id, client_secret), the secret shown once."""
+    session: AsyncSession,
+    *,
+    name: str,
+    scope: str,
+    now: dt.datetime,
+    redirect_uris: tuple[str, ...] = (),
+    public: bool = False,
+) -> tuple[str, str | None]:
+    """Register a client; returns (client_id, client_secret), the secret shown only once.
+
+    Without redirect URIs the client is a system (``system/`` scopes, client_credentials);
+    with them it is an app people log in to (``user/`` and ``patient/`` scopes), public
+    (no secret, PKCE only) when ``public``.
+    """
     if not name.strip():
         raise AccountError("name: give the client a name")
     try:
         scopes = parse_scopes(scope)
     except ValueError as error:
         raise AccountError(f"scope: {error}") from None
-    if not scopes.scopes or scopes.contexts() != {"system"}:
-        raise AccountError("scope: a client is given system/ scopes, e.g. system/*.rs")
+    kind = "app" if redirect_uris else "system"
+    if public and kind == "system":
+        raise AccountError("public: only an app (with a redirect URI) can be public")
+    if kind == "system" and (not scopes.scopes or scopes.contexts() != {"system"}):
+        raise AccountError("scope: a system client is given system/ scopes, e.g. system/*.rs")
+    if kind == "app" and (not scopes.scopes or "system" in scopes.contexts()):
+        raise AccountError("scope: an app is given user/ or patient/ scopes, e.g. user/*.rs")
+    for uri in redirect_uris:
+        _check_redirect_uri(uri)
     client_id = secrets.token_hex(16)
-    secret = secrets.token_urlsafe(32)
+    secret = None if public else secrets.token_urlsafe(32)
     await session.execute(
         clients.insert().values(
             client_id=client_id,
             name=name.strip(),
-            secret_hash=await asyncio.to_thread(hash_password, secret),
+            kind=kind,
+            secret_hash=await asyncio.to_thread(hash_password, secret) if secret else None,
             scope=str(scopes),
+            redirect_uris=" ".join(redirect_uris) or None,
             disabled=False,
             created_at=now,
         )
@@ -243,16 +308,115 @@ async def add_client(
     return client_id, secret
 
 
-async def check_client(
-    session: AsyncSession, *, client_id: str, secret: str
-) -> tuple[str, ScopeSet]:
-    """(client name, granted scopes) if the secret is right; else :class:`LoginRefused`."""
+async def get_client(session: AsyncSession, *, client_id: str) -> Client | None:
+    row = (
+        await session.execute(
+            select(clients).where(clients.c.client_id == client_id, clients.c.disabled.is_(False))
+        )
+    ).first()
+    return _client_from_row(row) if row else None
+
+
+async def check_client(session: AsyncSession, *, client_id: str, secret: str | None) -> Client:
+    """The client, if it exists, is enabled and (unless public) the secret is right."""
     row = (await session.execute(select(clients).where(clients.c.client_id == client_id))).first()
-    stored = row.secret_hash if row is not None else _DUMMY_HASH
-    matches = await asyncio.to_thread(verify_password, stored, secret)
+    if row is not None and row.secret_hash is None and not row.disabled:
+        if secret:
+            raise LoginRefused("A public client has no secret to send")
+        return _client_from_row(row)
+    stored = row.secret_hash if row is not None and row.secret_hash else _DUMMY_HASH
+    matches = await asyncio.to_thread(verify_password, stored, secret or "")
     if row is None or row.disabled or not matches:
         raise LoginRefused("Unknown client or wrong secret")
-    return row.name, parse_scopes(row.scope)
+    return _client_from_row(row)
+
+
+# -- authorization codes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an authorization code (or a refresh token) was given for."""
+
+    user: User
+    client_id: str
+    scope: str
+    patient_id: str | None
+    family: str | None = None
+
+
+async def issue_code(
+    session: AsyncSession,
+    *,
+    client_id: str,
+    username: str,
+    scope: str,
+    redirect_uri: str,
+    code_challenge: str,
+    patient_id: str | None,
+    now: dt.datetime,
+    ttl_seconds: int = 120,
+) -> str:
+    code = secrets.token_urlsafe(32)
+    await session.execute(
+        authorization_codes.insert().values(
+            code_hash=_digest(code),
+            client_id=client_id,
+            username=username,
+            scope=scope,
+            redirect_uri=redirect_uri,
+            code_challenge=code_challenge,
+            patient_id=patient_id,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+        )
+    )
+    return code
+
+
+def pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+async def redeem_code(
+    session: AsyncSession,
+    *,
+    code: str,
+    client_id: str,
+    redirect_uri: str,
+    code_verifier: str,
+    now: dt.datetime,
+) -> Grant:
+    """Spend an authorization code. A code presented twice revokes what its first use gave."""
+    row = (
+        await session.execute(
+            select(authorization_codes)
+            .where(authorization_codes.c.code_hash == _digest(code))
+            .with_for_update()
+        )
+    ).first()
+    if row is None or row.client_id != client_id:
+        raise LoginRefused("Unknown authorization code")
+    if row.used_at is not None:
+        if row.family:
+            await _revoke_family(session, row.family)
+        raise LoginRefused("This authorization code was already used; its tokens are revoked")
+    if _aware(row.expires_at) <= now:
+        raise LoginRefused("The authorization code has expired")
+    if row.redirect_uri != redirect_uri:
+        raise LoginRefused("redirect_uri differs from the one the code was issued for")
+    if not hmac.compare_digest(pkce_challenge(code_verifier), row.code_challenge):
+        raise LoginRefused("code_verifier does not match the code_challenge")
+    user = await get_user(session, username=row.username)
+    if user is None or user.disabled:
+        raise LoginRefused("The account is disabled")
+    family = secrets.token_hex(16)
+    await session.execute(
+        update(authorization_codes)
+        .where(authorization_codes.c.code_hash == row.code_hash)
+        .values(used_at=now, family=family)
+    )
+    return Grant(user, row.client_id, row.scope, row.patient_id, family)
 
 
 # -- web sessions --------------------------------------------------------------------------
@@ -309,21 +473,17 @@ async def close_session(session: AsyncSession, *, token: str) -> None:
 
 
 async def issue_refresh_token(
-    session: AsyncSession,
-    *,
-    username: str,
-    scope: str,
-    now: dt.datetime,
-    ttl_seconds: int,
-    family: str | None = None,
+    session: AsyncSession, *, grant: Grant, now: dt.datetime, ttl_seconds: int
 ) -> str:
     token = secrets.token_urlsafe(32)
     await session.execute(
         refresh_tokens.insert().values(
             token_hash=_digest(token),
-            family=family or secrets.token_hex(16),
-            username=username,
-            scope=scope,
+            family=grant.family or secrets.token_hex(16),
+            username=grant.user.username,
+            client_id=grant.client_id,
+            scope=grant.scope,
+            patient_id=grant.patient_id,
             issued_at=now,
             expires_at=now + dt.timedelta(seconds=ttl_seconds),
             revoked=False,
@@ -332,10 +492,16 @@ async def issue_refresh_token(
     return token
 
 
+async def _revoke_family(session: AsyncSession, family: str) -> None:
+    await session.execute(
+        update(refresh_tokens).where(refresh_tokens.c.family == family).values(revoked=True)
+    )
+
+
 async def use_refresh_token(
-    session: AsyncSession, *, token: str, now: dt.datetime, ttl_seconds: int
-) -> tuple[User, str, str]:
-    """Rotate: (user, scope, the new refresh token). The old one is spent.
+    session: AsyncSession, *, token: str, client_id: str, now: dt.datetime, ttl_seconds: int
+) -> tuple[Grant, str]:
+    """Rotate: (what the login was given, the new refresh token). The old one is spent.
 
     A refresh token presented a second time means it was copied: the whole family (every
     token rotated from the same login) is revoked, so the thief's copy dies with the user's.
@@ -347,12 +513,10 @@ async def use_refresh_token(
             .with_for_update()
         )
     ).first()
-    if row is None:
+    if row is None or row.client_id != client_id:
         raise LoginRefused("Unknown refresh token")
     if row.used_at is not None or row.revoked:
-        await session.execute(
-            update(refresh_tokens).where(refresh_tokens.c.family == row.family).values(revoked=True)
-        )
+        await _revoke_family(session, row.family)
         raise LoginRefused("This refresh token was already used; its login is now revoked")
     if _aware(row.expires_at) <= now:
         raise LoginRefused("The refresh token has expired; log in again")
@@ -364,12 +528,5 @@ async def use_refresh_token(
         .where(refresh_tokens.c.token_hash == row.token_hash)
         .values(used_at=now)
     )
-    new = await issue_refresh_token(
-        session,
-        username=row.username,
-        scope=row.scope,
-        now=now,
-        ttl_seconds=ttl_seconds,
-        family=row.family,
-    )
-    return user, row.scope, new
+    grant = Grant(user, row.client_id, row.scope, row.patient_id, row.family)
+    return grant, await issue_refresh_token(session, grant=grant, now=now, ttl_seconds=ttl_seconds)

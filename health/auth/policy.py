@@ -33,6 +33,7 @@ from sqlalchemy.sql import FromClause
 from health.auth.scopes import ScopeSet
 from health.auth.tables import access_grants
 from health.core.naming import ILLNESS_POVERTY_TAG, TAG_SYSTEM
+from records.definitions import resource_types
 from records.outcome import FhirError
 from records.tables import (
     resources,
@@ -71,8 +72,29 @@ SHARED_TYPES = DIRECTORY_TYPES | frozenset(
 )
 #: The audit trail: written by the service only, never through the API.
 AUDIT_TYPE = "AuditEvent"
+_ALL_TYPES = frozenset(resource_types())
 #: What a commission analyst may write: the follow-up tasks of illness-poverty cases.
 ANALYST_WRITABLE = frozenset({"Task"})
+#: What a commission analyst may read of the people in their cases: the household, its
+#: flags and their evidence (diagnoses, bills, cover), and the follow-up — not the rest of
+#: the clinical record (observations, prescriptions, notes).
+ANALYST_READABLE = SHARED_TYPES | frozenset(
+    {
+        "Patient",
+        "Group",
+        "Flag",
+        "RiskAssessment",
+        "Condition",
+        "ExplanationOfBenefit",
+        "Claim",
+        "ClaimResponse",
+        "Invoice",
+        "Coverage",
+        "Task",
+    }
+)
+#: Who reads the audit trail: administrators, and the clinics of the patients it is about.
+AUDIT_READERS = frozenset({"admin", "village_doctor", "township_doctor", SYSTEM_ROLE})
 WRITES = frozenset("cud")
 
 
@@ -103,6 +125,7 @@ class AccessPolicy:
         self.subject = subject
         self.now = now
         self.grace = dt.timedelta(seconds=consent_grace_seconds)
+        self._ctes: tuple[Any, Any] | None = None
 
     # -- interactions ----------------------------------------------------------------------
 
@@ -130,19 +153,29 @@ class AccessPolicy:
             if res_type in SHARED_TYPES and not writing:
                 return None
             return "Administrators keep the directory and accounts; clinical records are not theirs"
-        if writing and res_type in SHARED_TYPES:
-            return f"{res_type} is directory data, kept by administrators"
-        if role == "commission_analyst" and writing and res_type not in ANALYST_WRITABLE:
-            return "Commission analysts follow cases; they do not write clinical records"
         if role not in ROLES:
             return f"Unknown role {role!r}"
+        if res_type == AUDIT_TYPE and role not in AUDIT_READERS:
+            return "The audit trail is read by administrators and the patient's own clinic"
+        if writing and res_type in SHARED_TYPES:
+            return f"{res_type} is directory data, kept by administrators"
+        if role == "commission_analyst":
+            if writing and res_type not in ANALYST_WRITABLE:
+                return "Commission analysts follow cases; they do not write clinical records"
+            if res_type not in ANALYST_READABLE:
+                return f"Commission analysts follow cases; {res_type} is not part of a case"
         return None
 
     def types_allowed(self, interaction: str) -> frozenset[str] | None:
         by_scope = self.subject.scopes.types_allowed(interaction)
         by_role: frozenset[str] | None = None
-        if self.subject.role == "admin":
+        role = self.subject.role
+        if role == "admin":
             by_role = SHARED_TYPES | {AUDIT_TYPE}
+        elif role == "commission_analyst":
+            by_role = ANALYST_READABLE
+        elif role == "specialist":
+            by_role = _ALL_TYPES - {AUDIT_TYPE}
         if by_scope is None:
             return by_role
         return by_scope if by_role is None else by_scope & by_role
@@ -156,22 +189,62 @@ class AccessPolicy:
         shared = r.c.res_type.in_(SHARED_TYPES)
         if role == "admin":
             return or_(shared, r.c.res_type == AUDIT_TYPE)
+        patients, households = self._in_care()
         in_care = exists().where(
             search_compartment.c.rid == r.c.rid,
             search_compartment.c.param == "Patient",
-            search_compartment.c.owner_id.in_(self.patients_in_care()),
+            search_compartment.c.owner_id.in_(select(patients.c.id)),
         )
-        return or_(shared, in_care)
+        about = search_reference.alias()
+        # The official Patient compartment holds a Group through its members, but not what
+        # is about the Group — a household's Flags and RiskAssessments — which belongs to
+        # each member's record just the same.
+        about_household = exists().where(
+            about.c.rid == r.c.rid,
+            about.c.param == "subject",
+            about.c.target_type == "Group",
+            about.c.target_id.in_(select(households.c.id)),
+        )
+        return or_(shared, in_care, about_household)
+
+    def _in_care(self) -> tuple[Any, Any]:
+        """The patients in care and their households, as CTEs made once per policy.
+
+        A statement names them once at its top, however many of its subqueries (chains over
+        every target type, ``_has``, includes) ask the same question; SQLite cannot nest the
+        whole condition that deep, and PostgreSQL computes it once.
+        """
+        if self._ctes is None:
+            patients = self.patients_in_care().cte("patients_in_care")
+            group = resources.alias()
+            member = search_compartment.alias()
+            households = (
+                select(group.c.res_id.label("id"))
+                .where(
+                    group.c.res_type == "Group",
+                    group.c.rid.in_(
+                        select(member.c.rid).where(
+                            member.c.res_type == "Group",
+                            member.c.param == "Patient",
+                            member.c.owner_id.in_(select(patients.c.id)),
+                        )
+                    ),
+                )
+                .cte("households_in_care")
+            )
+            self._ctes = (patients, households)
+        return self._ctes
 
     def patients_in_care(self) -> Any:
-        """A SELECT of the ids of the patients whose records the subject may see."""
+        """A SELECT of the ids (column ``id``) of the patients whose records the subject may
+        see."""
         subject = self.subject
         if subject.patient is not None and subject.role == SYSTEM_ROLE:
-            return select(literal(subject.patient))
-        sources = [self._by_role()]
+            return select(literal(subject.patient).label("id"))
+        sources = self._by_role()
         if subject.username is not None:
             sources.append(
-                select(access_grants.c.patient_id).where(
+                select(access_grants.c.patient_id.label("id")).where(
                     access_grants.c.username == subject.username,
                     access_grants.c.expires_at > self.now,
                 )
@@ -180,19 +253,20 @@ class AccessPolicy:
         if subject.patient is not None:
             # A patient launch context narrows the role's patients to that one.
             inner = patients.subquery()
-            return select(inner.c[0]).where(inner.c[0] == subject.patient)
+            return select(inner.c.id).where(inner.c.id == subject.patient)
         return patients
 
-    def _by_role(self) -> Any:
+    def _by_role(self) -> list[Any]:
+        """The SELECTs whose UNION is the role's patients (flat: SQLite cannot nest UNIONs)."""
         subject = self.subject
         role = subject.role
         if role in ("village_doctor", "township_doctor") and subject.organization:
-            return _patients_managed_by(_clinics(subject.organization, role))
+            return [_patients_managed_by(_clinics(subject.organization, role))]
         if role == "specialist" and subject.practitioner:
-            return _patients_sharing_with(subject.practitioner, self.now - self.grace, self.now)
+            return [_patients_sharing_with(subject.practitioner, self.now - self.grace, self.now)]
         if role == "commission_analyst":
             return _patients_flagged(self.now)
-        return select(literal("")).where(false())
+        return [select(literal("").label("id")).where(false())]
 
 
 def _clinics(organization: str, role: str) -> Any:
@@ -218,7 +292,7 @@ def _clinics(organization: str, role: str) -> Any:
 def _patients_managed_by(clinics: Any) -> Any:
     managing = search_reference.alias()
     member = search_compartment.alias()
-    return select(member.c.owner_id).where(
+    return select(member.c.owner_id.label("id")).where(
         member.c.res_type == "Patient",
         member.c.param == "Patient",
         member.c.rid.in_(
@@ -239,7 +313,7 @@ def _patients_sharing_with(practitioner: str, ended_after: dt.datetime, now: dt.
     status = search_token.alias()
     period = search_date.alias()
     consent = search_compartment.alias()
-    return select(consent.c.owner_id).where(
+    return select(consent.c.owner_id.label("id")).where(
         consent.c.res_type == "Consent",
         consent.c.param == "Patient",
         consent.c.rid.in_(
@@ -268,7 +342,7 @@ def _patients_sharing_with(practitioner: str, ended_after: dt.datetime, now: dt.
     )
 
 
-def _patients_flagged(now: dt.datetime) -> Any:
+def _patients_flagged(now: dt.datetime) -> list[Any]:
     """Persons under an active illness-poverty Flag, and members of flagged households."""
     tag = search_token.alias()
     period = search_date.alias()
@@ -288,7 +362,7 @@ def _patients_flagged(now: dt.datetime) -> Any:
     )
     subject = search_reference.alias()
     member = search_reference.alias()
-    flagged_persons = select(search_compartment.c.owner_id).where(
+    flagged_persons = select(search_compartment.c.owner_id.label("id")).where(
         search_compartment.c.res_type == "Flag", search_compartment.c.rid.in_(flags)
     )
     household_members = select(member.c.target_id).where(
@@ -309,4 +383,4 @@ def _patients_flagged(now: dt.datetime) -> Any:
             )
         ),
     )
-    return union(flagged_persons, household_members)
+    return [flagged_persons, household_members]

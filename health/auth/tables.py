@@ -1,4 +1,5 @@
-"""The tables of accounts, API clients, refresh tokens, break-glass grants and the audit chain.
+"""The tables of accounts, API clients, authorization codes, refresh tokens, web sessions,
+break-glass grants and the audit chain.
 
 Users are the people who log in: each is a Practitioner of the directory with one role at one
 Organization. Clinical access is derived from that (see :mod:`health.auth.policy`), never
@@ -45,9 +46,15 @@ clients = Table(
     metadata,
     Column("client_id", String(64), primary_key=True),
     Column("name", String(128), nullable=False),
-    Column("secret_hash", Text, nullable=False),
-    #: The most this client may ask for, in SMART syntax (``system/*.rs``).
+    #: ``system``: a system acting for itself (client_credentials); ``app``: an application
+    #: a person logs in to (authorization code with PKCE), acting for that person.
+    Column("kind", String(16), nullable=False),
+    #: None for a public app (it cannot keep a secret; PKCE protects its codes).
+    Column("secret_hash", Text, nullable=True),
+    #: The most this client may ask for, in SMART syntax (``system/*.rs``, ``user/*.rs``).
     Column("scope", Text, nullable=False),
+    #: An app's registered redirect URIs, space-separated; codes go to these only.
+    Column("redirect_uris", Text, nullable=True),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
@@ -59,12 +66,34 @@ refresh_tokens = Table(
     #: Every token rotated from one login shares a family; a replay revokes the family.
     Column("family", String(64), nullable=False),
     Column("username", String(64), ForeignKey("users.username"), nullable=False),
+    Column("client_id", String(64), ForeignKey("api_clients.client_id"), nullable=False),
     Column("scope", Text, nullable=False),
+    #: The patient of a ``patient/`` launch, carried into every token the login refreshes.
+    Column("patient_id", String(64), nullable=True),
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
     Column("revoked", Boolean, nullable=False, default=False),
     Index(None, "family"),
+)
+
+#: Authorization codes of the SMART app launch: one use each, minutes long, bound to the
+#: client, its redirect URI and the PKCE challenge.
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(64), ForeignKey("api_clients.client_id"), nullable=False),
+    Column("username", String(64), ForeignKey("users.username"), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    #: BASE64URL(SHA-256(code_verifier)), S256 being the only method accepted.
+    Column("code_challenge", String(128), nullable=False),
+    Column("patient_id", String(64), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    #: The refresh-token family its exchange started, so a replayed code can revoke it.
+    Column("family", String(64), nullable=True),
 )
 
 #: Web logins: the cookie holds a random token, the table its hash, so logout and disabling

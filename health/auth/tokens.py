@@ -220,3 +220,16 @@ def _read_secret(path: Path) -> bytes:
     if path.stat().st_mode & 0o077:
         logger.warning("%s: the token secret is readable by other users; chmod 600 it", path)
     return secret
+
+
+def service_secret(configured_hex: str | None, default_path: Path) -> bytes:
+    """The service's secret: ``HEALTH_SECRET_KEY`` (hex) if set, else the key file's."""
+    if configured_hex:
+        try:
+            secret = bytes.fromhex(configured_hex.strip())
+        except ValueError:
+            raise ValueError("HEALTH_SECRET_KEY must be hex") from None
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(f"HEALTH_SECRET_KEY must be at least {SECRET_BYTES} bytes")
+        return secret
+    return load_or_create_secret(default_path)

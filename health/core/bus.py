@@ -35,6 +35,10 @@ class MessageBus(Protocol):
         """
         ...
 
+    async def hits(self, key: str, window_seconds: int) -> int:
+        """How many events were counted under ``key`` in the current window."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -82,6 +86,10 @@ class InProcessBus:
         self._counters[key] = (window, count)
         return count
 
+    async def hits(self, key: str, window_seconds: int) -> int:
+        current, count = self._counters.get(key, (0, 0))
+        return count if current == int(time.time() // window_seconds) else 0
+
     async def close(self) -> None:
         self._subscribers.clear()
 
@@ -119,6 +127,10 @@ class RedisBus:
             pipe.expire(name, window_seconds * 2)
             count, _ = await pipe.execute()
         return int(count)
+
+    async def hits(self, key: str, window_seconds: int) -> int:
+        window = int(time.time() // window_seconds)
+        return int(await self._redis.get(f"hits:{key}:{window}") or 0)
 
     async def subscribe(self, channel: str) -> Subscription:
         pubsub = self._redis.pubsub()

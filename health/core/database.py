@@ -58,6 +58,8 @@ class Database:
             engine_options.setdefault("pool_size", 10)
             engine_options.setdefault("max_overflow", 20)
             engine_options.setdefault("pool_pre_ping", True)
+        # Statement parameters hold names and resident ids: keep them out of error messages.
+        engine_options.setdefault("hide_parameters", True)
         self.engine = create_async_engine(url, **engine_options)
         if self.is_sqlite:
             _prepare_sqlite(self.engine)

@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     logins_per_address_per_minute: int = 20
     #: Origins allowed to call the API from a browser (comma-separated); none by default.
     cors_origins: str = ""
-    #: Send session cookies only over HTTPS (turn off only for plain-HTTP development).
-    secure_cookies: bool = True
+    #: Send cookies with ``Secure`` (HTTPS only). Unset: always, except on plain HTTP to this
+    #: machine's own loopback address (``make run``), where browsers would drop them.
+    secure_cookies: bool | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -12,7 +12,8 @@ Organisation codes (``ORGANIZATION_CODE_SYSTEM``; Locations reuse them under
   (``640121105000`` 闽宁镇卫生院);
 * village clinic: its village's 12-digit area code (``640121105201`` 原隆村卫生室);
 * city hospital: ``640100H`` + two digits; its departments ``<hospital>-D`` + two digits;
-* the insurer (宁夏城乡居民医保, as administered by 银川市医疗保障局): ``640100YB01``.
+* the insurer (宁夏城乡居民医保, as administered by 银川市医疗保障局): ``640100YB01``;
+* the health commission (银川市卫生健康委员会): ``640100WJW``.
 
 Staff numbers (``PRACTITIONER_NUMBER_SYSTEM``) are ``YS`` + five digits. The directory does
 not depend on the demo seed (its random choices — staff names, how many per clinic — come
@@ -63,6 +64,9 @@ _PRACTITIONER_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-
 
 INSURER_CODE = "640100YB01"
 INSURER_NAME = "宁夏城乡居民医保"
+#: The health commission (卫健委), where the commission's analysts work.
+COMMISSION_CODE = "640100WJW"
+COMMISSION_NAME = "银川市卫生健康委员会"
 
 _STATE = "宁夏回族自治区"
 _CITY = "银川市"
@@ -358,29 +362,63 @@ def specialty_concept(specialty: str) -> dict[str, Any]:
     }
 
 
-def _insurer_entry() -> dict[str, Any]:
-    insurer = {
+def _agency_entry(
+    code: str,
+    name: str,
+    *,
+    type_code: str,
+    type_display: str,
+    type_text: str,
+    aliases: list[str],
+    address_line: str,
+) -> dict[str, Any]:
+    """An organisation of the city government that is neither clinic nor hospital."""
+    agency = {
         "resourceType": "Organization",
         "meta": demo_meta(),
-        "identifier": [{"system": ORGANIZATION_CODE_SYSTEM, "value": INSURER_CODE}],
+        "identifier": [{"system": ORGANIZATION_CODE_SYSTEM, "value": code}],
         "active": True,
         "type": [
             {
                 "coding": [
                     {
                         "system": "http://terminology.hl7.org/CodeSystem/organization-type",
-                        "code": "pay",
-                        "display": "Payer",
+                        "code": type_code,
+                        "display": type_display,
                     }
                 ],
-                "text": "医疗保险经办机构",
+                "text": type_text,
             }
         ],
-        "name": INSURER_NAME,
-        "alias": ["宁夏回族自治区城乡居民基本医疗保险", "银川市医疗保障局"],
-        "address": [_address("金凤区", "北京中路168号")],
+        "name": name,
+        "alias": aliases,
+        "address": [_address("金凤区", address_line)],
     }
-    return demo_entry(insurer, ORGANIZATION_CODE_SYSTEM, INSURER_CODE)
+    return demo_entry(agency, ORGANIZATION_CODE_SYSTEM, code)
+
+
+def _insurer_entry() -> dict[str, Any]:
+    return _agency_entry(
+        INSURER_CODE,
+        INSURER_NAME,
+        type_code="pay",
+        type_display="Payer",
+        type_text="医疗保险经办机构",
+        aliases=["宁夏回族自治区城乡居民基本医疗保险", "银川市医疗保障局"],
+        address_line="北京中路168号",
+    )
+
+
+def _commission_entry() -> dict[str, Any]:
+    return _agency_entry(
+        COMMISSION_CODE,
+        COMMISSION_NAME,
+        type_code="govt",
+        type_display="Government",
+        type_text="卫生健康行政部门",
+        aliases=["银川市卫健委", "Yinchuan Municipal Health Commission"],
+        address_line="北京中路159号",
+    )
 
 
 def _staff_entries(staff: Staff) -> list[dict[str, Any]]:
@@ -425,9 +463,11 @@ def _staff_entries(staff: Staff) -> list[dict[str, Any]]:
 
 
 def directory_bundle(directory: DemoDirectory) -> dict[str, Any]:
-    """The transaction Bundle writing the whole network, its staff and the insurer."""
+    """The transaction Bundle writing the whole network, its staff, the insurer and the
+    health commission."""
     entries = directory_entries(directory.records(), meta=demo_meta(), create_only=True)
     entries.append(_insurer_entry())
+    entries.append(_commission_entry())
     for clinic in directory.clinics():
         for staff in clinic.staff:
             entries.extend(_staff_entries(staff))

@@ -2,7 +2,7 @@
 
 Patient compartment membership as an index (one row per resource and patient), filled here
 from the reference rows already indexed; the tables of users, API clients, refresh tokens,
-web sessions, break-glass grants and the audit hash chain.
+authorization codes, web sessions, break-glass grants and the audit hash chain.
 
 Revision ID: 0005
 Revises: 0004
@@ -64,8 +64,10 @@ def upgrade() -> None:
         "api_clients",
         sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("secret_hash", sa.Text(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("secret_hash", sa.Text(), nullable=True),
         sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("redirect_uris", sa.Text(), nullable=True),
         sa.Column("disabled", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("client_id", name=op.f("pk_api_clients")),
@@ -75,7 +77,9 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("family", sa.String(length=64), nullable=False),
         sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
         sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
@@ -83,9 +87,36 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["username"], ["users.username"], name=op.f("fk_refresh_tokens_username_users")
         ),
+        sa.ForeignKeyConstraint(
+            ["client_id"],
+            ["api_clients.client_id"],
+            name=op.f("fk_refresh_tokens_client_id_api_clients"),
+        ),
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_refresh_tokens")),
     )
     op.create_index(op.f("ix_refresh_tokens_family"), "refresh_tokens", ["family"])
+    op.create_table(
+        "authorization_codes",
+        sa.Column("code_hash", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=64), nullable=False),
+        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("redirect_uri", sa.Text(), nullable=False),
+        sa.Column("code_challenge", sa.String(length=128), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("family", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["client_id"],
+            ["api_clients.client_id"],
+            name=op.f("fk_authorization_codes_client_id_api_clients"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["username"], ["users.username"], name=op.f("fk_authorization_codes_username_users")
+        ),
+        sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_authorization_codes")),
+    )
     op.create_table(
         "web_sessions",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
@@ -156,6 +187,7 @@ def downgrade() -> None:
         "audit_chain",
         "access_grants",
         "web_sessions",
+        "authorization_codes",
         "refresh_tokens",
         "api_clients",
         "users",

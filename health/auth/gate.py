@@ -1,0 +1,184 @@
+"""Who is calling: bearer access tokens and web sessions turned into a :class:`Subject`.
+
+:class:`Gate` is the one place every request is identified. The FHIR API asks it for a
+:class:`RequestCaller` (``records.access.Caller``): the caller's access policy, and its way
+onto the audit trail. Pages ask it for the web session. A request with neither a valid
+token nor a live session is refused with 401 — the default is deny.
+
+A web session may call the API from its own pages (the cookie is ``SameSite=Lax`` and
+``HttpOnly``); anything but GET must then carry the session's CSRF token in the
+``X-CSRF-Token`` header, so another site cannot make the browser write on the user's behalf.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from health.auth import accounts
+from health.auth.accounts import User, WebSession
+from health.auth.audit import Actor, AuditWriter, append, login_event, record_access_events
+from health.auth.policy import AccessPolicy, Subject
+from health.auth.scopes import ScopeSet, parse_scopes
+from health.auth.tokens import InvalidToken, TokenSigner
+from health.core.clock import utcnow
+from health.core.database import Database
+from health.core.settings import Settings
+from records.access import AccessEvent
+from records.indexing import SearchIndexer
+from records.outcome import FhirError
+
+SESSION_COOKIE = "health_session"
+CSRF_HEADER = "x-csrf-token"
+#: What a person may ask for at most; the role's policy narrows it further.
+USER_SCOPES = "user/*.cruds"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def user_subject(user: User, scopes: ScopeSet, *, token_id: str | None = None) -> Subject:
+    return Subject(
+        id=f"user:{user.username}",
+        role=user.role,
+        organization=user.organization_id,
+        practitioner=user.practitioner_id,
+        scopes=scopes,
+        token_id=token_id,
+    )
+
+
+def actor_of(subject: Subject | None, request: Request | None, **extra: Any) -> Actor:
+    address = client_address(request) if request is not None else None
+    if subject is None:
+        return Actor(id=None, address=address, **extra)
+    return Actor(
+        id=subject.id,
+        role=subject.role,
+        organization=subject.organization,
+        practitioner=subject.practitioner,
+        address=address,
+        **extra,
+    )
+
+
+def _unauthorized(message: str) -> FhirError:
+    error = FhirError.of(401, message, code="login")
+    error.headers["WWW-Authenticate"] = 'Bearer realm="fhir"'
+    return error
+
+
+@dataclass
+class RequestCaller:
+    """One request's caller, as the records API needs it (``records.access.Caller``)."""
+
+    subject: Subject
+    policy: AccessPolicy
+    actor: Actor
+    gate: Gate
+
+    @property
+    def access(self) -> AccessPolicy:
+        return self.policy
+
+    async def audit(self, event: AccessEvent, *, session: AsyncSession | None = None) -> None:
+        records = record_access_events(self.actor, event, now=utcnow())
+        if session is not None:
+            await append(session, self.gate.indexer, self.gate.audit.key, records)
+        else:
+            await self.gate.audit.record(*records)
+
+
+@dataclass
+class Gate:
+    """Identifies callers for the whole application (one per process)."""
+
+    settings: Settings
+    database: Database
+    indexer: SearchIndexer
+    signer: TokenSigner
+    audit: AuditWriter
+
+    def policy(self, subject: Subject) -> AccessPolicy:
+        return AccessPolicy(
+            subject, now=utcnow(), consent_grace_seconds=self.settings.consent_grace_seconds
+        )
+
+    def subject_from_token(self, token: str) -> Subject:
+        claims = self.signer.verify(token)
+        try:
+            scopes = parse_scopes(claims.scope)
+        except ValueError:
+            raise InvalidToken("token scope malformed") from None
+        return Subject(
+            id=claims.subject,
+            role=claims.role,
+            organization=claims.organization,
+            practitioner=claims.practitioner,
+            scopes=scopes,
+            patient=claims.patient,
+            token_id=claims.token_id,
+        )
+
+    async def web_session(self, request: Request) -> WebSession | None:
+        """The live web session of the request's cookie, if any."""
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            return None
+        async with self.database.transaction(write=False) as session:
+            return await accounts.find_session(session, token=token, now=utcnow())
+
+    @staticmethod
+    def csrf_matches(web: WebSession, sent: str | None) -> bool:
+        return bool(sent) and hmac.compare_digest(web.csrf_token, sent or "")
+
+    async def authenticate(self, request: Request) -> RequestCaller:
+        """The caller of an API request, or a 401 FhirError (invalid tokens are audited)."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise _unauthorized("Send the access token as 'Authorization: Bearer <token>'")
+            try:
+                subject = self.subject_from_token(token.strip())
+            except InvalidToken as error:
+                await self.audit.record(
+                    _refused_token_event(request, str(error)),
+                )
+                raise _unauthorized(f"The access token was refused: {error}") from None
+            return self._caller(subject, request)
+        web = await self.web_session(request)
+        if web is not None:
+            if request.method.upper() not in _SAFE_METHODS and not self.csrf_matches(
+                web, request.headers.get(CSRF_HEADER)
+            ):
+                raise FhirError.of(
+                    403,
+                    "A write from a web session must carry its CSRF token (X-CSRF-Token)",
+                    code="security",
+                )
+            return self.web_caller(web, request)
+        raise _unauthorized("Log in, or send an access token (Authorization: Bearer <token>)")
+
+    def web_caller(self, web: WebSession, request: Request) -> RequestCaller:
+        """The caller of a page request: the signed-in person with the scopes of a person."""
+        return self._caller(user_subject(web.user, parse_scopes(USER_SCOPES)), request)
+
+    def _caller(self, subject: Subject, request: Request) -> RequestCaller:
+        return RequestCaller(subject, self.policy(subject), actor_of(subject, request), self)
+
+
+def _refused_token_event(request: Request, problem: str) -> dict[str, Any]:
+    return login_event(
+        actor_of(None, request),
+        succeeded=False,
+        method="bearer token",
+        now=utcnow(),
+        problem=problem,
+    )
