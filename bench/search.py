@@ -1,11 +1,15 @@
-"""Search latency at a million resources, beside hand-written SQL over the same tables.
+"""Search latency at a million resources, beside hand-written SQL over the same tables, and
+with the access policy applied beside without it.
 
 Loads, through the real import path, the demo network with Chinese patients (two seeds of
 2,000) and the Synthea bundles copied under fresh ids until the store holds ``--target``
-resources (default 1,000,000); then, for each typical clinic query, sends ``--runs``
-requests over HTTP to ``health serve`` with values drawn from the data and prints p50, p95,
-p99 and requests/s, beside the p50/p95 of the best SQL we could write for the same question,
-run directly with asyncpg.
+resources (default 1,000,000), each copied Synthea patient placed under one of the demo's
+village clinics; then, for each typical clinic query, sends ``--runs`` requests over HTTP to
+``health serve`` with values drawn from the data and prints p50, p95, p99 and requests/s,
+beside the p50/p95 of the best SQL we could write for the same question, run directly with
+asyncpg. It does so twice: as a hospital system that sees everything (``system/*.cruds``),
+and as a township doctor of 闽宁镇 (the policy in every query: the patients of the
+township's eight villages), with the values drawn from that township's patients.
 
     python bench/search.py [--target 1000000] [--runs 100] [--database-url URL]
 
@@ -37,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from health.cli import run_migrations
 from health.core.database import Database
+from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.demo import build_demo_bundles
+from health.demo.directory import build_directory
 from records.importer import import_files, process_bundle
 from records.indexing import SearchIndexer
 from tests.services import SHARED, AppServer, PostgresServer
@@ -46,9 +52,11 @@ SYNTHEA = SHARED / "data" / "synthea-r4"
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def copies_of_synthea(folder: Path, copies: int) -> list[Path]:
-    """Each Synthea bundle ``copies`` times, every uuid in it replaced consistently."""
+def copies_of_synthea(folder: Path, copies: int, *, clinics: list[str] | None = None) -> list[Path]:
+    """Each Synthea bundle ``copies`` times, every uuid in it replaced consistently; with
+    ``clinics`` (directory codes), each copy's patient is managed by one of them in turn."""
     files = []
+    turn = 0
     for source in sorted(SYNTHEA.glob("*.json.gz")):
         raw = gzip.decompress(source.read_bytes())
         for copy in range(copies):
@@ -57,10 +65,24 @@ def copies_of_synthea(folder: Path, copies: int) -> list[Path]:
             def fresh(match: re.Match[bytes], mapping: dict[bytes, bytes] = mapping) -> bytes:
                 return mapping.setdefault(match.group(0), str(uuid.uuid4()).encode())
 
+            data = _UUID.sub(fresh, raw)
+            if clinics:
+                data = _managed_by(data, clinics[turn % len(clinics)])
+                turn += 1
             target = folder / f"{source.name[:-8]}-{copy}.json.gz"
-            target.write_bytes(gzip.compress(_UUID.sub(fresh, raw), compresslevel=1))
+            target.write_bytes(gzip.compress(data, compresslevel=1))
             files.append(target)
     return files
+
+
+def _managed_by(raw: bytes, clinic: str) -> bytes:
+    bundle = orjson.loads(raw)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["managingOrganization"] = {
+                "reference": f"Organization?identifier={ORGANIZATION_CODE_SYSTEM}|{clinic}"
+            }
+    return orjson.dumps(bundle)
 
 
 async def count_resources(url: str) -> int:
@@ -91,7 +113,8 @@ def load(url: str, target: int) -> None:
     have = asyncio.run(count_resources(url))
     copies = max(1, -(-(target - have) // 91216))
     with tempfile.TemporaryDirectory() as folder:
-        files = copies_of_synthea(Path(folder), copies)
+        clinics = [v.code for t in build_directory().townships for v in t.villages]
+        files = copies_of_synthea(Path(folder), copies, clinics=clinics)
         print(f"loading {len(files)} Synthea copies after {have} demo resources...", flush=True)
         results = import_files(url, files, jobs=2)
     failed = [r for r in results if r.error]
@@ -271,21 +294,31 @@ QUERIES = [
 ]
 
 
-async def samples(url: str, n: int) -> list[dict[str, Any]]:
-    """Parameter values drawn from the data: patients with Chinese names and Synthea ones."""
+_MANAGED_BY = (
+    "AND r.rid IN (SELECT m.rid FROM search_reference m WHERE m.res_type = 'Patient' "
+    "AND m.param = 'organization' AND m.target_id = ANY($2::text[]))"
+)
+
+
+async def samples(url: str, n: int, clinics: list[str] | None = None) -> list[dict[str, Any]]:
+    """Parameter values drawn from the data: patients with Chinese names and Synthea ones,
+    managed by ``clinics`` (Organization ids) when given."""
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    managed = _MANAGED_BY if clinics else "AND $2::text[] IS NULL"
     try:
         chinese = await connection.fetch(
             "SELECT r.res_id, v.content FROM resources r JOIN resource_versions v ON v.rid = r.rid "
             "AND v.version = r.version WHERE r.res_type = 'Patient' AND v.content LIKE '%2.16.156.10011.1.3%' "
-            "ORDER BY random() LIMIT $1",
+            f"{managed} ORDER BY random() LIMIT $1",
             n,
+            clinics,
         )
         synthea = await connection.fetch(
             "SELECT r.res_id, v.content FROM resources r JOIN resource_versions v ON v.rid = r.rid "
             "AND v.version = r.version WHERE r.res_type = 'Patient' AND v.content LIKE '%synthea%' "
-            "ORDER BY random() LIMIT $1",
+            f"{managed} ORDER BY random() LIMIT $1",
             n,
+            clinics,
         )
         providers = await connection.fetch(
             "SELECT DISTINCT target_type || '/' || target_id AS p FROM search_reference "
@@ -336,32 +369,87 @@ async def measure_sql(url: str, query: Query, chosen: list[dict[str, Any]]) -> l
         await connection.close()
 
 
+#: The township whose doctor the policy run acts as: 闽宁镇卫生院 and its eight villages.
+TOWNSHIP_CENTRE = "640121105000"
+
+
+async def township_clinics(url: str) -> list[str]:
+    """Organization ids of the township centre and its villages."""
+    codes = [TOWNSHIP_CENTRE] + [
+        v.code
+        for t in build_directory().townships
+        if t.centre.code == TOWNSHIP_CENTRE
+        for v in t.villages
+    ]
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await connection.fetch(
+            "SELECT r.res_id FROM resources r JOIN search_token t ON t.rid = r.rid "
+            "WHERE r.res_type = 'Organization' AND t.param = 'identifier' AND t.code = ANY($1::text[])",
+            codes,
+        )
+    finally:
+        await connection.close()
+    return [row["res_id"] for row in rows]
+
+
+def run_queries(
+    url: str, server: AppServer, token: str, chosen: list[dict[str, Any]], title: str
+) -> dict[str, tuple[float, float, float]]:
+    figures = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"{server.url}/fhir", headers=headers, timeout=120) as client:
+        print(f"\n{title}")
+        print(
+            f"{'query':<58} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7} | {'SQL p50':>7} {'SQL p95':>7}  (ms)"
+        )
+        for query in QUERIES:
+            client.get(f"/{query.path(chosen[0])}", params=query.params(chosen[0]))  # warm
+            times = []
+            matched = 0
+            for sample in chosen:
+                started = time.perf_counter()
+                response = client.get(f"/{query.path(sample)}", params=query.params(sample))
+                times.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text[:300]
+                matched += bool(response.json().get("entry"))
+            sql_times = asyncio.run(measure_sql(url, query, chosen))
+            p50, p95, p99 = percentiles(times)
+            s50, s95, _ = percentiles(sql_times)
+            figures[query.label] = (p50, p95, p99)
+            print(
+                f"{query.label:<58} {p50:7.1f} {p95:7.1f} {p99:7.1f} {len(times) / sum(times):7.0f} | "
+                f"{s50:7.1f} {s95:7.1f}   ({matched}/{len(chosen)} non-empty)",
+                flush=True,
+            )
+    return figures
+
+
 def measure(url: str, runs: int) -> None:
-    chosen = asyncio.run(samples(url, runs))
+    clinics = asyncio.run(township_clinics(url))
+    chosen = asyncio.run(samples(url, runs, clinics))
     server = AppServer(url).start()
     try:
-        with httpx.Client(base_url=f"{server.url}/fhir", timeout=120) as client:
-            print(
-                f"\n{'query':<58} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7} | {'SQL p50':>7} {'SQL p95':>7}  (ms)"
+        username = "bench-township"
+        if username not in server.cli("user", "list"):
+            server.cli(
+                "user", "add", username, "--role", "township_doctor", "--org", TOWNSHIP_CENTRE
             )
-            for query in QUERIES:
-                client.get(f"/{query.path(chosen[0])}", params=query.params(chosen[0]))  # warm
-                times = []
-                matched = 0
-                for sample in chosen:
-                    started = time.perf_counter()
-                    response = client.get(f"/{query.path(sample)}", params=query.params(sample))
-                    times.append(time.perf_counter() - started)
-                    assert response.status_code == 200, response.text[:300]
-                    matched += bool(response.json().get("entry"))
-                sql_times = asyncio.run(measure_sql(url, query, chosen))
-                p50, p95, p99 = percentiles(times)
-                s50, s95, _ = percentiles(sql_times)
-                print(
-                    f"{query.label:<58} {p50:7.1f} {p95:7.1f} {p99:7.1f} {len(times) / sum(times):7.0f} | "
-                    f"{s50:7.1f} {s95:7.1f}   ({matched}/{len(chosen)} non-empty)",
-                    flush=True,
-                )
+        doctor = server.cli("user", "token", username, "--ttl", "86400").strip()
+        system = run_queries(
+            url, server, server.system_token(), chosen, "as a hospital system (no policy):"
+        )
+        policy = run_queries(
+            url,
+            server,
+            doctor,
+            chosen,
+            "as the township doctor of 闽宁镇 (the access policy applied):",
+        )
+        print(f"\n{'query':<58} {'p50 ratio':>9} {'p95 ratio':>9}   (policy / no policy)")
+        for label, (p50, p95, _) in system.items():
+            q50, q95, _ = policy[label]
+            print(f"{label:<58} {q50 / p50:9.2f} {q95 / p95:9.2f}")
     finally:
         server.stop()
 

@@ -66,10 +66,15 @@ def app_server(database_url: str) -> Iterator[AppServer]:
 
 @pytest.fixture
 def fhir(app_server: AppServer) -> Iterator[httpx.Client]:
-    """An HTTP client on the FHIR base of the running app."""
+    """An HTTP client on the FHIR base of the running app, as a system client that may do
+    everything (``system/*.cruds``): the records' own behaviour, apart from access rules."""
     with httpx.Client(
         base_url=f"{app_server.url}/fhir",
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+        headers={
+            "Content-Type": "application/fhir+json",
+            "Accept": "application/fhir+json",
+            **app_server.auth_headers(),
+        },
         timeout=60,
     ) as client:
         yield client

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -243,25 +245,80 @@ class RedisServer:
 
 
 class AppServer:
-    """``health serve`` in a subprocess, on a database that has been migrated."""
+    """``health serve`` in a subprocess, on a database that has been migrated.
+
+    Each server has its own signing secret; :meth:`cli` runs ``health`` commands against the
+    same database with the same secret, and :meth:`system_token` is the bearer token of a
+    system client with every scope (``system/*.cruds``), as a hospital system would hold.
+    """
 
     def __init__(
-        self, database_url: str, *, redis_url: str | None = None, workdir: Path | None = None
+        self,
+        database_url: str,
+        *,
+        redis_url: str | None = None,
+        workdir: Path | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.redis_url = redis_url
         self.workdir = workdir or PROJECT_ROOT
+        self.settings = settings or {}
+        self.secret = secrets.token_hex(32)
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self._token: tuple[str, float] | None = None
 
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTH_")}
         env["HEALTH_DATABASE_URL"] = self.database_url
+        env["HEALTH_SECRET_KEY"] = self.secret
         if self.redis_url:
             env["HEALTH_REDIS_URL"] = self.redis_url
+        env.update(self.settings)
         return env
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``health ARGS...`` with this server's settings."""
+        return subprocess.run(
+            [sys.executable, "-m", "health.cli", *args],
+            cwd=self.workdir,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def cli(self, *args: str, input: str | None = None) -> str:
+        """The standard output of ``health ARGS...``, which must succeed."""
+        done = self.run(*args, input=input)
+        if done.returncode != 0:
+            raise RuntimeError(f"health {' '.join(args)} failed: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def client_token(self, client_id: str, secret: str, scope: str | None = None) -> str:
+        form = {"grant_type": "client_credentials"}
+        if scope:
+            form["scope"] = scope
+        response = httpx.post(
+            f"{self.url}/auth/token", data=form, auth=(client_id, secret), timeout=60
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def system_token(self) -> str:
+        """A system client's token with every scope, renewed well before it expires."""
+        if self._token is None or time.monotonic() - self._token[1] > 600:
+            registered = json.loads(self.cli("client", "add", "tests", "--scope", "system/*.cruds"))
+            token = self.client_token(registered["client_id"], registered["client_secret"])
+            self._token = (token, time.monotonic())
+        return self._token[0]
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.system_token()}"}
 
     def start(self) -> AppServer:
         self.port = free_port()
@@ -306,3 +363,22 @@ class AppServer:
             except subprocess.TimeoutExpired:
                 self.kill()
             self.process = None
+
+
+def change_database(database_url: str, sql: str) -> None:
+    """Run one SQL statement that changes the database, as someone with its password could."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from health.core.database import Database
+
+    async def run() -> None:
+        database = Database(database_url)
+        try:
+            async with database.transaction(write=True) as session:
+                await session.execute(text(sql))
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())

@@ -45,6 +45,14 @@ async def test_a_subscriber_receives_what_is_published(bus: MessageBus) -> None:
     await other.close()
 
 
+async def test_hits_are_counted_per_key_in_the_window(bus: MessageBus) -> None:
+    key = f"login:address:{id(bus)}"
+    assert await bus.hits(key, 3600) == 0
+    assert [await bus.hit(key, 3600) for _ in range(3)] == [1, 2, 3]
+    assert await bus.hits(key, 3600) == 3
+    assert await bus.hits(f"{key}-other", 3600) == 0
+
+
 async def test_every_subscriber_of_a_channel_gets_each_message(bus: MessageBus) -> None:
     first = await bus.subscribe("broadcast")
     second = await bus.subscribe("broadcast")
@@ -62,7 +70,9 @@ async def test_committed_writes_are_announced_on_redis(
     listener = RedisBus(redis_server.url)
     try:
         subscription = await listener.subscribe(CHANGES_CHANNEL)
-        async with httpx.AsyncClient(base_url=f"{server.url}/fhir") as client:
+        async with httpx.AsyncClient(
+            base_url=f"{server.url}/fhir", headers=server.auth_headers()
+        ) as client:
             created = await client.post(
                 "/Patient",
                 json={"resourceType": "Patient"},

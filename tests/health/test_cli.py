@@ -19,7 +19,11 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def total(server: AppServer, path: str, **params: str) -> int:
-    response = httpx.get(f"{server.url}/fhir/{path}", params={**params, "_summary": "count"})
+    response = httpx.get(
+        f"{server.url}/fhir/{path}",
+        params={**params, "_summary": "count"},
+        headers=server.auth_headers(),
+    )
     assert response.status_code == 200, response.text
     return int(response.json()["total"])
 
@@ -63,12 +67,16 @@ def test_directory_import_loads_and_reloads(empty_database: str, tmp_path: Path)
         village = httpx.get(
             f"{server.url}/fhir/Organization",
             params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|640121105201"},
+            headers=server.auth_headers(),
         ).json()
         assert village["total"] == 1
         organization = village["entry"][0]["resource"]
         assert organization["name"] == "闽宁镇原隆村卫生室"
         assert organization["meta"]["versionId"] == "1"  # the reload changed nothing
-        township = httpx.get(f"{server.url}/fhir/{organization['partOf']['reference']}").json()
+        township = httpx.get(
+            f"{server.url}/fhir/{organization['partOf']['reference']}",
+            headers=server.auth_headers(),
+        ).json()
         assert township["name"] == "永宁县闽宁镇卫生院"
     finally:
         server.stop()

@@ -57,18 +57,27 @@ def fhir_base(app_server: AppServer) -> str:
 
 
 @pytest.fixture
-def client(fhir_base: str) -> AsyncFHIRClient:
-    return AsyncFHIRClient(fhir_base, aiohttp_config={"timeout": 60})
+def bearer(app_server: AppServer) -> str:
+    """A system client's authorization, as a hospital system sends it."""
+    return f"Bearer {app_server.system_token()}"
 
 
 @pytest.fixture
-def sync_client(fhir_base: str) -> SyncFHIRClient:
-    return SyncFHIRClient(fhir_base, requests_config={"timeout": 60})
+def client(fhir_base: str, bearer: str) -> AsyncFHIRClient:
+    return AsyncFHIRClient(fhir_base, authorization=bearer, aiohttp_config={"timeout": 60})
 
 
 @pytest.fixture
-def smart(fhir_base: str) -> Iterator[FHIRClient]:
+def sync_client(fhir_base: str, bearer: str) -> SyncFHIRClient:
+    return SyncFHIRClient(fhir_base, authorization=bearer, requests_config={"timeout": 60})
+
+
+@pytest.fixture
+def smart(fhir_base: str, bearer: str) -> Iterator[FHIRClient]:
+    """fhirclient with a system token already in hand (it has no client_credentials flow of
+    its own; the SMART launch it does have is tested in tests/auth)."""
     smart = FHIRClient(settings={"app_id": "yinchuan-health-tests", "api_base": fhir_base})
+    smart.server.session.headers["Authorization"] = bearer
     yield smart
     smart.server.session.close()
 
@@ -368,9 +377,10 @@ class TestFhirpyConditional:
 
 
 class TestFhirpyTransaction:
-    async def test_transaction_bundle(self, fhir_base: str) -> None:
+    async def test_transaction_bundle(self, fhir_base: str, bearer: str) -> None:
         client = AsyncFHIRClient(
             fhir_base,
+            authorization=bearer,
             extra_headers={"Prefer": "return=representation"},
             aiohttp_config={"timeout": 60},
         )
@@ -479,8 +489,13 @@ def smart_patient(text: str = "杨秀英", gender: str = "female") -> Patient:
 
 
 class TestFhirclient:
-    def test_prepare_reads_the_capability_statement(self, smart: FHIRClient) -> None:
-        assert smart.prepare() is True  # an open server: no SMART security in the statement
+    def test_prepare_reads_the_capability_statement(
+        self, smart: FHIRClient, app_server: AppServer
+    ) -> None:
+        # The statement declares SMART on FHIR: a client without its own token must log in.
+        assert smart.prepare() is False
+        assert smart.server.auth._authorize_uri == f"{app_server.url}/auth/authorize"
+        assert smart.server.auth._token_uri == f"{app_server.url}/auth/token"
         statement = smart.server.capabilityStatement
         assert statement.fhirVersion == "4.3.0"
         patient = next(r for r in statement.rest[0].resource if r.type == "Patient")

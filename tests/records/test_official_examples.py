@@ -56,6 +56,11 @@ def test_valid_examples_round_trip(fhir: httpx.Client, shared_dir: Path) -> None
     for example in examples:
         path = f"/{example['resourceType']}/{example['id']}"
         response = fhir.put(path, json=example)
+        if example["resourceType"] == "AuditEvent":
+            # The audit trail is the service's own, kept in a hash chain: even a system
+            # client with every scope may not write into it.
+            assert response.status_code == 403, (path, response.text[:500])
+            continue
         assert response.status_code in (200, 201), (path, response.text[:500])
         stored = fhir.get(path).json()
         if _without_meta(stored) != _without_meta(example):

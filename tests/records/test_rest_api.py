@@ -342,7 +342,7 @@ class TestSearch:
         ).json()
         assert first["total"] == 3 and len(first["entry"]) == 2
         next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
-        second = httpx.get(next_url).json()
+        second = fhir.get(next_url).json()
         assert {e["resource"]["id"] for e in first["entry"] + second["entry"]} == ids
 
     def test_count_zero_gives_the_total_only(self, fhir: httpx.Client) -> None:
@@ -380,12 +380,12 @@ class TestHistory:
         created(
             fhir.post("/Basic", json={"resourceType": "Basic", "code": {"text": marker}})
         )  # a newer write
-        second = httpx.get(next_url).json()
+        second = fhir.get(next_url).json()
         first_ids = {e["resource"]["id"] for e in first["entry"]}
         second_ids = {e["resource"]["id"] for e in second["entry"]}
         assert len(second_ids) == 2 and not first_ids & second_ids
         previous = next(link["url"] for link in second["link"] if link["relation"] == "previous")
-        assert {e["resource"]["id"] for e in httpx.get(previous).json()["entry"]} == first_ids
+        assert {e["resource"]["id"] for e in fhir.get(previous).json()["entry"]} == first_ids
 
     def test_system_history_and_since(self, fhir: httpx.Client) -> None:
         body = created(fhir.post("/Patient", json=patient()))

@@ -434,7 +434,7 @@ class TestCompartmentsAndEverything:
         made = {p} | {world.observation(p, "8480-6", 120 + i) for i in range(5)}
         first = world.fhir.get(f"/Patient/{p}/$everything", params={"_count": 4}).json()
         assert first["total"] == 6
-        second = httpx.get(
+        second = world.fhir.get(
             next(link["url"] for link in first["link"] if link["relation"] == "next")
         ).json()
         assert {e["resource"]["id"] for e in first["entry"] + second["entry"]} == made
@@ -457,7 +457,7 @@ class TestResultParameters:
         seen = [e["resource"]["id"] for e in first["entry"]]
         url = next(link["url"] for link in first["link"] if link["relation"] == "next")
         while url:
-            page = httpx.get(url).json()
+            page = world.fhir.get(url).json()
             seen += [e["resource"]["id"] for e in page["entry"]]
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         assert seen[:5] == made and len(seen) == len(set(seen)) == 6
@@ -480,7 +480,7 @@ class TestResultParameters:
         url = _link(first, "next")
         pages = 1
         while url:
-            page = httpx.get(url).json()
+            page = world.fhir.get(url).json()
             seen += [e["resource"]["id"] for e in page["entry"]]
             url = _link(page, "next")
             pages += 1
@@ -494,13 +494,13 @@ class TestResultParameters:
         pages = [world.search("Observation", _sort="-value-quantity", _count=3)]
         assert _link(pages[0], "previous") is None
         while (url := _link(pages[-1], "next")) is not None:
-            pages.append(httpx.get(url).json())
+            pages.append(world.fhir.get(url).json())
         forward = [[e["resource"]["id"] for e in page["entry"]] for page in pages]
         assert forward == [made[6:3:-1], made[3:0:-1], made[:1]]
         backward = [forward[-1]]
         url = _link(pages[-1], "previous")
         while url is not None:
-            page = httpx.get(url).json()
+            page = world.fhir.get(url).json()
             backward.append([e["resource"]["id"] for e in page["entry"]])
             url = _link(page, "previous")
         assert backward == forward[::-1]

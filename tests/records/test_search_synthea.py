@@ -308,7 +308,9 @@ def synthea(
     server = AppServer(url).start()
     try:
         with httpx.Client(
-            base_url=f"{server.url}/fhir", headers={"Accept": "application/fhir+json"}, timeout=120
+            base_url=f"{server.url}/fhir",
+            headers={"Accept": "application/fhir+json", **server.auth_headers()},
+            timeout=120,
         ) as client:
             yield Synthea(client, stored, backend)
     finally:
