@@ -10,10 +10,23 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import BaseModel, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as WebRTC's ``RTCIceServer`` dictionary."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -57,6 +70,15 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     #: Send session cookies only over HTTPS (turn off only for plain-HTTP development).
     secure_cookies: bool = True
+
+    #: STUN/TURN servers for consult video, a JSON list of ``RTCIceServer``:
+    #: ``[{"urls": "turn:turn.example.cn:3478", "username": "u", "credential": "p"}]``.
+    #: None by default: peers use their own addresses only, and nothing needs the internet.
+    ice_servers: list[IceServer] = []
+    #: coturn's ``static-auth-secret``: TURN servers listed without a username then get
+    #: per-participant credentials that expire after ``turn_credential_seconds``.
+    turn_secret: str | None = None
+    turn_credential_seconds: int = 12 * 60 * 60
 
     @field_validator("database_url")
     @classmethod
