@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 RECEIVE_SLOTS = 3
 #: A decoded picture is checked for its sender's pattern this often (and at its first).
 PATTERN_CHECK_EVERY = 15
+FRAME_CRCS = 4096
 
 
 class ConsultClientError(Exception):
@@ -86,6 +88,9 @@ class RemoteTrackStats:
     height: int | None = None
     first_frame_at: float | None = None  # time.monotonic()
     picture_of: str | None = None
+    #: CRC-32 of each encoded frame received (the first ``FRAME_CRCS``): what arrived can be
+    #: checked against what was sent, bit for bit.
+    frame_crcs: set[int] = field(default_factory=set)
 
     def to_dict(self, joined_at: float | None) -> dict[str, Any]:
         first = None
@@ -251,14 +256,14 @@ class ConsultClient:
                 await self._reader
         await self._close_connection()
 
-    async def wait_for(self, predicate: Callable[[ConsultClient], bool], timeout: float) -> None:
-        """Return once ``predicate(client)`` holds; :class:`TimeoutError` after ``timeout``."""
+    async def wait_for(self, predicate: Callable[[ConsultClient], bool], within: float) -> None:
+        """Return once ``predicate(client)`` holds; :class:`TimeoutError` after ``within`` s."""
         if predicate(self):
             return
         waiter = _Waiter(predicate)
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            await asyncio.wait_for(asyncio.shield(waiter.future), within)
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
@@ -392,6 +397,8 @@ class ConsultClient:
                 stats = self.stats[key] = RemoteTrackStats(participant_id, track.kind)
             stats.codec = receiving.codec.mimeType.split("/")[-1]
             stats.bytes += packet.size
+            if len(stats.frame_crcs) < FRAME_CRCS:
+                stats.frame_crcs.add(zlib.crc32(bytes(packet)))
             stats.keyframes += bool(packet.is_keyframe and track.kind == "video")
             if not self.decode:
                 stats.frames += 1

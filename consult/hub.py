@@ -38,6 +38,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from consult.ice import peer_configuration
 from consult.passthrough import on_keyframe_request, receive_encoded
 from consult.protocol import TrackInfo
 from consult.tracks import EncodedSource, ForwardedTrack
@@ -140,7 +141,7 @@ class MediaHub:
         configuration: RTCConfiguration | None = None,
         on_connection_lost: ConnectionLost | None = None,
     ) -> None:
-        self._configuration = configuration or RTCConfiguration(iceServers=[])
+        self._configuration = configuration or peer_configuration([])
         self._on_connection_lost = on_connection_lost
         self._rooms: dict[str, HubRoom] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -268,6 +269,12 @@ class MediaHub:
         for m in description.media:
             if m.kind not in ("audio", "video", "application"):
                 raise NegotiationError("invalid-sdp", f'the offer has a "{m.kind}" m-line')
+        bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
+        mids = {m.rtp.muxId for m in description.media if m.port != 0}
+        if bundle is None or not mids <= set(bundle.items):
+            raise NegotiationError(
+                "invalid-sdp", "the offer must BUNDLE every m-line on one transport"
+            )
         if not all(m.ice.usernameFragment and m.dtls for m in media):
             raise NegotiationError(
                 "invalid-sdp", "the offer lacks ICE credentials or a DTLS fingerprint"

@@ -47,6 +47,7 @@ import logging
 import time
 
 from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from consult.protocol import IceServer
 from health.core.settings import Settings
@@ -77,11 +78,17 @@ def participant_ice_servers(
 
 
 def peer_configuration(servers: list[IceServer]) -> RTCConfiguration:
-    """aiortc's configuration for these servers: ``iceServers=[]`` when there are none."""
+    """aiortc's configuration for these servers: ``iceServers=[]`` when there are none.
+
+    Every m-line on one transport (max-bundle): with aiortc's default, ``balanced``, the
+    second and later m-lines of a kind stay on a transport that BUNDLE negotiation then
+    discards, and carry nothing.
+    """
     return RTCConfiguration(
         iceServers=[
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers
-        ]
+        ],
+        bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
     )
 
 

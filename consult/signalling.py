@@ -53,6 +53,7 @@ MAX_PROTOCOL_ERRORS = 20
 #: Server messages held for a participant whose socket is slow; past this it is closed.
 OUTBOX_MESSAGES = 256
 POLICY_VIOLATION = 1008
+TOO_MANY_ERRORS = "too many invalid messages"
 
 
 class SignallingSocket(Protocol):
@@ -128,7 +129,7 @@ class SignallingSession:
                 logger.info("%s sent a bad message: %s", self.participant.id, error.message)
                 self._queue(error.to_message().to_dict())
                 if errors >= MAX_PROTOCOL_ERRORS:
-                    self._queue({"type": "bye", "reason": "too many invalid messages"}, close=True)
+                    self._queue({"type": "bye", "reason": TOO_MANY_ERRORS}, close=True)
                     return
             if self._closing:
                 return

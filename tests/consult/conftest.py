@@ -132,10 +132,10 @@ def decoder_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.endswith("-decoder"))
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+async def eventually(check: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
     """Wait for something that has no event of its own to wait on, up to a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while not check():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: not so after {timeout:.0f} s")
+            raise AssertionError(f"{what}: not so after {within:.0f} s")
         await asyncio.sleep(0.02)
