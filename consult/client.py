@@ -164,6 +164,8 @@ class ConsultClient:
         self.errors: list[Error] = []
         self.keyframe_requests = 0
         self.bye: str | None = None
+        #: Whether the signalling WebSocket is open.
+        self.signalling_open = False
         self.joined_at: float | None = None
         self._socket: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -188,6 +190,7 @@ class ConsultClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.joined_at = time.monotonic()
         self._socket = await connect(self.url, additional_headers=headers, max_size=2**20)
+        self.signalling_open = True
         self._reader = asyncio.create_task(self._read(), name="consult client signalling")
         joined: Joined = await self._request(Join(), "joined")
         self.participant = joined.participant
@@ -338,6 +341,7 @@ class ConsultClient:
         except ConnectionClosed:
             pass
         finally:
+            self.signalling_open = False
             for future in self._replies.values():
                 if not future.done():
                     future.set_exception(ConsultClientError("the consult server closed the line"))

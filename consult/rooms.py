@@ -177,18 +177,36 @@ class ConsultRooms:
     # The owner side.
 
     async def _listen(self, subscription: Subscription) -> None:
-        async for message in subscription:
+        while True:
             try:
-                if message.get("to") == "session":
-                    deliver = self._sessions.get(message["session"])
-                    if deliver is not None:
-                        deliver(message["message"], bool(message.get("close")))
-                elif message.get("to") == "room":
-                    self._room_inbox(str(message["room"]), message)
-                else:
-                    logger.warning("consult bus message of no known kind: %.200r", message)
+                async for message in subscription:
+                    self._dispatch(message)
+                return
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                logger.exception("consult bus message not handled: %.200r", message)
+                # Redis went away: listen again once it is back (messages meanwhile are lost,
+                # and the sessions waiting on them are told to try again).
+                logger.exception("consult bus subscription failed; subscribing again")
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await subscription.close()
+                with contextlib.suppress(Exception):
+                    subscription = await self._bus.subscribe(WORKER_CHANNEL.format(self.worker_id))
+                    self._subscription = subscription
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        try:
+            if message.get("to") == "session":
+                deliver = self._sessions.get(message["session"])
+                if deliver is not None:
+                    deliver(message["message"], bool(message.get("close")))
+            elif message.get("to") == "room":
+                self._room_inbox(str(message["room"]), message)
+            else:
+                logger.warning("consult bus message of no known kind: %.200r", message)
+        except Exception:
+            logger.exception("consult bus message not handled: %.200r", message)
 
     def _room_inbox(self, room_id: str, envelope: dict[str, Any]) -> None:
         room = self._rooms.get(room_id)

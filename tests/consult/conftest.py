@@ -10,6 +10,10 @@ runs the real :class:`~consult.signalling.SignallingSession` under uvicorn. Each
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,10 +27,10 @@ from starlette.websockets import WebSocket
 from consult.client import ConsultClient
 from consult.protocol import Participant
 from consult.rooms import ConsultRooms
-from consult.signalling import SignallingSession
+from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
 from health.core.settings import Settings
-from tests.services import free_port
+from tests.services import PROJECT_ROOT, free_port
 
 DEADLINE = 30.0
 VILLAGE_DOCTOR = Participant("pract-village-1", "马秀兰", "village-doctor")
@@ -43,7 +47,7 @@ def token_of(participant: Participant) -> str:
     return f"token-{participant.id}"
 
 
-def signalling_app(rooms: ConsultRooms) -> Starlette:
+def signalling_app(rooms: ConsultRooms, *, reply_seconds: float = REPLY_SECONDS) -> Starlette:
     async def consult_socket(websocket: WebSocket) -> None:
         token = websocket.headers.get("authorization", "").removeprefix("Bearer ")
         participant = TOKENS.get(token)
@@ -56,6 +60,7 @@ def signalling_app(rooms: ConsultRooms) -> Starlette:
             participant=participant,
             socket=websocket,
             rooms=rooms,
+            reply_seconds=reply_seconds,
         ).run()
 
     return Starlette(routes=[WebSocketRoute("/consult/{consult_id}/ws", consult_socket)])
@@ -64,17 +69,26 @@ def signalling_app(rooms: ConsultRooms) -> Starlette:
 class SignallingWorker:
     """One worker: a bus connection, its rooms and hub, and a uvicorn server on loopback."""
 
-    def __init__(self, bus: MessageBus, *, settings: Settings | None = None, **options: Any):
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        settings: Settings | None = None,
+        reply_seconds: float = REPLY_SECONDS,
+        **options: Any,
+    ):
         self.bus = bus
+        self.reply_seconds = reply_seconds
         self.rooms = ConsultRooms(bus=bus, settings=settings or Settings(), **options)
         self.port = free_port()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> SignallingWorker:
         await self.rooms.start()
         config = uvicorn.Config(
-            signalling_app(self.rooms),
+            signalling_app(self.rooms, reply_seconds=self.reply_seconds),
             host="127.0.0.1",
             port=self.port,
             lifespan="off",
@@ -97,11 +111,17 @@ class SignallingWorker:
         return ConsultClient(self.url(consult_id), token=token_of(participant), **options)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._stop_server()
+        await self.rooms.close()
+        await self.bus.close()
+
+    async def _stop_server(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
-        await self.rooms.close()
-        await self.bus.close()
 
 
 @pytest.fixture
@@ -139,3 +159,43 @@ async def eventually(check: Callable[[], bool], what: str, within: float = DEADL
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what}: not so after {within:.0f} s")
         await asyncio.sleep(0.02)
+
+
+class WorkerProcess:
+    """A worker in a subprocess (``tests/consult/worker_process.py``), to be killed."""
+
+    def __init__(self, redis_url: str, *, lease_seconds: float) -> None:
+        self.port = free_port()
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.consult.worker_process",
+                redis_url,
+                str(self.port),
+                str(lease_seconds),
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    async def ready(self) -> WorkerProcess:
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self._process.stdout.readline), DEADLINE)
+        assert line.strip() == b"ready", line
+        return self
+
+    def url(self, consult_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/consult/{consult_id}/ws"
+
+    def client(self, consult_id: str, participant: Participant, **options: Any) -> ConsultClient:
+        options.setdefault("width", 320)
+        options.setdefault("height", 240)
+        return ConsultClient(self.url(consult_id), token=token_of(participant), **options)
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no lease released."""
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait(timeout=30)
