@@ -277,6 +277,12 @@ class ConsultClient:
         """What arrived from someone (zero counts when nothing did)."""
         return self.stats.get((participant_id, kind)) or RemoteTrackStats(participant_id, kind)
 
+    @property
+    def video_frames_sent(self) -> int:
+        """Test-pattern frames made for the current connection (0 for a video file)."""
+        video = self._sent_tracks[1] if len(self._sent_tracks) > 1 else None
+        return video.frames if isinstance(video, TestPatternTrack) else 0
+
     def summary(self) -> dict[str, Any]:
         return {
             "participant": self.participant.to_dict() if self.participant else None,

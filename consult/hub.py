@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import (
+    MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpReceiver,
@@ -142,7 +143,8 @@ class MediaHub:
         on_connection_lost: ConnectionLost | None = None,
     ) -> None:
         self._configuration = configuration or peer_configuration([])
-        self._on_connection_lost = on_connection_lost
+        #: Called with (room id, participant id) when a participant's connection fails.
+        self.on_connection_lost = on_connection_lost
         self._rooms: dict[str, HubRoom] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -192,7 +194,7 @@ class MediaHub:
             for kind in ("audio", "video"):
                 for slot in other.slots[kind]:
                     if slot.participant_id == participant_id:
-                        slot.track.detach()
+                        self._disconnect(slot)
                         slot.participant_id = None
                         freed = True
             if freed:
@@ -332,23 +334,16 @@ class MediaHub:
                 transceiver = connection.addTransceiver(kind, direction=direction)
                 transceiver.setCodecPreferences(_codec_capabilities(mime, kind))
                 if direction in ("sendonly", "sendrecv"):
-                    track = ForwardedTrack(kind)
-                    transceiver.sender.replaceTrack(track)
-                    on_keyframe_request(
-                        transceiver.sender, track.request_keyframe, also_encode=False
-                    )
-                    peer.slots[kind].append(Slot(transceiver=transceiver, track=track))
+                    peer.slots[kind].append(self._make_slot(transceiver, kind))
 
             @connection.on("track")
             def on_track(track: Any) -> None:
-                receive_encoded(track)
                 transceiver = next(
                     t for t in connection.getTransceivers() if t.receiver.track is track
                 )
-                receiver: RTCRtpReceiver = transceiver.receiver
-                source = EncodedSource(
+                source = self._make_source(
                     track,
-                    receiver,
+                    transceiver.receiver,
                     media_ssrc=ssrcs.get(str(transceiver.mid)),
                     name=f"{name}/{track.kind}",
                 )
@@ -361,8 +356,8 @@ class MediaHub:
                 logger.info("peer %s is %s", name, state)
                 if state in ("failed", "closed") and not peer.closing:
                     current = room.peers.get(participant_id)
-                    if current is peer and self._on_connection_lost is not None:
-                        await self._on_connection_lost(room.room_id, participant_id)
+                    if current is peer and self.on_connection_lost is not None:
+                        await self.on_connection_lost(room.room_id, participant_id)
 
             await connection.setRemoteDescription(
                 RTCSessionDescription(sdp=offer_sdp, type="offer")
@@ -387,8 +382,32 @@ class MediaHub:
         )
         return peer
 
-    @staticmethod
-    def _fill(viewer: Peer, room: HubRoom) -> bool:
+    def _make_slot(self, transceiver: RTCRtpTransceiver, kind: str) -> Slot:
+        """A receiving m-line of the participant's: the hub sends others' frames on it."""
+        track = ForwardedTrack(kind)
+        transceiver.sender.replaceTrack(track)
+        on_keyframe_request(transceiver.sender, track.request_keyframe, also_encode=False)
+        return Slot(transceiver=transceiver, track=track)
+
+    def _make_source(
+        self,
+        track: MediaStreamTrack,
+        receiver: RTCRtpReceiver,
+        *,
+        media_ssrc: int | None,
+        name: str,
+    ) -> EncodedSource:
+        """What the participant sends on a track, read as encoded frames (before it starts)."""
+        receive_encoded(track)
+        return EncodedSource(track, receiver, media_ssrc=media_ssrc, name=name)
+
+    def _connect(self, slot: Slot, source: EncodedSource) -> None:
+        slot.track.attach(source)
+
+    def _disconnect(self, slot: Slot) -> None:
+        slot.track.detach()
+
+    def _fill(self, viewer: Peer, room: HubRoom) -> bool:
         """Attach everyone's media to the viewer's free slots; whether anything changed."""
         changed = False
         for publisher in room.peers.values():
@@ -399,7 +418,7 @@ class MediaHub:
                 if slot is None:
                     continue
                 slot.participant_id = publisher.participant_id
-                slot.track.attach(source)
+                self._connect(slot, source)
                 changed = True
         return changed
 

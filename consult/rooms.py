@@ -87,11 +87,11 @@ class ConsultRooms:
         worker_id: str | None = None,
         lease_seconds: float = 15.0,
         media_grace_seconds: float = 60.0,
+        hub: MediaHub | None = None,
     ) -> None:
         self.worker_id = worker_id or uuid.uuid4().hex
-        self.hub = MediaHub(
-            configuration=hub_configuration(settings), on_connection_lost=self._media_lost
-        )
+        self.hub = hub or MediaHub(configuration=hub_configuration(settings))
+        self.hub.on_connection_lost = self._media_lost
         self._bus = bus
         self._settings = settings
         self._lease_seconds = lease_seconds

@@ -81,6 +81,11 @@ class TestPatternTrack(MediaStreamTrack):
         self._frames = 0
         self._start: float | None = None
 
+    @property
+    def frames(self) -> int:
+        """Frames made so far."""
+        return self._frames
+
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
