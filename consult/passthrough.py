@@ -13,13 +13,15 @@ This module does both, with as little reach as it can, and is written against ai
 than misbehaving quietly):
 
 - ``decoder_worker`` in ``aiortc.rtcrtpreceiver`` is replaced, once, by a function that
-  checks whose track it serves. A track registered with :func:`receive_encoded` gets our
-  loop, which puts each reassembled frame on the track as an ``av.Packet``; every other
-  track gets aiortc's own worker, so decoding peers in the same process (the Python client,
+  checks whose track it serves. For a track registered with :func:`receive_encoded` it
+  replaces ``put`` on that receiver's frame queue so that each reassembled frame goes onto
+  the track as an ``av.Packet`` right away, on the event loop, and lets the thread end (a
+  thread hop per frame cost the hub more than the rest of forwarding). Every other track
+  gets aiortc's own worker, so decoding peers in the same process (the Python client,
   tests) are untouched. What we rely on: aiortc calls it as ``decoder_worker(loop, input_q,
-  output_q, decode_error)`` from ``RTCRtpReceiver.receive``; ``input_q`` yields ``(codec,
-  JitterFrame)`` and finally ``None``; ``output_q`` is the track's queue, and ``None`` on it
-  ends the track.
+  output_q, decode_error)`` from ``RTCRtpReceiver.receive``; the receiver puts ``(codec,
+  JitterFrame)`` on ``input_q`` from the event loop, and ``None`` when it stops;
+  ``output_q`` is the track's queue, and ``None`` on it ends the track.
 - :func:`on_keyframe_request` overrides ``_send_keyframe`` on one sender instance (never
   on the class): aiortc calls it when the remote peer sends PLI or FIR.
 - :func:`request_keyframe` sends a PLI from a receiver through its
@@ -104,29 +106,45 @@ def is_keyframe(mime_type: str, data: bytes) -> bool:
     return not mime.startswith("video/")
 
 
-def _forward_encoded(
-    loop: asyncio.AbstractEventLoop, input_q: queue.Queue[Any], output_q: asyncio.Queue[Any]
-) -> None:
+def _packet(codec: Any, frame: Any, time_bases: dict[int, Fraction]) -> av.Packet:
+    time_base = time_bases.get(codec.clockRate)
+    if time_base is None:
+        time_base = time_bases[codec.clockRate] = Fraction(1, codec.clockRate)
+    packet = av.Packet(frame.data)
+    packet.pts = frame.timestamp
+    packet.time_base = time_base
+    packet.is_keyframe = is_keyframe(codec.mimeType, frame.data)
+    return packet
+
+
+def _forward_encoded(input_q: queue.Queue[Any], output_q: asyncio.Queue[Any]) -> None:
+    """Hand frames to the track where the receiver reassembles them, on the event loop.
+
+    Runs in the thread aiortc starts for decoding, only to take that thread out of the
+    path: from now on the receiver's ``input_q.put`` (called on the event loop) puts the
+    frame straight on the track, and the thread ends. A frame or two put before the swap
+    wait in ``input_q`` and go first, in order, at the next put.
+    """
     time_bases: dict[int, Fraction] = {}
-    while True:
-        task = input_q.get()
-        try:
-            if task is None:
-                loop.call_soon_threadsafe(output_q.put_nowait, None)
-                return
-            codec, frame = task
-            if not frame.data:
-                continue
-            time_base = time_bases.get(codec.clockRate)
-            if time_base is None:
-                time_base = time_bases[codec.clockRate] = Fraction(1, codec.clockRate)
-            packet = av.Packet(frame.data)
-            packet.pts = frame.timestamp
-            packet.time_base = time_base
-            packet.is_keyframe = is_keyframe(codec.mimeType, frame.data)
-            loop.call_soon_threadsafe(output_q.put_nowait, packet)
-        except RuntimeError:  # the event loop has closed: nobody is left to hand frames to
+
+    def put(task: Any, block: bool = True, timeout: float | None = None) -> None:
+        while True:
+            try:
+                earlier = queue.Queue.get_nowait(input_q)
+            except queue.Empty:
+                break
+            forward(earlier)
+        forward(task)
+
+    def forward(task: Any) -> None:
+        if task is None:
+            output_q.put_nowait(None)  # the receiver stopped: end the track
             return
+        codec, frame = task
+        if frame.data:
+            output_q.put_nowait(_packet(codec, frame, time_bases))
+
+    input_q.put = put  # type: ignore[method-assign]
 
 
 def _decoder_worker(
@@ -136,7 +154,7 @@ def _decoder_worker(
     decode_error: threading.Event,
 ) -> None:
     if output_q in _encoded_queues:
-        _forward_encoded(loop, input_q, output_q)
+        _forward_encoded(input_q, output_q)
     else:
         _aiortc_decoder_worker(loop, input_q, output_q, decode_error)
 
