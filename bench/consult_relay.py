@@ -215,6 +215,9 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
             "per_stream_percent": 100 * cpu / wall / streams,
             "frames_expected": expected,
             "frames_lost": max(0, expected - got),
+            # What the CPU would be per stream had every frame been delivered (a relay that
+            # cannot keep up spends less than the work it was given).
+            "per_delivered_stream_percent": 100 * cpu / wall / streams * expected / max(1, got),
             "first_frame_median": statistics.median(first_frames),
             "first_frame_max": max(first_frames),
         }
@@ -236,7 +239,8 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"{result['mode']:>11}: {result['streams']} forwarded 640x480 VP8 streams, "
         f"hub {result['hub_cpu_percent']:.1f}% of a core, "
-        f"{result['per_stream_percent']:.2f}% per stream; "
+        f"{result['per_stream_percent']:.2f}% per stream "
+        f"({result['per_delivered_stream_percent']:.2f}% per stream of frames delivered); "
         f"frames lost {result['frames_lost']}/{result['frames_expected']} ({lost:.1f}%); "
         f"join -> first remote frame median {result['first_frame_median']:.2f} s, "
         f"max {result['first_frame_max']:.2f} s"
@@ -252,8 +256,12 @@ async def main(arguments: argparse.Namespace) -> None:
     report(hub)
     stock = await measure("stock", arguments.rooms, arguments.participants, arguments.seconds)
     report(stock)
-    ratio = stock["per_stream_percent"] / max(hub["per_stream_percent"], 1e-9)
-    print(f"stock MediaRelay / hub CPU per forwarded stream: {ratio:.1f}x")
+    raw = stock["per_stream_percent"] / max(hub["per_stream_percent"], 1e-9)
+    ratio = stock["per_delivered_stream_percent"] / max(hub["per_delivered_stream_percent"], 1e-9)
+    print(
+        f"stock MediaRelay / hub CPU per forwarded stream: {raw:.1f}x as measured, "
+        f"{ratio:.1f}x per frame delivered"
+    )
     print(
         "goals: <= 1.5% per stream "
         f"({'met' if hub['per_stream_percent'] <= 1.5 else 'NOT met'}), "

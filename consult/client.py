@@ -38,7 +38,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from consult.ice import peer_configuration
 from consult.passthrough import on_keyframe_request, receive_encoded, request_keyframe
@@ -487,8 +487,8 @@ async def run_client(
     try:
         await client.join()
         await asyncio.sleep(seconds)
-    except ConsultClientError as error:
-        client.errors.append(Error("client", str(error)))
+    except (ConsultClientError, OSError, InvalidHandshake) as error:
+        client.errors.append(Error("client", f"could not join: {error}"))
     finally:
         await client.leave()
     return client.summary()
