@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consult.rooms import ConsultRooms
 from health.core.bus import create_bus
 from health.core.database import Database
 from health.core.settings import Settings, get_settings
@@ -38,6 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url)
         bus = create_bus(settings.redis_url)
+        # This worker's consult rooms and media hub: the consult signalling route hands each
+        # participant's WebSocket to consult.signalling.SignallingSession with these.
+        app.state.consult_rooms = await ConsultRooms.create(bus=bus, settings=settings)
         app.state.records = RecordsContext(
             database=database,
             indexer=SearchIndexer(),
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.consult_rooms.close()
             await bus.close()
             await database.dispose()
 
