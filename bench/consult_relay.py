@@ -28,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,11 @@ def serve_hub(mode: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+def sees_all(client: ConsultClient, *, ids: list[str]) -> bool:
+    """Whether the client has decoded video from each of these participants."""
+    return all(client.received(pid, "video").frames for pid in ids)
+
+
 async def until_serving(port: int) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -166,9 +172,7 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
                 )
                 await client.join()
                 earlier = [m.participant.id for m in members if m.participant]
-                await client.wait_for(
-                    lambda c, e=earlier: all(c.received(p, "video").frames for p in e), 60
-                )
+                await client.wait_for(partial(sees_all, ids=earlier), 60)
                 assert client.joined_at is not None
                 first_frames += [
                     client.received(p, "video").first_frame_at - client.joined_at  # type: ignore[operator]
@@ -179,14 +183,8 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
         everyone = [c for members in clients for c in members]
         for members in clients:
             for viewer in members:
-                await viewer.wait_for(
-                    lambda c, room=members: all(
-                        c.received(o.participant.id, "video").frames  # type: ignore[union-attr]
-                        for o in room
-                        if o is not c
-                    ),
-                    60,
-                )
+                others = [o.participant.id for o in members if o is not viewer and o.participant]
+                await viewer.wait_for(partial(sees_all, ids=others), 60)
         pairs = [(v, p) for members in clients for v in members for p in members if v is not p]
 
         def counts() -> tuple[dict[int, int], dict[tuple[int, int], int]]:

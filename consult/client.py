@@ -398,6 +398,8 @@ class ConsultClient:
                 packet = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(packet, av.Packet):  # receive_encoded makes every frame one
+                raise TypeError(f"expected encoded frames, got {type(packet).__name__}")
             participant_id = self.tracks.get(receiving.mid)
             if participant_id is None or receiving.codec is None:
                 continue

@@ -277,7 +277,7 @@ class MediaHub:
             raise NegotiationError(
                 "invalid-sdp", "the offer must BUNDLE every m-line on one transport"
             )
-        if not all(m.ice.usernameFragment and m.dtls for m in media):
+        if not all(m.ice is not None and m.ice.usernameFragment and m.dtls for m in media):
             raise NegotiationError(
                 "invalid-sdp", "the offer lacks ICE credentials or a DTLS fingerprint"
             )

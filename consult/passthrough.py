@@ -144,7 +144,7 @@ def _forward_encoded(input_q: queue.Queue[Any], output_q: asyncio.Queue[Any]) ->
         if frame.data:
             output_q.put_nowait(_packet(codec, frame, time_bases))
 
-    input_q.put = put  # type: ignore[method-assign]
+    input_q.put = put  # type: ignore[method-assign,assignment]
 
 
 def _decoder_worker(

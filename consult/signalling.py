@@ -98,9 +98,9 @@ class SignallingSession:
         finally:
             for task in (reader, writer):
                 task.cancel()
-            for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for outcome in await asyncio.gather(reader, writer, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    logger.error("signalling of %s failed", self.participant.id, exc_info=outcome)
             for handle in self._awaiting.values():
                 handle.cancel()
             self._rooms.close_session(self._session_id)
@@ -123,7 +123,23 @@ class SignallingSession:
                 if not isinstance(text, str):
                     raise ProtocolError("invalid-message", "send JSON as text frames")
                 message = parse_client_message(text)
-                await self._act(message)
+                try:
+                    await self._act(message)
+                except ProtocolError:
+                    raise
+                except Exception:
+                    # The bus (Redis) is unreachable, most likely: say so, keep the socket.
+                    logger.exception("signalling of %s could not be routed", self.participant.id)
+                    if isinstance(message, Join):
+                        self._joined = False
+                    for reply in ("joined", "answer"):
+                        if reply in self._awaiting:
+                            self._awaiting.pop(reply).cancel()
+                    raise ProtocolError(
+                        "owner-unavailable",
+                        "the consult server cannot be reached just now; try again",
+                        in_reply_to=message.type,
+                    ) from None
             except ProtocolError as error:
                 errors += 1
                 logger.info("%s sent a bad message: %s", self.participant.id, error.message)
