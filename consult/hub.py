@@ -168,7 +168,7 @@ class MediaHub:
             raise
         room.video_codec = video_codec
         room.peers[participant_id] = peer
-        changed = {participant_id}
+        changed = {participant_id, *previous}
         for other in room.peers.values():
             if other is not peer:
                 if self._fill(other, room):
