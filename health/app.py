@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consult.rooms import ConsultRooms
 from health.auth.audit import AuditWriter, chain_key
 from health.auth.endpoints import capability_security
 from health.auth.endpoints import router as auth_router
@@ -57,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gate = gate
         app.state.bus = bus
         app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
+        # This worker's consult rooms and media hub: the consult signalling route hands each
+        # participant's WebSocket to consult.signalling.SignallingSession with these.
+        app.state.consult_rooms = await ConsultRooms.create(bus=bus, settings=settings)
         app.state.records = RecordsContext(
             database=database,
             indexer=indexer,
@@ -72,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await audit.close()
+            await app.state.consult_rooms.close()
             await bus.close()
             await database.dispose()
 

@@ -466,6 +466,42 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
+@main.group()
+def consult() -> None:
+    """Video consults."""
+
+
+@consult.command(name="join")
+@click.argument("consult_id")
+@click.option("--token", required=True, help="bearer token of the joining participant")
+@click.option("--server", default="http://127.0.0.1:8000", show_default=True)
+@click.option(
+    "--video",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="send this file's video instead of the test pattern",
+)
+@click.option("--duration", default=30.0, show_default=True, type=float, help="seconds to stay")
+def consult_join(
+    consult_id: str, token: str, server: str, video: Path | None, duration: float
+) -> None:
+    """Join a consult with a test pattern (or --video) and a tone; print what was received."""
+    import orjson
+
+    from consult.client import consult_socket_url, run_client
+
+    summary = asyncio.run(
+        run_client(
+            consult_socket_url(server, consult_id),
+            token=token,
+            seconds=duration,
+            video_file=video,
+        )
+    )
+    click.echo(orjson.dumps(summary).decode())
+    if summary["errors"]:
+        sys.exit(1)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -37,6 +37,18 @@ class MessageBus(Protocol):
 
     async def hits(self, key: str, window_seconds: int) -> int:
         """How many events were counted under ``key`` in the current window."""
+
+    async def claim(self, name: str, holder: str, ttl_seconds: float) -> str:
+        """Hold the lease ``name`` for ``holder`` if it is free or already theirs; who holds it.
+
+        Holding it for ``ttl_seconds`` from now: a holder renews by claiming again before
+        then, and a holder that dies loses it when that time runs out. What one process
+        owns for the others (a consult room's worker) is decided this way.
+        """
+        ...
+
+    async def release(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` holds it; anyone else's stays."""
         ...
 
     async def close(self) -> None: ...
@@ -62,6 +74,7 @@ class InProcessBus:
     def __init__(self) -> None:
         self._subscribers: defaultdict[str, set[_QueueSubscription]] = defaultdict(set)
         self._counters: dict[str, tuple[int, int]] = {}  # key -> (window number, count)
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, monotonic expiry)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         # Copy through JSON so that subscribers see what Redis subscribers would see.
@@ -90,6 +103,19 @@ class InProcessBus:
         current, count = self._counters.get(key, (0, 0))
         return count if current == int(time.time() // window_seconds) else 0
 
+    async def claim(self, name: str, holder: str, ttl_seconds: float) -> str:
+        now = time.monotonic()
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return current[0]
+        self._leases[name] = (holder, now + ttl_seconds)
+        return holder
+
+    async def release(self, name: str, holder: str) -> None:
+        current = self._leases.get(name)
+        if current is not None and current[0] == holder:
+            del self._leases[name]
+
     async def close(self) -> None:
         self._subscribers.clear()
 
@@ -108,6 +134,23 @@ class _RedisSubscription:
             await self._pubsub.aclose()
 
 
+# Set the lease when it is free or the caller's; either way, answer who holds it.
+_CLAIM_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return current
+"""
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisBus:
     """Redis publish/subscribe: every process subscribed to a channel gets each message."""
 
@@ -115,6 +158,8 @@ class RedisBus:
         from redis.asyncio import Redis
 
         self._redis = Redis.from_url(url)
+        self._claim = self._redis.register_script(_CLAIM_SCRIPT)
+        self._release = self._redis.register_script(_RELEASE_SCRIPT)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         await self._redis.publish(channel, orjson.dumps(message))
@@ -131,6 +176,14 @@ class RedisBus:
     async def hits(self, key: str, window_seconds: int) -> int:
         window = int(time.time() // window_seconds)
         return int(await self._redis.get(f"hits:{key}:{window}") or 0)
+
+    async def claim(self, name: str, holder: str, ttl_seconds: float) -> str:
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        current = await self._claim(keys=[f"lease:{name}"], args=[holder, ttl_ms])
+        return current.decode() if isinstance(current, bytes) else str(current)
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._release(keys=[f"lease:{name}"], args=[holder])
 
     async def subscribe(self, channel: str) -> Subscription:
         pubsub = self._redis.pubsub()

@@ -10,10 +10,23 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import BaseModel, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as WebRTC's ``RTCIceServer`` dictionary."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -58,6 +71,15 @@ class Settings(BaseSettings):
     #: Send cookies with ``Secure`` (HTTPS only). Unset: always, except on plain HTTP to this
     #: machine's own loopback address (``make run``), where browsers would drop them.
     secure_cookies: bool | None = None
+
+    #: STUN/TURN servers for consult video, a JSON list of ``RTCIceServer``:
+    #: ``[{"urls": "turn:turn.example.cn:3478", "username": "u", "credential": "p"}]``.
+    #: None by default: peers use their own addresses only, and nothing needs the internet.
+    ice_servers: list[IceServer] = []
+    #: coturn's ``static-auth-secret``: TURN servers listed without a username then get
+    #: per-participant credentials that expire after ``turn_credential_seconds``.
+    turn_secret: str | None = None
+    turn_credential_seconds: int = 12 * 60 * 60
 
     @field_validator("database_url")
     @classmethod

@@ -101,3 +101,26 @@ async def test_committed_writes_are_announced_on_redis(
     finally:
         await listener.close()
         server.stop()
+
+
+async def test_a_lease_has_one_holder_until_it_is_released(bus: MessageBus) -> None:
+    assert await bus.claim("consult.room.1", "worker-a", 30) == "worker-a"
+    assert await bus.claim("consult.room.1", "worker-b", 30) == "worker-a"
+    # Claiming again renews it for its holder.
+    assert await bus.claim("consult.room.1", "worker-a", 30) == "worker-a"
+    await bus.release("consult.room.1", "worker-b")  # not theirs: nothing happens
+    assert await bus.claim("consult.room.1", "worker-b", 30) == "worker-a"
+    await bus.release("consult.room.1", "worker-a")
+    assert await bus.claim("consult.room.1", "worker-b", 30) == "worker-b"
+    await bus.release("consult.room.1", "worker-b")
+
+
+async def test_a_lease_that_is_not_renewed_passes_to_the_next_claimant(bus: MessageBus) -> None:
+    assert await bus.claim("consult.room.2", "worker-a", 0.2) == "worker-a"
+    assert await bus.claim("consult.room.2", "worker-b", 30) == "worker-a"
+    deadline = asyncio.get_running_loop().time() + 10
+    while (holder := await bus.claim("consult.room.2", "worker-b", 30)) != "worker-b":
+        assert holder == "worker-a"
+        assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
+        await asyncio.sleep(0.05)
+    await bus.release("consult.room.2", "worker-b")

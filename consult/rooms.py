@@ -1,0 +1,429 @@
+"""Consult rooms across workers: who owns each room, who is in it, and routing between them.
+
+A room lives on one worker, its owner: the worker holding the bus lease
+``consult.room.<id>``, renewed while the room has people in it and left to expire if the
+worker dies, so that another worker takes the room over at the next join. The owner keeps
+the room's presence (who has joined, and which worker holds their WebSocket) and its media,
+in its :class:`~consult.hub.MediaHub`: every SDP answer comes from the owner, so media always
+flows to the owner's hub.
+
+Each worker listens on its own channel ``consult.worker.<worker id>``. A signalling
+session sends what its participant says to the owner's channel; the owner replies on the
+session's worker's channel. Messages for one room are handled one at a time, in order.
+With the in-process bus (no Redis) the single worker owns every room and the same path
+runs in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consult.hub import MediaHub, NegotiationError
+from consult.ice import hub_configuration, participant_ice_servers
+from consult.protocol import (
+    MAX_PARTICIPANTS,
+    Answer,
+    Bye,
+    Error,
+    Joined,
+    Participant,
+    Presence,
+    ServerMessage,
+    TrackInfo,
+    Tracks,
+)
+from health.core.bus import MessageBus, Subscription
+from health.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WORKER_CHANNEL = "consult.worker.{}"
+ROOM_LEASE = "consult.room.{}"
+#: Times a message may be passed on to a new owner before the sender is told to retry.
+MAX_HOPS = 3
+ROOM_INBOX = 256
+
+#: Delivers a server message to a local session; ``close`` ends the session after it.
+Deliver = Callable[[dict[str, Any], bool], None]
+
+
+@dataclass
+class Member:
+    """A participant in a room, and where their signalling session is."""
+
+    participant: Participant
+    session_id: str
+    worker_id: str
+    #: Loop time since which the participant has had no media connection (None: has one).
+    without_media_since: float | None
+
+
+class _Room:
+    def __init__(self, room_id: str) -> None:
+        self.room_id = room_id
+        self.members: dict[str, Member] = {}
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=ROOM_INBOX)
+        self.task: asyncio.Task[None] | None = None
+
+
+class ConsultRooms:
+    """This worker's part in consult signalling: the rooms it owns and its sessions' routes.
+
+    Make one per worker process with :meth:`start` (the app's lifespan), give it to every
+    :class:`~consult.signalling.SignallingSession`, and :meth:`close` it at shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: MessageBus,
+        settings: Settings,
+        worker_id: str | None = None,
+        lease_seconds: float = 15.0,
+        media_grace_seconds: float = 60.0,
+        hub: MediaHub | None = None,
+    ) -> None:
+        self.worker_id = worker_id or uuid.uuid4().hex
+        self.hub = hub or MediaHub(configuration=hub_configuration(settings))
+        self.hub.on_connection_lost = self._media_lost
+        self._bus = bus
+        self._settings = settings
+        self._lease_seconds = lease_seconds
+        self._media_grace_seconds = media_grace_seconds
+        self._rooms: dict[str, _Room] = {}
+        self._sessions: dict[str, Deliver] = {}
+        self._subscription: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def create(cls, *, bus: MessageBus, settings: Settings, **options: Any) -> ConsultRooms:
+        rooms = cls(bus=bus, settings=settings, **options)
+        await rooms.start()
+        return rooms
+
+    async def start(self) -> None:
+        self._subscription = await self._bus.subscribe(WORKER_CHANNEL.format(self.worker_id))
+        self._tasks = [
+            asyncio.create_task(self._listen(self._subscription), name="consult bus"),
+            asyncio.create_task(self._keep_leases(), name="consult leases"),
+        ]
+        logger.info("consult worker %s ready", self.worker_id)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for room in list(self._rooms.values()):
+            if room.task is not None:
+                room.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await room.task
+            await self._close_room(room, "the consult server is shutting down")
+        self._rooms.clear()
+        if self._subscription is not None:
+            await self._subscription.close()
+        await self.hub.close()
+
+    def owned_rooms(self) -> dict[str, list[Participant]]:
+        """The rooms this worker owns now and who is in each."""
+        return {
+            room_id: [m.participant for m in room.members.values()]
+            for room_id, room in self._rooms.items()
+            if room.members
+        }
+
+    # The session side.
+
+    def open_session(self, deliver: Deliver) -> str:
+        session_id = uuid.uuid4().hex
+        self._sessions[session_id] = deliver
+        return session_id
+
+    def close_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    async def route(
+        self,
+        room_id: str,
+        *,
+        session_id: str,
+        participant: Participant,
+        message: dict[str, Any],
+    ) -> None:
+        """Send a participant's message to the room's owner (taking the room if it is free)."""
+        envelope = {
+            "to": "room",
+            "room": room_id,
+            "session": session_id,
+            "worker": self.worker_id,
+            "participant": participant.to_dict(),
+            "message": message,
+            "hops": 0,
+        }
+        owner = await self._bus.claim(
+            ROOM_LEASE.format(room_id), self.worker_id, self._lease_seconds
+        )
+        await self._bus.publish(WORKER_CHANNEL.format(owner), envelope)
+
+    # The owner side.
+
+    async def _listen(self, subscription: Subscription) -> None:
+        while True:
+            try:
+                async for message in subscription:
+                    self._dispatch(message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis went away: listen again once it is back (messages meanwhile are lost,
+                # and the sessions waiting on them are told to try again).
+                logger.exception("consult bus subscription failed; subscribing again")
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await subscription.close()
+                with contextlib.suppress(Exception):
+                    subscription = await self._bus.subscribe(WORKER_CHANNEL.format(self.worker_id))
+                    self._subscription = subscription
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        try:
+            if message.get("to") == "session":
+                deliver = self._sessions.get(message["session"])
+                if deliver is not None:
+                    deliver(message["message"], bool(message.get("close")))
+            elif message.get("to") == "room":
+                self._room_inbox(str(message["room"]), message)
+            else:
+                logger.warning("consult bus message of no known kind: %.200r", message)
+        except Exception:
+            logger.exception("consult bus message not handled: %.200r", message)
+
+    def _room_inbox(self, room_id: str, envelope: dict[str, Any]) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _Room(room_id)
+            room.task = asyncio.create_task(self._run_room(room), name=f"consult room {room_id}")
+        try:
+            room.inbox.put_nowait(envelope)
+        except asyncio.QueueFull:
+            logger.warning("consult room %s is flooded; message dropped", room_id)
+
+    async def _run_room(self, room: _Room) -> None:
+        while True:
+            envelope = await room.inbox.get()
+            try:
+                await self._handle(room, envelope)
+            except Exception:
+                logger.exception("consult room %s failed on %.200r", room.room_id, envelope)
+                if "session" in envelope:
+                    await self._send(
+                        envelope["worker"],
+                        envelope["session"],
+                        Error("internal-error", "the consult server failed on that message"),
+                    )
+            if not room.members and room.inbox.empty():
+                await self.hub.close_room(room.room_id)
+                await self._bus.release(ROOM_LEASE.format(room.room_id), self.worker_id)
+                if room.inbox.empty():
+                    del self._rooms[room.room_id]
+                    logger.info("consult room %s closed", room.room_id)
+                    return
+
+    async def _handle(self, room: _Room, envelope: dict[str, Any]) -> None:
+        internal = envelope.get("internal")
+        if internal == "media-lost":
+            await self._on_media_lost(room, envelope["participantId"])
+            return
+        if internal == "renew":
+            await self._renew(room)
+            return
+        holder = await self._bus.claim(
+            ROOM_LEASE.format(room.room_id), self.worker_id, self._lease_seconds
+        )
+        if holder != self.worker_id:
+            await self._pass_on(room, envelope, holder)
+            return
+        participant = Participant.from_dict(envelope["participant"])
+        kind = envelope["message"]["type"]
+        member = room.members.get(participant.id)
+        same_session = member is not None and member.session_id == envelope["session"]
+        if kind == "join":
+            await self._join(room, envelope, participant)
+        elif kind == "offer":
+            if same_session or await self._join(room, envelope, participant):
+                await self._negotiate(room, envelope, participant, envelope["message"]["sdp"])
+        elif kind in ("leave", "disconnected"):
+            if same_session:
+                await self._remove(room, participant.id)
+        else:
+            logger.warning("consult room %s: unknown message %r", room.room_id, kind)
+
+    async def _pass_on(self, room: _Room, envelope: dict[str, Any], holder: str) -> None:
+        if room.members:
+            # Another worker holds the lease now: this worker lost the room.
+            await self._close_room(room, "the consult moved to another server; join again")
+        if envelope.get("hops", 0) >= MAX_HOPS:
+            await self._send(
+                envelope["worker"],
+                envelope["session"],
+                Error(
+                    "owner-unavailable",
+                    "the consult's media server is changing; try again in a few seconds",
+                    in_reply_to=envelope["message"]["type"],
+                ),
+            )
+            return
+        envelope = {**envelope, "hops": envelope.get("hops", 0) + 1}
+        await self._bus.publish(WORKER_CHANNEL.format(holder), envelope)
+
+    async def _join(self, room: _Room, envelope: dict[str, Any], participant: Participant) -> bool:
+        member = room.members.get(participant.id)
+        if member is not None:
+            if member.session_id != envelope["session"]:
+                await self._send(
+                    member.worker_id,
+                    member.session_id,
+                    Bye("replaced: you joined this consult again from another connection"),
+                    close=True,
+                )
+                member.session_id = envelope["session"]
+                member.worker_id = envelope["worker"]
+                member.participant = participant
+        else:
+            if len(room.members) >= MAX_PARTICIPANTS:
+                await self._send(
+                    envelope["worker"],
+                    envelope["session"],
+                    Error(
+                        "room-full",
+                        f"this consult already has {MAX_PARTICIPANTS} participants",
+                        in_reply_to=envelope["message"]["type"],
+                    ),
+                )
+                return False
+            member = Member(
+                participant=participant,
+                session_id=envelope["session"],
+                worker_id=envelope["worker"],
+                without_media_since=asyncio.get_running_loop().time(),
+            )
+            room.members[participant.id] = member
+            for other in room.members.values():
+                if other is not member:
+                    await self._tell(other, Presence("joined", participant))
+        await self._tell(
+            member,
+            Joined(
+                participant=participant,
+                participants=[m.participant for m in room.members.values() if m is not member],
+                ice_servers=participant_ice_servers(self._settings, participant.id),
+            ),
+        )
+        logger.info("%s joined consult %s", participant.id, room.room_id)
+        return True
+
+    async def _negotiate(
+        self, room: _Room, envelope: dict[str, Any], participant: Participant, sdp: str
+    ) -> None:
+        member = room.members[participant.id]
+        try:
+            negotiated = await self.hub.negotiate(room.room_id, participant.id, sdp)
+        except NegotiationError as error:
+            await self._tell(member, Error(error.code, error.message, in_reply_to="offer"))
+            await self._tell_tracks(room, error.track_maps)
+            member.without_media_since = asyncio.get_running_loop().time()
+            return
+        member.without_media_since = None
+        await self._tell(member, Answer(negotiated.sdp))
+        await self._tell_tracks(room, negotiated.track_maps)
+
+    async def _remove(self, room: _Room, participant_id: str) -> None:
+        member = room.members.pop(participant_id)
+        changed = await self.hub.remove(room.room_id, participant_id)
+        for other in room.members.values():
+            await self._tell(other, Presence("left", member.participant))
+        await self._tell_tracks(room, changed)
+        logger.info("%s left consult %s", participant_id, room.room_id)
+
+    async def _media_lost(self, room_id: str, participant_id: str) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                room.inbox.put_nowait({"internal": "media-lost", "participantId": participant_id})
+
+    async def _on_media_lost(self, room: _Room, participant_id: str) -> None:
+        member = room.members.get(participant_id)
+        if member is None:
+            return
+        changed = await self.hub.remove(room.room_id, participant_id, keep_room=True)
+        member.without_media_since = asyncio.get_running_loop().time()
+        await self._tell(
+            member,
+            Error(
+                "media-failed",
+                "the media connection failed; send a new offer to reconnect",
+            ),
+        )
+        await self._tell_tracks(room, changed)
+
+    async def _check_media(self, room: _Room) -> None:
+        """Drop members who have had no media for too long (their worker may have died)."""
+        now = asyncio.get_running_loop().time()
+        for participant_id, member in list(room.members.items()):
+            since = member.without_media_since
+            if since is not None and now - since > self._media_grace_seconds:
+                await self._tell(member, Bye("no media connection; join again"), close=True)
+                await self._remove(room, participant_id)
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            for room in list(self._rooms.values()):
+                if room.members:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        room.inbox.put_nowait({"internal": "renew"})
+
+    async def _renew(self, room: _Room) -> None:
+        """Keep the room's lease, or close it here if another worker has taken it over."""
+        holder = await self._bus.claim(
+            ROOM_LEASE.format(room.room_id), self.worker_id, self._lease_seconds
+        )
+        if holder != self.worker_id:
+            logger.warning("consult room %s was taken over by %s", room.room_id, holder)
+            await self._close_room(room, "the consult moved to another server; join again")
+        else:
+            await self._check_media(room)
+
+    async def _close_room(self, room: _Room, reason: str) -> None:
+        for member in list(room.members.values()):
+            await self._tell(member, Bye(reason), close=True)
+        room.members.clear()
+        await self.hub.close_room(room.room_id)
+        await self._bus.release(ROOM_LEASE.format(room.room_id), self.worker_id)
+
+    async def _tell_tracks(self, room: _Room, track_maps: dict[str, list[TrackInfo]]) -> None:
+        for participant_id, tracks in track_maps.items():
+            member = room.members.get(participant_id)
+            if member is not None:
+                await self._tell(member, Tracks(tracks))
+
+    async def _tell(self, member: Member, message: ServerMessage, *, close: bool = False) -> None:
+        await self._send(member.worker_id, member.session_id, message, close=close)
+
+    async def _send(
+        self, worker_id: str, session_id: str, message: ServerMessage, *, close: bool = False
+    ) -> None:
+        await self._bus.publish(
+            WORKER_CHANNEL.format(worker_id),
+            {"to": "session", "session": session_id, "message": message.to_dict(), "close": close},
+        )
