@@ -28,8 +28,8 @@ from health.core.settings import VAR_DIR, Settings, get_settings
 from health.web.pages import router as pages_router
 from health.web.security_headers import SecurityHeaders
 from records.api.responses import fhir_response
-from records.api.routes import RecordsContext
 from records.api.routes import router as fhir_router
+from records.api.service import RecordsContext
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
 
