@@ -96,9 +96,9 @@ def seed(demo: bool, patients: int) -> None:
         raise click.ClickException(f"demo seed failed: {error}") from None
     click.echo(f"demo data: {written} resources written, {unchanged} already up to date")
 
-    from health.demo.users import DEMO_PASSWORD, seed_demo_users
+    from health.demo.users import DEMO_PASSWORD, DemoUser, seed_demo_users
 
-    async def users() -> list[tuple[Any, bool]]:
+    async def users() -> list[tuple[DemoUser, bool]]:
         database = Database(get_settings().database_url)
         try:
             return list(await seed_demo_users(database, SearchIndexer()))
@@ -106,9 +106,9 @@ def seed(demo: bool, patients: int) -> None:
             await database.dispose()
 
     click.echo(f"demo users (password for each: {DEMO_PASSWORD}):")
-    for demo, created in asyncio.run(users()):
+    for account, created in asyncio.run(users()):
         state = "created" if created else "exists"
-        click.echo(f"  {demo.username:16} {demo.role:20} {state}")
+        click.echo(f"  {account.username:16} {account.role:20} {state}")
 
 
 @main.command(name="import")

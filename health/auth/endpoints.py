@@ -156,10 +156,10 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
             raise OAuthError("invalid_client", "Malformed Basic credentials", 401) from None
         client_id, _, secret = decoded.partition(":")
         return unquote(client_id), unquote(secret)
-    client_id = form.get("client_id")
-    if not client_id:
+    given = form.get("client_id")
+    if not given:
         raise OAuthError("invalid_client", "Authenticate the client (client_id)", 401)
-    return client_id, form.get("client_secret")
+    return given, form.get("client_secret")
 
 
 def _requested_scope(form: dict[str, str], granted: ScopeSet) -> ScopeSet:
