@@ -28,6 +28,8 @@ from records.api.responses import (
     render,
 )
 from records.capability import capability_statement
+from records.feed import CHANGES_CHANNEL as CHANGES_CHANNEL  # where listeners look for it
+from records.feed import announce
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest, Interactions
 from records.outcome import FhirError
@@ -36,9 +38,6 @@ from records.transactions import BundleProcessor
 from records.validation import may_carry_resident_id
 
 logger = logging.getLogger(__name__)
-
-#: Bus channel announcing each committed change: {"type", "id", "versionId", "method"}.
-CHANGES_CHANNEL = "records.changes"
 
 router = APIRouter()
 
@@ -70,19 +69,7 @@ def _base_url(request: Request, context: RecordsContext) -> str:
 
 
 async def _publish(context: RecordsContext, store: ResourceStore) -> None:
-    for change in store.changes:
-        try:
-            await context.bus.publish(
-                CHANGES_CHANNEL,
-                {
-                    "type": change.res_type,
-                    "id": change.res_id,
-                    "versionId": change.version,
-                    "method": change.method,
-                },
-            )
-        except Exception:  # the record is committed; a listener that missed it can re-read history
-            logger.exception("could not announce %s/%s on the bus", change.res_type, change.res_id)
+    await announce(context.bus, store.changes)
 
 
 @router.api_route(
