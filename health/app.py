@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from health.core.bus import create_bus
 from health.core.database import Database
 from health.core.settings import Settings, get_settings
+from health.poverty.listener import start_flag_listener
 from records.api.responses import fhir_response
 from records.api.routes import RecordsContext
 from records.api.routes import router as fhir_router
@@ -47,9 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_page_size=settings.default_page_size,
             max_body_bytes=settings.max_body_bytes,
         )
+        flags = await start_flag_listener(database, app.state.records.indexer, bus, settings)
         try:
             yield
         finally:
+            if flags is not None:
+                await flags.stop()
             await bus.close()
             await database.dispose()
 

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     #: Send session cookies only over HTTPS (turn off only for plain-HTTP development).
     secure_cookies: bool = True
+    #: The illness-poverty rule file (TOML); unset: the defaults shipped in health/poverty.
+    poverty_rules: Path | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,367 @@
+"""Every query the illness-poverty service makes, over the record store's tables.
+
+The store's search index tables (``records.tables``) are derived from the official
+SearchParameters and kept in the same transaction as each write, so "the bills of these
+patients since that day" or "the active diagnoses in these ICD-10 categories" are indexed
+lookups; only the resources that answer are read and parsed. Reads see the current version
+of each resource and skip deleted ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from health.core.naming import (
+    FAMILY_DOCTOR_CONTRACT,
+    HOUSEHOLD_NUMBER_SYSTEM,
+    ILLNESS_POVERTY_TAG,
+    TAG_SYSTEM,
+)
+from health.poverty.assessment import Diagnosis
+from health.poverty.costs import CHINA_TIME, COST_TYPES
+from health.poverty.flags import StoredFlag, assessment_id_of
+from health.poverty.rules import normalize_icd10
+from records.datetimes import LATEST
+from records.tables import (
+    resource_versions,
+    resources,
+    search_date,
+    search_reference,
+    search_token,
+)
+
+ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
+_ACTIVE_CLINICAL = ("active", "recurrence", "relapse")
+_NOT_CONFIRMED = ("refuted", "entered-in-error")
+#: Bound parameters per IN list, well inside SQLite's and asyncpg's limits.
+CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    res_type: str
+    res_id: str
+    data: dict[str, Any]
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def _current() -> Any:
+    return (
+        select(
+            resources.c.rid, resources.c.res_type, resources.c.res_id, resource_versions.c.content
+        )
+        .select_from(resources)
+        .join(
+            resource_versions,
+            and_(
+                resource_versions.c.rid == resources.c.rid,
+                resource_versions.c.version == resources.c.version,
+            ),
+        )
+        .where(resources.c.deleted.is_(False))
+    )
+
+
+def day_start(day: dt.date) -> dt.datetime:
+    """00:00 China Standard Time of ``day``, the instant the index compares with."""
+    return dt.datetime.combine(day, dt.time(), CHINA_TIME)
+
+
+async def household_ids_after(
+    session: AsyncSession, after_rid: int, limit: int
+) -> list[tuple[int, str]]:
+    """(rid, id) of the next ``limit`` Groups that carry a registry household number."""
+    numbered = select(search_token.c.rid).where(
+        search_token.c.res_type == "Group",
+        search_token.c.param == "identifier",
+        search_token.c.system == HOUSEHOLD_NUMBER_SYSTEM,
+        search_token.c.rid > after_rid,
+    )
+    rows = await session.execute(
+        select(resources.c.rid, resources.c.res_id)
+        .where(resources.c.rid.in_(numbered), resources.c.deleted.is_(False))
+        .order_by(resources.c.rid)
+        .limit(limit)
+    )
+    return [(row.rid, row.res_id) for row in rows]
+
+
+async def lock_and_read_groups(
+    session: AsyncSession, group_ids: Sequence[str]
+) -> dict[str, dict[str, Any] | None]:
+    """Each Group's current content (None if deleted), locked for this transaction.
+
+    The lock (``FOR UPDATE`` on PostgreSQL; SQLite write transactions are exclusive anyway)
+    makes two recomputes of one household take turns, so neither writes from stale reads.
+    """
+    found: dict[str, dict[str, Any] | None] = {}
+    for chunk in _chunks(sorted(group_ids)):
+        locked = await session.execute(
+            select(resources.c.rid, resources.c.res_id, resources.c.deleted)
+            .where(resources.c.res_type == "Group", resources.c.res_id.in_(chunk))
+            .order_by(resources.c.rid)
+            .with_for_update()
+        )
+        live = []
+        for row in locked:
+            found[row.res_id] = None
+            if not row.deleted:
+                live.append(row.rid)
+        if live:
+            rows = await session.execute(_current().where(resources.c.rid.in_(live)))
+            for row in rows:
+                found[row.res_id] = orjson.loads(row.content)
+    return found
+
+
+async def groups_of_patients(session: AsyncSession, patient_ids: Sequence[str]) -> set[str]:
+    """Ids of the Groups that list any of these patients as a member."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(patient_ids))):
+        members = select(search_reference.c.rid).where(
+            search_reference.c.res_type == "Group",
+            search_reference.c.param == "member",
+            search_reference.c.target_type == "Patient",
+            search_reference.c.target_id.in_(chunk),
+        )
+        rows = await session.execute(
+            select(resources.c.res_id).where(
+                resources.c.rid.in_(members), resources.c.deleted.is_(False)
+            )
+        )
+        found.update(row.res_id for row in rows)
+    return found
+
+
+async def cost_resources(
+    session: AsyncSession, patient_ids: Sequence[str], since: dt.date
+) -> list[Row]:
+    """ExplanationOfBenefits, Claims and Invoices of these patients dated ``since`` or later."""
+    found: list[Row] = []
+    start = day_start(since)
+    types = list(COST_TYPES)
+    for chunk in _chunks(sorted(set(patient_ids))):
+        of_patients = select(search_reference.c.rid).where(
+            search_reference.c.res_type.in_(types),
+            search_reference.c.param == "patient",
+            search_reference.c.target_type == "Patient",
+            search_reference.c.target_id.in_(chunk),
+        )
+        recent = select(search_date.c.rid).where(
+            search_date.c.res_type.in_(types),
+            search_date.c.param.in_(set(COST_TYPES.values())),
+            search_date.c.end >= start,
+        )
+        rows = await session.execute(
+            _current().where(resources.c.rid.in_(of_patients), resources.c.rid.in_(recent))
+        )
+        found.extend(Row(row.res_type, row.res_id, orjson.loads(row.content)) for row in rows)
+    return found
+
+
+async def diagnoses(
+    session: AsyncSession, patient_ids: Sequence[str], categories: frozenset[str]
+) -> list[Diagnosis]:
+    """Active, not refuted ICD-10 Conditions of these patients in these 3-character categories."""
+    if not categories:
+        return []
+    code = search_token.alias("code")
+    subject = search_reference.alias("subject")
+    active = select(search_token.c.rid).where(
+        search_token.c.res_type == "Condition",
+        search_token.c.param == "clinical-status",
+        search_token.c.code.in_(_ACTIVE_CLINICAL),
+    )
+    refuted = select(search_token.c.rid).where(
+        search_token.c.res_type == "Condition",
+        search_token.c.param == "verification-status",
+        search_token.c.code.in_(_NOT_CONFIRMED),
+    )
+    found: list[Diagnosis] = []
+    for chunk in _chunks(sorted(set(patient_ids))):
+        rows = await session.execute(
+            select(resources.c.res_id, code.c.code, code.c.text, subject.c.target_id)
+            .select_from(code)
+            .join(resources, resources.c.rid == code.c.rid)
+            .join(
+                subject,
+                and_(
+                    subject.c.rid == code.c.rid,
+                    subject.c.param == "subject",
+                    subject.c.target_type == "Patient",
+                ),
+            )
+            .where(
+                code.c.res_type == "Condition",
+                code.c.param == "code",
+                code.c.system == ICD10_SYSTEM,
+                func.upper(func.substr(code.c.code, 1, 3)).in_(sorted(categories)),
+                subject.c.target_id.in_(chunk),
+                resources.c.deleted.is_(False),
+                code.c.rid.in_(active),
+                code.c.rid.not_in(refuted),
+            )
+        )
+        found.extend(
+            Diagnosis(row.res_id, row.target_id, normalize_icd10(row.code), row.text)
+            for row in rows
+        )
+    return found
+
+
+async def contracts(
+    session: AsyncSession, patient_ids: Sequence[str], on: dt.date
+) -> dict[str, str]:
+    """patient id -> EpisodeOfCare id of an active family-doctor contract covering ``on``."""
+    found: dict[str, str] = {}
+    kind = search_token.alias("kind")
+    status = search_token.alias("status")
+    period = search_date.alias("period")
+    patient = search_reference.alias("patient")
+    start, end = day_start(on), day_start(on + dt.timedelta(days=1))
+    for chunk in _chunks(sorted(set(patient_ids))):
+        rows = await session.execute(
+            select(resources.c.res_id, patient.c.target_id)
+            .select_from(kind)
+            .join(resources, resources.c.rid == kind.c.rid)
+            .join(
+                status,
+                and_(
+                    status.c.rid == kind.c.rid,
+                    status.c.param == "status",
+                    status.c.code == "active",
+                ),
+            )
+            .join(patient, and_(patient.c.rid == kind.c.rid, patient.c.param == "patient"))
+            .join(
+                period,
+                and_(
+                    period.c.rid == kind.c.rid,
+                    period.c.param == "date",
+                    period.c.start < end,
+                    period.c.end >= start,
+                ),
+            )
+            .where(
+                kind.c.res_type == "EpisodeOfCare",
+                kind.c.param == "type",
+                kind.c.system == FAMILY_DOCTOR_CONTRACT["system"],
+                kind.c.code == FAMILY_DOCTOR_CONTRACT["code"],
+                patient.c.target_type == "Patient",
+                patient.c.target_id.in_(chunk),
+                resources.c.deleted.is_(False),
+            )
+            .order_by(resources.c.res_id)
+        )
+        for row in rows:
+            found.setdefault(row.target_id, row.res_id)
+    return found
+
+
+def _tagged_flags() -> Any:
+    return select(search_token.c.rid).where(
+        search_token.c.res_type == "Flag",
+        search_token.c.param == "_tag",
+        search_token.c.system == TAG_SYSTEM,
+        search_token.c.code == ILLNESS_POVERTY_TAG["code"],
+    )
+
+
+async def flags_of_groups(
+    session: AsyncSession, group_ids: Sequence[str]
+) -> dict[str, list[StoredFlag]]:
+    """group id -> its illness-poverty Flags (active and not), each with its RiskAssessment."""
+    found: dict[str, list[StoredFlag]] = {}
+    flags: list[StoredFlag] = []
+    for chunk in _chunks(sorted(set(group_ids))):
+        about = select(search_reference.c.rid).where(
+            search_reference.c.res_type == "Flag",
+            search_reference.c.param == "subject",
+            search_reference.c.target_type == "Group",
+            search_reference.c.target_id.in_(chunk),
+        )
+        rows = await session.execute(
+            _current().where(resources.c.rid.in_(about), resources.c.rid.in_(_tagged_flags()))
+        )
+        for row in rows:
+            data = orjson.loads(row.content)
+            stored = StoredFlag(row.res_id, data, assessment_id_of(data))
+            group_id = str((data.get("subject") or {}).get("reference", "")).split("/", 1)[-1]
+            found.setdefault(group_id, []).append(stored)
+            flags.append(stored)
+    wanted = sorted({f.assessment_id for f in flags if f.assessment_id and f.active})
+    assessments: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(wanted):
+        rows = await session.execute(
+            _current().where(
+                resources.c.res_type == "RiskAssessment", resources.c.res_id.in_(chunk)
+            )
+        )
+        assessments.update((row.res_id, orjson.loads(row.content)) for row in rows)
+    for stored in flags:
+        if stored.assessment_id:
+            stored.assessment = assessments.get(stored.assessment_id)
+    return found
+
+
+async def groups_with_active_flags(session: AsyncSession) -> set[str]:
+    """Ids of every Group an active illness-poverty Flag is about."""
+    open_period = select(search_date.c.rid).where(
+        search_date.c.res_type == "Flag",
+        search_date.c.param == "date",
+        search_date.c.end >= LATEST - dt.timedelta(days=1),
+    )
+    rows = await session.execute(
+        select(search_reference.c.target_id).where(
+            search_reference.c.res_type == "Flag",
+            search_reference.c.param == "subject",
+            search_reference.c.target_type == "Group",
+            search_reference.c.rid.in_(_tagged_flags()),
+            search_reference.c.rid.in_(open_period),
+        )
+    )
+    return {row.target_id for row in rows}
+
+
+async def versions_and_previous(
+    session: AsyncSession, wanted: Sequence[tuple[str, str, int]]
+) -> list[Row]:
+    """The content of each (type, id, version) and of the version before it, where it has
+    content: what a change made a resource say, and what it said before (a deletion or an
+    edit may take a bill away from one patient)."""
+    found: list[Row] = []
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        by_key = {(t, i): v for t, i, v in chunk}
+        rows = await session.execute(
+            select(
+                resources.c.res_type,
+                resources.c.res_id,
+                resource_versions.c.version,
+                resource_versions.c.content,
+            )
+            .select_from(resources)
+            .join(resource_versions, resource_versions.c.rid == resources.c.rid)
+            .where(
+                resources.c.res_id.in_({i for _, i in by_key}),
+                resource_versions.c.version.in_(
+                    {v for v in by_key.values()} | {v - 1 for v in by_key.values()}
+                ),
+            )
+        )
+        for row in rows:
+            version = by_key.get((row.res_type, row.res_id))
+            if version is not None and row.version in (version, version - 1) and row.content:
+                found.append(Row(row.res_type, row.res_id, orjson.loads(row.content)))
+    return found

@@ -1,0 +1,297 @@
+"""Recomputing illness-poverty flags: for every household, for some, or for what changed.
+
+One path does all three. Households are taken in batches; each batch is one write
+transaction that locks the batch's Groups, reads their members' bills, diagnoses, contracts
+and existing flags through indexed lookups (``repository``), applies the rules
+(``assessment``), decides the writes (``flags.plan``) and makes them through the record store
+with full access, each resource validated like any other write. After the commit the
+changes are announced on the change feed. Locking the Groups makes a full recompute and the
+incremental listener take turns on a household, so neither writes from what it read before
+the other's commit.
+
+Issue 9's registry feed hooks in where :meth:`IllnessPovertyService._recompute_batch` has
+the batch's :class:`~health.poverty.flags.FlagChange` list inside the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from health.core.bus import MessageBus
+from health.core.clock import utcnow
+from health.core.database import Database
+from health.poverty import repository
+from health.poverty.assessment import Evidence, assess
+from health.poverty.costs import (
+    CHINA_TIME,
+    COST_TYPES,
+    CostLine,
+    NotCounted,
+    cost_line,
+    counted_lines,
+)
+from health.poverty.flags import FlagChange, Write, plan
+from health.poverty.households import Household, household_from_group, is_household
+from health.poverty.rules import RULE_NAMES, RuleSet
+from records.feed import announce
+from records.indexing import SearchIndexer
+from records.store import NewResource, ResourceStore
+from records.validation import validate_resource
+
+logger = logging.getLogger(__name__)
+
+#: Resource types whose changes can change a household's flags.
+RELEVANT_TYPES = frozenset({"Group", "Condition", "EpisodeOfCare", *COST_TYPES})
+_PATIENT_ELEMENT = {
+    "ExplanationOfBenefit": "patient",
+    "Claim": "patient",
+    "Invoice": "subject",
+    "Condition": "subject",
+    "EpisodeOfCare": "patient",
+}
+
+
+class ChangeRef(Protocol):
+    """What the change feed says of a change (``records.store.Change`` is one)."""
+
+    @property
+    def res_type(self) -> str: ...
+    @property
+    def res_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+def today_in_china() -> dt.date:
+    return dt.datetime.now(CHINA_TIME).date()
+
+
+@dataclass
+class RecomputeReport:
+    """What a recompute looked at and did."""
+
+    as_of: dt.date
+    rules_version: str
+    households: int = 0
+    bills: int = 0
+    bills_not_counted: Counter[str] = field(default_factory=Counter)
+    raised: Counter[str] = field(default_factory=Counter)
+    updated: Counter[str] = field(default_factory=Counter)
+    deactivated: Counter[str] = field(default_factory=Counter)
+    not_assessed: Counter[str] = field(default_factory=Counter)
+    changes: list[FlagChange] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def count(self, change: FlagChange) -> None:
+        self.changes.append(change)
+        {"raised": self.raised, "updated": self.updated, "deactivated": self.deactivated}[
+            change.action
+        ][change.rule] += 1
+
+    def lines(self) -> list[str]:
+        """The report a person reads after ``health poverty recompute``."""
+        out = [
+            f"因病致贫返贫标记 illness-poverty flags as of {self.as_of.isoformat()}, "
+            f"rules {self.rules_version}: {self.households} households, {self.bills} bills, "
+            f"{self.seconds:.1f} s",
+        ]
+        for rule, (chinese, english) in RULE_NAMES.items():
+            out.append(
+                f"  {chinese} {english}: raised {self.raised[rule]}, "
+                f"evidence updated {self.updated[rule]}, deactivated {self.deactivated[rule]}"
+                + (
+                    f", not assessed (income missing) {self.not_assessed[rule]}"
+                    if self.not_assessed[rule]
+                    else ""
+                )
+            )
+        for reason, count in self.bills_not_counted.most_common():
+            out.append(f"  {count} bills not counted: {reason}")
+        if not self.changes:
+            out.append("  nothing changed")
+        return out
+
+
+class IllnessPovertyService:
+    """Keeps every household's illness-poverty flags in step with its records."""
+
+    def __init__(
+        self,
+        database: Database,
+        indexer: SearchIndexer,
+        rules: RuleSet,
+        *,
+        bus: MessageBus | None = None,
+    ) -> None:
+        self.database = database
+        self.indexer = indexer
+        self.rules = rules
+        self.bus = bus
+
+    # -- entry points --------------------------------------------------------------------
+
+    async def recompute_all(
+        self,
+        *,
+        as_of: dt.date | None = None,
+        batch_size: int = 500,
+        concurrency: int | None = None,
+    ) -> RecomputeReport:
+        """Every household, and every Group with an active flag that is no household now."""
+        started = time.perf_counter()
+        as_of = as_of or today_in_china()
+        report = RecomputeReport(as_of, self.rules.version)
+        group_ids: list[str] = []
+        async with self.database.transaction(write=False) as session:
+            after = 0
+            while True:
+                page = await repository.household_ids_after(session, after, 10_000)
+                if not page:
+                    break
+                group_ids.extend(group_id for _, group_id in page)
+                after = page[-1][0]
+            flagged = await repository.groups_with_active_flags(session)
+        group_ids.extend(sorted(flagged - set(group_ids)))
+        await self._run_batches(group_ids, as_of, report, batch_size, concurrency)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    async def recompute_groups(
+        self, group_ids: Iterable[str], *, as_of: dt.date | None = None
+    ) -> RecomputeReport:
+        started = time.perf_counter()
+        as_of = as_of or today_in_china()
+        report = RecomputeReport(as_of, self.rules.version)
+        await self._run_batches(sorted(set(group_ids)), as_of, report, 500, 1)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    async def recompute_for_changes(
+        self, changes: Iterable[ChangeRef], *, as_of: dt.date | None = None
+    ) -> RecomputeReport:
+        """The households that the changed resources belong to (before and after the change)."""
+        relevant = [c for c in changes if c.res_type in RELEVANT_TYPES]
+        group_ids = {c.res_id for c in relevant if c.res_type == "Group"}
+        wanted = [(c.res_type, c.res_id, c.version) for c in relevant if c.res_type != "Group"]
+        if wanted:
+            async with self.database.transaction(write=False) as session:
+                rows = await repository.versions_and_previous(session, wanted)
+                patients = {
+                    patient for row in rows if (patient := _patient_of(row.res_type, row.data))
+                }
+                group_ids |= await repository.groups_of_patients(session, sorted(patients))
+        return await self.recompute_groups(group_ids, as_of=as_of)
+
+    # -- the batches ---------------------------------------------------------------------
+
+    async def _run_batches(
+        self,
+        group_ids: Sequence[str],
+        as_of: dt.date,
+        report: RecomputeReport,
+        batch_size: int,
+        concurrency: int | None,
+    ) -> None:
+        if not group_ids:
+            return
+        # SQLite runs one write transaction at a time: a second would only wait.
+        limit = 1 if self.database.is_sqlite else max(1, concurrency or 2)
+        gate = asyncio.Semaphore(limit)
+        now = utcnow()
+
+        async def run(batch: Sequence[str]) -> None:
+            async with gate:
+                await self._recompute_batch(batch, as_of, now, report)
+
+        batches = [group_ids[i : i + batch_size] for i in range(0, len(group_ids), batch_size)]
+        await asyncio.gather(*(run(batch) for batch in batches))
+
+    async def _recompute_batch(
+        self, group_ids: Sequence[str], as_of: dt.date, now: dt.datetime, report: RecomputeReport
+    ) -> None:
+        rules = self.rules
+        async with self.database.transaction(write=True) as session:
+            store = ResourceStore(session, self.indexer)
+            groups = await repository.lock_and_read_groups(session, group_ids)
+            households: dict[str, Household] = {
+                group_id: household_from_group(group_id, data, as_of)
+                for group_id, data in groups.items()
+                if data is not None and is_household(data)
+            }
+            patients = sorted({p for h in households.values() for p in h.patient_ids})
+            lines: dict[str, list[CostLine]] = defaultdict(list)
+            for row in await repository.cost_resources(
+                session, patients, rules.window_start(as_of)
+            ):
+                try:
+                    line = cost_line(row.res_type, row.res_id, row.data)
+                except NotCounted as reason:
+                    report.bills_not_counted[f"{row.res_type} {reason}"] += 1
+                    continue
+                lines[line.patient_id].append(line)
+                report.bills += 1
+            diagnoses = await repository.diagnoses(session, patients, rules.condition_categories)
+            contracts = await repository.contracts(session, patients, as_of)
+            existing = await repository.flags_of_groups(session, list(groups))
+            writes: list[Write] = []
+            changes: list[FlagChange] = []
+            for group_id in group_ids:
+                household = households.get(group_id)
+                flags = existing.get(group_id, [])
+                if household is None:
+                    if any(f.active for f in flags):
+                        decided = plan(None, group_id, [], flags, rules, now)
+                        writes += decided.writes
+                        changes += decided.changes
+                    continue
+                members = set(household.patient_ids)
+                evidence = Evidence(
+                    household,
+                    counted_lines(
+                        (line for p in household.patient_ids for line in lines.get(p, ())),
+                        unsettled_claims=rules.unsettled_claims,
+                    ),
+                    [d for d in diagnoses if d.patient_id in members],
+                    {p: contracts[p] for p in members if p in contracts},
+                    {m.patient_id: m.name for m in household.members if m.patient_id and m.name},
+                )
+                findings = assess(evidence, rules, as_of)
+                for finding in findings:
+                    if finding.state == "unknown":
+                        report.not_assessed[finding.rule] += 1
+                decided = plan(household, group_id, findings, flags, rules, now)
+                writes += decided.writes
+                changes += decided.changes
+            await self._write(store, writes)
+        report.households += len(households)
+        for change in changes:
+            report.count(change)
+        if self.bus is not None and store.changes:
+            await announce(self.bus, store.changes)
+
+    async def _write(self, store: ResourceStore, writes: Sequence[Write]) -> None:
+        for write in writes:
+            validate_resource(write.data)
+        creates = [NewResource(w.res_type, w.res_id, w.data) for w in writes if w.create]
+        if creates:
+            await store.create_many(creates)
+        for write in writes:
+            if not write.create:
+                await store.update(write.res_type, write.res_id, write.data)
+
+
+def _patient_of(res_type: str, data: dict[str, Any]) -> str | None:
+    element = _PATIENT_ELEMENT.get(res_type)
+    reference = str((data.get(element) or {}).get("reference", "")) if element else ""
+    return reference.split("/", 1)[1] if reference.startswith("Patient/") else None
