@@ -21,14 +21,15 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from health.core.bus import MessageBus
+from health.core.bus import MessageBus, create_bus
 from health.core.clock import utcnow
 from health.core.database import Database
 from health.poverty import repository
-from health.poverty.assessment import Evidence, assess
+from health.poverty.assessment import Diagnosis, Evidence, assess
 from health.poverty.costs import (
     CHINA_TIME,
     COST_TYPES,
@@ -93,6 +94,19 @@ class RecomputeReport:
     def changed(self) -> bool:
         return bool(self.changes)
 
+    def merge(self, other: RecomputeReport) -> None:
+        self.households += other.households
+        self.bills += other.bills
+        for mine, theirs in (
+            (self.bills_not_counted, other.bills_not_counted),
+            (self.raised, other.raised),
+            (self.updated, other.updated),
+            (self.deactivated, other.deactivated),
+            (self.not_assessed, other.not_assessed),
+        ):
+            mine.update(theirs)
+        self.changes.extend(other.changes)
+
     def count(self, change: FlagChange) -> None:
         self.changes.append(change)
         {"raised": self.raised, "updated": self.updated, "deactivated": self.deactivated}[
@@ -152,6 +166,13 @@ class IllnessPovertyService:
         started = time.perf_counter()
         as_of = as_of or today_in_china()
         report = RecomputeReport(as_of, self.rules.version)
+        group_ids = await self.household_ids()
+        await self.run_batches(group_ids, as_of, report, batch_size, concurrency)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    async def household_ids(self) -> list[str]:
+        """Every household, then every Group with an active flag that is no household now."""
         group_ids: list[str] = []
         async with self.database.transaction(write=False) as session:
             after = 0
@@ -162,10 +183,7 @@ class IllnessPovertyService:
                 group_ids.extend(group_id for _, group_id in page)
                 after = page[-1][0]
             flagged = await repository.groups_with_active_flags(session)
-        group_ids.extend(sorted(flagged - set(group_ids)))
-        await self._run_batches(group_ids, as_of, report, batch_size, concurrency)
-        report.seconds = time.perf_counter() - started
-        return report
+        return group_ids + sorted(flagged - set(group_ids))
 
     async def recompute_groups(
         self, group_ids: Iterable[str], *, as_of: dt.date | None = None
@@ -173,7 +191,7 @@ class IllnessPovertyService:
         started = time.perf_counter()
         as_of = as_of or today_in_china()
         report = RecomputeReport(as_of, self.rules.version)
-        await self._run_batches(sorted(set(group_ids)), as_of, report, 500, 1)
+        await self.run_batches(sorted(set(group_ids)), as_of, report, 500, 1)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -195,7 +213,7 @@ class IllnessPovertyService:
 
     # -- the batches ---------------------------------------------------------------------
 
-    async def _run_batches(
+    async def run_batches(
         self,
         group_ids: Sequence[str],
         as_of: dt.date,
@@ -241,7 +259,11 @@ class IllnessPovertyService:
                     continue
                 lines[line.patient_id].append(line)
                 report.bills += 1
-            diagnoses = await repository.diagnoses(session, patients, rules.condition_categories)
+            diagnoses: dict[str, list[Diagnosis]] = defaultdict(list)
+            for diagnosis in await repository.diagnoses(
+                session, patients, rules.condition_categories
+            ):
+                diagnoses[diagnosis.patient_id].append(diagnosis)
             contracts = await repository.contracts(session, patients, as_of)
             existing = await repository.flags_of_groups(session, list(groups))
             writes: list[Write] = []
@@ -262,7 +284,7 @@ class IllnessPovertyService:
                         (line for p in household.patient_ids for line in lines.get(p, ())),
                         unsettled_claims=rules.unsettled_claims,
                     ),
-                    [d for d in diagnoses if d.patient_id in members],
+                    [d for p in household.patient_ids for d in diagnoses.get(p, ())],
                     {p: contracts[p] for p in members if p in contracts},
                     {m.patient_id: m.name for m in household.members if m.patient_id and m.name},
                 )
@@ -295,3 +317,78 @@ def _patient_of(res_type: str, data: dict[str, Any]) -> str | None:
     element = _PATIENT_ELEMENT.get(res_type)
     reference = str((data.get(element) or {}).get("reference", "")) if element else ""
     return reference.split("/", 1)[1] if reference.startswith("Patient/") else None
+
+
+# -- the full recompute on several processes ------------------------------------------------
+
+
+def _recompute_slice(
+    database_url: str,
+    redis_url: str | None,
+    rules: RuleSet,
+    group_ids: Sequence[str],
+    as_of: dt.date,
+    batch_size: int,
+) -> RecomputeReport:
+    async def run() -> RecomputeReport:
+        database = Database(database_url)
+        bus = create_bus(redis_url) if redis_url else None
+        try:
+            service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
+            report = RecomputeReport(as_of, rules.version)
+            await service.run_batches(group_ids, as_of, report, batch_size, 2)
+            return report
+        finally:
+            if bus is not None:
+                await bus.close()
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
+async def recompute_all_in_processes(
+    database_url: str,
+    rules: RuleSet,
+    *,
+    redis_url: str | None = None,
+    as_of: dt.date | None = None,
+    processes: int = 2,
+    batch_size: int = 500,
+) -> RecomputeReport:
+    """The full recompute spread over ``processes`` worker processes (one per core).
+
+    Households are independent and each batch locks its own, so the workers need no other
+    coordination; rule evaluation is Python and would otherwise use one core. SQLite, which
+    writes one transaction at a time, runs in this process.
+    """
+    started = time.perf_counter()
+    as_of = as_of or today_in_china()
+    database = Database(database_url)
+    bus = create_bus(redis_url) if redis_url else None
+    try:
+        service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
+        if database.is_sqlite or processes <= 1:
+            return await service.recompute_all(as_of=as_of, batch_size=batch_size)
+        group_ids = await service.household_ids()
+    finally:
+        if bus is not None:
+            await bus.close()
+        await database.dispose()
+    batches = [group_ids[i : i + batch_size] for i in range(0, len(group_ids), batch_size)]
+    slices = [[g for batch in batches[k::processes] for g in batch] for k in range(processes)]
+    report = RecomputeReport(as_of, rules.version)
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool, _recompute_slice, database_url, redis_url, rules, part, as_of, batch_size
+                )
+                for part in slices
+                if part
+            )
+        )
+    for part in parts:
+        report.merge(part)
+    report.seconds = time.perf_counter() - started
+    return report
