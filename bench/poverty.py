@@ -50,7 +50,7 @@ from health.core.naming import (
 )
 from health.demo.city import city_shard, household_number
 from health.poverty.rules import load_rules
-from health.poverty.service import IllnessPovertyService, today_in_china
+from health.poverty.service import recompute_all_in_processes, today_in_china
 from records.feed import CHANGES_CHANNEL
 from records.indexing import SearchIndexer
 from records.store import ResourceStore
@@ -308,12 +308,8 @@ async def incremental(url: str, samples: int) -> list[float]:
 
 
 async def recompute(url: str) -> tuple[float, str]:
-    database = Database(url)
-    try:
-        service = IllnessPovertyService(database, SearchIndexer(), load_rules())
-        report = await service.recompute_all(concurrency=2)
-    finally:
-        await database.dispose()
+    """``health poverty recompute`` as an operator runs it: one worker process per core."""
+    report = await recompute_all_in_processes(url, load_rules(), processes=2)
     raised = sum(report.raised.values())
     updated = sum(report.updated.values())
     deactivated = sum(report.deactivated.values())

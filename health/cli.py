@@ -294,28 +294,26 @@ def _date(value: str | None) -> dt.date | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="rule file (default: HEALTH_POVERTY_RULES or the shipped defaults)",
 )
-def poverty_recompute(as_of: str | None, rules_path: Path | None) -> None:
+@click.option("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+def poverty_recompute(as_of: str | None, rules_path: Path | None, jobs: int | None) -> None:
     """Recompute every household's flags; flags whose cause is gone become inactive."""
-    from health.core.bus import create_bus
-    from health.core.database import Database
-    from health.poverty.service import IllnessPovertyService
-    from records.indexing import SearchIndexer
+    import os
+
+    from health.poverty.service import recompute_all_in_processes
 
     rules = _rules(rules_path)
     day = _date(as_of)
-
-    async def run() -> list[str]:
-        settings = get_settings()
-        database = Database(settings.database_url)
-        bus = create_bus(settings.redis_url)
-        try:
-            service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
-            return (await service.recompute_all(as_of=day)).lines()
-        finally:
-            await bus.close()
-            await database.dispose()
-
-    click.echo("\n".join(asyncio.run(run())))
+    settings = get_settings()
+    report = asyncio.run(
+        recompute_all_in_processes(
+            settings.database_url,
+            rules,
+            redis_url=settings.redis_url,
+            as_of=day,
+            processes=jobs or os.cpu_count() or 1,
+        )
+    )
+    click.echo("\n".join(report.lines()))
 
 
 @poverty.command(name="check-rules")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
@@ -58,7 +58,12 @@ class Measure:
     unit: str  # "CNY" or "ratio"
     met: bool
     risk: str  # risk-probability code when met: "high" or "moderate"
-    rationale: str
+    #: Builds the rationale a township worker reads; only evidence that is written needs it.
+    explain: Callable[[], str] = field(repr=False, compare=False)
+
+    @property
+    def rationale(self) -> str:
+        return self.explain()
 
 
 @dataclass(slots=True)
@@ -72,7 +77,13 @@ class Finding:
     #: The period whose bills count, and what they add up to (the income rules).
     period: tuple[dt.date, dt.date] | None = None
     totals: CostTotals | None = None
-    note: str | None = None
+    #: A remark on the whole finding (the bills' split, why it was not assessed), or what
+    #: builds it.
+    remark: str | Callable[[], str] | None = None
+
+    @property
+    def note(self) -> str | None:
+        return self.remark() if callable(self.remark) else self.remark
 
     @property
     def fires(self) -> bool:
@@ -142,7 +153,7 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
     income = household.income
     if income is None:
         finding.state = "unknown"
-        finding.note = "家庭年人均纯收入缺失，无法评估 per-capita income missing: not assessed"
+        finding.remark = "家庭年人均纯收入缺失，无法评估 per-capita income missing: not assessed"
         return finding
     oop = totals.out_of_pocket
     size = Decimal(household.size)
@@ -151,20 +162,25 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
     if capacity > 0:
         met = oop >= rule.capacity_to_pay_share * capacity
         share = _ratio(oop, capacity)
-        rationale = (
-            f"家庭自付 {format_yuan(oop)} 占支付能力 {format_yuan(capacity)}"
-            f"（收入 {format_yuan(income)} − 生存性支出 {format_yuan(subsistence)}）的 "
-            f"{format_share(share)}，阈值 ≥ {format_share(rule.capacity_to_pay_share)} · "
-            f"household out-of-pocket is {format_share(share)} of its capacity to pay"
-        )
+
+        def rationale(share: Decimal = share) -> str:
+            return (
+                f"家庭自付 {format_yuan(oop)} 占支付能力 {format_yuan(capacity)}"
+                f"（收入 {format_yuan(income)} − 生存性支出 {format_yuan(subsistence)}）的 "
+                f"{format_share(share)}，阈值 ≥ {format_share(rule.capacity_to_pay_share)} · "
+                f"household out-of-pocket is {format_share(share)} of its capacity to pay"
+            )
     else:
         met = oop > 0
         share = None
-        rationale = (
-            f"家庭收入 {format_yuan(income)} 不高于生存性支出 {format_yuan(subsistence)}，"
-            f"无支付能力，自付 {format_yuan(oop)} · no capacity to pay, "
-            f"so any out-of-pocket spending is catastrophic"
-        )
+
+        def rationale() -> str:
+            return (
+                f"家庭收入 {format_yuan(income)} 不高于生存性支出 {format_yuan(subsistence)}，"
+                f"无支付能力，自付 {format_yuan(oop)} · no capacity to pay, "
+                f"so any out-of-pocket spending is catastrophic"
+            )
+
     finding.measures.append(
         Measure(
             "capacity-to-pay-share",
@@ -195,14 +211,16 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
                 "ratio",
                 met,
                 risk,
-                f"家庭自付 {format_yuan(oop)} 占家庭年纯收入 {format_yuan(income)} 的 "
-                f"{format_share(share) if share is not None else '—'}，阈值 > "
-                f"{format_share(threshold)} · out-of-pocket share of income",
+                lambda share=share, threshold=threshold: (
+                    f"家庭自付 {format_yuan(oop)} 占家庭年纯收入 {format_yuan(income)} 的 "
+                    f"{format_share(share) if share is not None else '—'}，阈值 > "
+                    f"{format_share(threshold)} · out-of-pocket share of income"
+                ),
             )
         )
     if any(m.met for m in finding.measures):
         finding.state = "fires"
-    finding.note = _figures(totals, rule.window_months)
+    finding.remark = lambda: _figures(totals, rule.window_months)
     return finding
 
 
@@ -223,7 +241,7 @@ def _impoverishing(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findin
     line = rule.line_for(as_of.year)
     if household.income_per_capita is None or line is None:
         finding.state = "unknown"
-        finding.note = (
+        finding.remark = (
             "家庭年人均纯收入缺失，无法评估 per-capita income missing: not assessed"
             if household.income_per_capita is None
             else f"规则未给出 {as_of.year} 年及以前的监测线 no monitoring line for {as_of.year}"
@@ -246,21 +264,23 @@ def _impoverishing(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findin
             "CNY",
             met,
             "high" if pushed_below else "moderate",
-            f"人均纯收入 {format_yuan(income_pc)} − 人均自付 {format_yuan(oop / size)} = "
-            f"{format_yuan(remaining)}，{line_year} 年监测线 {format_yuan(monitoring_line)}"
-            + (
-                (
-                    "，因医疗支出跌破监测线 pushed below the line"
-                    if pushed_below
-                    else "，收入本已低于监测线，医疗支出使其更低 pushed further below the line"
+            lambda: (
+                f"人均纯收入 {format_yuan(income_pc)} − 人均自付 {format_yuan(oop / size)} = "
+                f"{format_yuan(remaining)}，{line_year} 年监测线 {format_yuan(monitoring_line)}"
+                + (
+                    (
+                        "，因医疗支出跌破监测线 pushed below the line"
+                        if pushed_below
+                        else "，收入本已低于监测线，医疗支出使其更低 pushed further below the line"
+                    )
+                    if met
+                    else " · per-capita income after out-of-pocket spending"
                 )
-                if met
-                else " · per-capita income after out-of-pocket spending"
             ),
         )
     )
     finding.state = "fires" if met else "clear"
-    finding.note = _figures(totals, rule.window_months)
+    finding.remark = lambda: _figures(totals, rule.window_months)
     return finding
 
 
@@ -276,7 +296,7 @@ def _medical_bill(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
     figure = rule.income_for(as_of.year)
     if figure is None:
         finding.state = "unknown"
-        finding.note = f"规则未给出 {as_of.year - 1} 年农村居民人均可支配收入 no income figure"
+        finding.remark = f"规则未给出 {as_of.year - 1} 年农村居民人均可支配收入 no income figure"
         return finding
     income_year, income = figure
     priority = household.status in rule.priority_statuses
@@ -308,10 +328,12 @@ def _medical_bill(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
                 "CNY",
                 met,
                 "high",
-                f"{name} {span}个人自付 {format_yuan(totals.out_of_pocket)}"
-                f"（医疗总费用 {format_yuan(totals.billed)}），阈值为 {income_year} 年农村居民"
-                f"人均可支配收入 {format_yuan(income)} 的 {format_share(ratio)}"
-                f" = {format_yuan(threshold)}（{household.status_text}）",
+                lambda name=name, totals=totals: (
+                    f"{name} {span}个人自付 {format_yuan(totals.out_of_pocket)}"
+                    f"（医疗总费用 {format_yuan(totals.billed)}），阈值为 {income_year} 年农村居民"
+                    f"人均可支配收入 {format_yuan(income)} 的 {format_share(ratio)}"
+                    f" = {format_yuan(threshold)}（{household.status_text}）"
+                ),
             )
         )
         if met:
@@ -347,7 +369,7 @@ def _serious_illness(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Find
     rule = rules.serious_illness
     finding = Finding(SERIOUS_ILLNESS, "serious-illness", "clear")
     if not rule.applies_to(evidence.household.status):
-        finding.note = f"规则不适用于{evidence.household.status_text} not applied to this status"
+        finding.remark = f"规则不适用于{evidence.household.status_text} not applied to this status"
         return finding
     for diagnosis, disease in _qualifying(rule, evidence):
         name = evidence.names.get(diagnosis.patient_id, f"Patient/{diagnosis.patient_id}")
@@ -361,8 +383,10 @@ def _serious_illness(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Find
                 "ratio",
                 True,
                 "high",
-                f"{name} 诊断 {diagnosis.display or diagnosis.code}（{diagnosis.code}），"
-                f"属国家大病专项救治病种：{disease.label}",
+                lambda name=name, diagnosis=diagnosis, disease=disease: (
+                    f"{name} 诊断 {diagnosis.display or diagnosis.code}（{diagnosis.code}），"
+                    f"属国家大病专项救治病种：{disease.label}"
+                ),
             )
         )
         finding.basis.append(f"Condition/{diagnosis.condition_id}")
@@ -375,7 +399,7 @@ def _chronic_burden(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findi
     rule = rules.chronic_burden
     finding = Finding(CHRONIC_BURDEN, "chronic-burden", "clear")
     if not rule.applies_to(evidence.household.status):
-        finding.note = f"规则不适用于{evidence.household.status_text} not applied to this status"
+        finding.remark = f"规则不适用于{evidence.household.status_text} not applied to this status"
         return finding
     for diagnosis, disease in _qualifying(rule, evidence):
         if diagnosis.patient_id in evidence.contracts:
@@ -391,8 +415,10 @@ def _chronic_burden(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findi
                 "ratio",
                 True,
                 "moderate",
-                f"{name} 患{disease.name}（{diagnosis.code}），无有效家庭医生签约服务 · "
-                f"no family-doctor contract",
+                lambda name=name, diagnosis=diagnosis, disease=disease: (
+                    f"{name} 患{disease.name}（{diagnosis.code}），无有效家庭医生签约服务 · "
+                    f"no family-doctor contract"
+                ),
             )
         )
         finding.basis.append(f"Condition/{diagnosis.condition_id}")
