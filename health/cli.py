@@ -316,6 +316,35 @@ def poverty_recompute(as_of: str | None, rules_path: Path | None, jobs: int | No
     click.echo("\n".join(report.lines()))
 
 
+@poverty.command(name="household")
+@click.argument("number")
+@click.option("--as-of", "as_of", help="day of assessment (default: today, China time)")
+def poverty_household(number: str, as_of: str | None) -> None:
+    """A household's medical costs over the last 12 months, per person and in all, split by
+    payer (basic insurance, serious-illness insurance, medical assistance, out-of-pocket),
+    and its illness-poverty flags."""
+    from health.core.database import Database
+    from health.poverty.service import IllnessPovertyService
+    from records.indexing import SearchIndexer
+
+    rules = _rules(None)
+    day = _date(as_of)
+
+    async def run() -> list[str] | None:
+        database = Database(get_settings().database_url)
+        try:
+            service = IllnessPovertyService(database, SearchIndexer(), rules)
+            costs = await service.household_costs(number, as_of=day)
+        finally:
+            await database.dispose()
+        return costs.lines() if costs else None
+
+    lines = asyncio.run(run())
+    if lines is None:
+        raise click.ClickException(f"no household has 户编号 {number}")
+    click.echo("\n".join(lines))
+
+
 @poverty.command(name="check-rules")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def poverty_check_rules(file: Path) -> None:

@@ -125,6 +125,35 @@ async def lock_and_read_groups(
     return found
 
 
+async def groups_numbered(session: AsyncSession, numbers: Sequence[str]) -> list[str]:
+    """Ids of the Groups with these registry household numbers."""
+    numbered = select(search_token.c.rid).where(
+        search_token.c.res_type == "Group",
+        search_token.c.param == "identifier",
+        search_token.c.system == HOUSEHOLD_NUMBER_SYSTEM,
+        search_token.c.code.in_(list(numbers)),
+    )
+    rows = await session.execute(
+        select(resources.c.res_id)
+        .where(resources.c.rid.in_(numbered), resources.c.deleted.is_(False))
+        .order_by(resources.c.rid)
+    )
+    return [row.res_id for row in rows]
+
+
+async def read_groups(
+    session: AsyncSession, group_ids: Sequence[str]
+) -> dict[str, dict[str, Any] | None]:
+    """Each Group's current content, None if deleted; without locking."""
+    rows = await session.execute(
+        _current().where(resources.c.res_type == "Group", resources.c.res_id.in_(list(group_ids)))
+    )
+    found: dict[str, dict[str, Any] | None] = dict.fromkeys(group_ids)
+    for row in rows:
+        found[row.res_id] = orjson.loads(row.content)
+    return found
+
+
 async def groups_of_patients(session: AsyncSession, patient_ids: Sequence[str]) -> set[str]:
     """Ids of the Groups that list any of these patients as a member."""
     found: set[str] = set()

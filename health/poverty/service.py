@@ -34,13 +34,15 @@ from health.poverty.costs import (
     CHINA_TIME,
     COST_TYPES,
     CostLine,
+    CostTotals,
     NotCounted,
     cost_line,
     counted_lines,
 )
-from health.poverty.flags import FlagChange, Write, plan
+from health.poverty.flags import FlagChange, StoredFlag, Write, plan
 from health.poverty.households import Household, household_from_group, is_household
-from health.poverty.rules import RULE_NAMES, RuleSet
+from health.poverty.money import format_yuan
+from health.poverty.rules import RULE_NAMES, RuleSet, months_before
 from records.feed import announce
 from records.indexing import SearchIndexer
 from records.store import NewResource, ResourceStore
@@ -137,6 +139,51 @@ class RecomputeReport:
         return out
 
 
+@dataclass
+class HouseholdCosts:
+    household: Household
+    period: tuple[dt.date, dt.date]
+    per_person: dict[str, CostTotals]
+    total: CostTotals
+    flags: list[StoredFlag]
+
+    def lines(self) -> list[str]:
+        """The household's costs and flags as a township worker reads them."""
+        start, end = self.period
+        household = self.household
+        income = (
+            f"家庭年人均纯收入 {format_yuan(household.income_per_capita)}"
+            if household.income_per_capita is not None
+            else "家庭年人均纯收入 未登记 income not recorded"
+        )
+        out = [
+            f"{household.label} {household.status_text}，{household.size} 人，{income}",
+            f"{start.isoformat()} 至 {end.isoformat()} 医疗费用 medical costs (CNY):",
+        ]
+        names = {m.patient_id: m.name or m.patient_id for m in household.members if m.patient_id}
+        rows = [(names.get(p, p) or p, t) for p, t in self.per_person.items()]
+        rows.append(("全户 household", self.total))
+        for name, totals in rows:
+            out.append(
+                f"  {name}: 总费用 billed {totals.billed:,.2f}，基本医保 {totals.basic:,.2f}，"
+                f"大病保险 {totals.serious:,.2f}，医疗救助 {totals.assistance:,.2f}，"
+                f"其他 {totals.other:,.2f}，个人自付 out-of-pocket {totals.out_of_pocket:,.2f}"
+            )
+        unlinked = "、".join(str(m.name) for m in household.members if not m.patient_id)
+        if unlinked:
+            out.append(f"  未关联患者档案 members without a patient record: {unlinked}")
+        for stored in sorted(self.flags, key=lambda f: f.start):
+            period = stored.flag.get("period") or {}
+            text = (stored.flag.get("code") or {}).get("text", "")
+            out.append(
+                f"  [{stored.flag.get('status')}] {text} (Flag/{stored.flag_id}, "
+                f"{period.get('start', '')[:10]}–{period.get('end', '')[:10]})"
+            )
+        if not self.flags:
+            out.append("  无因病致贫返贫标记 no illness-poverty flags")
+        return out
+
+
 class IllnessPovertyService:
     """Keeps every household's illness-poverty flags in step with its records."""
 
@@ -194,6 +241,40 @@ class IllnessPovertyService:
         await self.run_batches(sorted(set(group_ids)), as_of, report, 500, 1)
         report.seconds = time.perf_counter() - started
         return report
+
+    async def household_costs(
+        self, number: str, *, as_of: dt.date | None = None
+    ) -> HouseholdCosts | None:
+        """A household's bills over the rules' window, per person and in all, and its flags
+        as stored: what ``health poverty household`` shows. None: no such household."""
+        as_of = as_of or today_in_china()
+        async with self.database.transaction(write=False) as session:
+            group_ids = await repository.groups_numbered(session, [number])
+            if not group_ids:
+                return None
+            group_id = group_ids[0]
+            (data,) = (await repository.read_groups(session, [group_id])).values()
+            if data is None:
+                return None
+            household = household_from_group(group_id, data, as_of)
+            start = months_before(as_of, self.rules.catastrophic.window_months)
+            lines = []
+            for row in await repository.cost_resources(session, household.patient_ids, start):
+                try:
+                    lines.append(cost_line(row.res_type, row.res_id, row.data))
+                except NotCounted:
+                    continue
+            counted = [
+                line
+                for line in counted_lines(lines, unsettled_claims=self.rules.unsettled_claims)
+                if start <= line.on <= as_of
+            ]
+            flags = (await repository.flags_of_groups(session, [group_id])).get(group_id, [])
+        per_person = {
+            patient_id: CostTotals.of(line for line in counted if line.patient_id == patient_id)
+            for patient_id in household.patient_ids
+        }
+        return HouseholdCosts(household, (start, as_of), per_person, CostTotals.of(counted), flags)
 
     async def recompute_for_changes(
         self, changes: Iterable[ChangeRef], *, as_of: dt.date | None = None

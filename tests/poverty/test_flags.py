@@ -27,7 +27,9 @@ from health.core.naming import (
 from health.poverty.rules import load_rules
 from health.poverty.service import IllnessPovertyService, RecomputeReport
 from records.indexing import SearchIndexer
+from records.store import ResourceStore
 from tests.poverty.factories import House, Town
+from tests.records.test_import import run_health
 from tests.services import AppServer
 
 AS_OF = dt.date(2026, 6, 30)
@@ -447,3 +449,46 @@ async def test_a_flag_whose_cause_goes_becomes_inactive_not_deleted(
         assert "prediction" not in assessment  # nothing uncontracted is left
         history = (await client.get(f"Flag/{flag['id']}/_history")).json()
         assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
+
+
+def test_the_household_command_shows_costs_per_person_and_the_flags(city: City) -> None:
+    number = next(i for i, s in enumerate(SCENARIOS) if s.key == "bill-spread-over-clinics")
+    result = run_health(
+        city.database_url, "poverty", "household", f"T8{number:04d}", "--as-of", AS_OF.isoformat()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0].startswith("马国军户（T8") and "脱贫户" in lines[0] and "20,000.00 元" in lines[0]
+    )
+    assert "2025-07-01 至 2026-06-30" in lines[1]
+    head = next(line for line in lines if line.strip().startswith("马国军:"))
+    assert "个人自付 out-of-pocket 13,886.01" in head
+    assert any("全户 household" in line and "13,886.01" in line for line in lines)
+    assert any(line.strip().startswith("[active] 高额医疗费用预警") for line in lines)
+    missing = run_health(city.database_url, "poverty", "household", "NO-SUCH-HOUSEHOLD")
+    assert missing.returncode != 0 and "no household" in missing.stderr
+
+
+async def test_a_household_that_is_gone_has_its_flags_deactivated(
+    city: City, app_server: AppServer
+) -> None:
+    house = city.houses["serious-esrd"]
+    database = Database(city.database_url)
+    indexer = SearchIndexer()
+    try:
+        async with database.transaction(write=True) as session:
+            store = ResourceStore(session, indexer)
+            await store.delete("Group", house.id or "")
+            changes = list(store.changes)
+        report = await IllnessPovertyService(database, indexer, load_rules()).recompute_for_changes(
+            changes, as_of=AS_OF
+        )
+    finally:
+        await database.dispose()
+    assert report.deactivated[SERIOUS] == 1
+    async with httpx.AsyncClient(base_url=f"{app_server.url}/fhir", timeout=60) as client:
+        (flag,) = await read_flags(client, house)
+        assert flag["status"] == "inactive" and "end" in flag["period"]
+        assessment = await assessment_of(client, flag)
+        assert "household no longer exists" in assessment["note"][-1]["text"]
