@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from typing import Literal
 
 from health.poverty.costs import CostLine, CostTotals
@@ -26,6 +27,7 @@ from health.poverty.rules import (
     MEDICAL_BILL,
     RULE_NAMES,
     SERIOUS_ILLNESS,
+    CatastrophicRule,
     Disease,
     DiseaseRule,
     RuleSet,
@@ -163,23 +165,12 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
         met = oop >= rule.capacity_to_pay_share * capacity
         share = _ratio(oop, capacity)
 
-        def rationale(share: Decimal = share) -> str:
-            return (
-                f"家庭自付 {format_yuan(oop)} 占支付能力 {format_yuan(capacity)}"
-                f"（收入 {format_yuan(income)} − 生存性支出 {format_yuan(subsistence)}）的 "
-                f"{format_share(share)}，阈值 ≥ {format_share(rule.capacity_to_pay_share)} · "
-                f"household out-of-pocket is {format_share(share)} of its capacity to pay"
-            )
+        rationale = partial(_capacity_text, oop, capacity, income, subsistence, share, rule)
     else:
         met = oop > 0
         share = None
 
-        def rationale() -> str:
-            return (
-                f"家庭收入 {format_yuan(income)} 不高于生存性支出 {format_yuan(subsistence)}，"
-                f"无支付能力，自付 {format_yuan(oop)} · no capacity to pay, "
-                f"so any out-of-pocket spending is catastrophic"
-            )
+        rationale = partial(_no_capacity_text, oop, income, subsistence)
 
     finding.measures.append(
         Measure(
@@ -211,16 +202,12 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
                 "ratio",
                 met,
                 risk,
-                lambda share=share, threshold=threshold: (
-                    f"家庭自付 {format_yuan(oop)} 占家庭年纯收入 {format_yuan(income)} 的 "
-                    f"{format_share(share) if share is not None else '—'}，阈值 > "
-                    f"{format_share(threshold)} · out-of-pocket share of income"
-                ),
+                partial(_budget_text, oop, income, share, threshold),
             )
         )
     if any(m.met for m in finding.measures):
         finding.state = "fires"
-    finding.remark = lambda: _figures(totals, rule.window_months)
+    finding.remark = partial(_figures, totals, rule.window_months)
     return finding
 
 
@@ -264,23 +251,20 @@ def _impoverishing(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findin
             "CNY",
             met,
             "high" if pushed_below else "moderate",
-            lambda: (
-                f"人均纯收入 {format_yuan(income_pc)} − 人均自付 {format_yuan(oop / size)} = "
-                f"{format_yuan(remaining)}，{line_year} 年监测线 {format_yuan(monitoring_line)}"
-                + (
-                    (
-                        "，因医疗支出跌破监测线 pushed below the line"
-                        if pushed_below
-                        else "，收入本已低于监测线，医疗支出使其更低 pushed further below the line"
-                    )
-                    if met
-                    else " · per-capita income after out-of-pocket spending"
-                )
+            partial(
+                _impoverishing_text,
+                income_pc,
+                oop,
+                size,
+                remaining,
+                line_year,
+                monitoring_line,
+                met,
             ),
         )
     )
     finding.state = "fires" if met else "clear"
-    finding.remark = lambda: _figures(totals, rule.window_months)
+    finding.remark = partial(_figures, totals, rule.window_months)
     return finding
 
 
@@ -328,11 +312,8 @@ def _medical_bill(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
                 "CNY",
                 met,
                 "high",
-                lambda name=name, totals=totals: (
-                    f"{name} {span}个人自付 {format_yuan(totals.out_of_pocket)}"
-                    f"（医疗总费用 {format_yuan(totals.billed)}），阈值为 {income_year} 年农村居民"
-                    f"人均可支配收入 {format_yuan(income)} 的 {format_share(ratio)}"
-                    f" = {format_yuan(threshold)}（{household.status_text}）"
+                partial(
+                    _bill_text, name, span, totals, income_year, income, ratio, threshold, household
                 ),
             )
         )
@@ -383,10 +364,7 @@ def _serious_illness(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Find
                 "ratio",
                 True,
                 "high",
-                lambda name=name, diagnosis=diagnosis, disease=disease: (
-                    f"{name} 诊断 {diagnosis.display or diagnosis.code}（{diagnosis.code}），"
-                    f"属国家大病专项救治病种：{disease.label}"
-                ),
+                partial(_serious_text, name, diagnosis, disease),
             )
         )
         finding.basis.append(f"Condition/{diagnosis.condition_id}")
@@ -415,10 +393,7 @@ def _chronic_burden(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findi
                 "ratio",
                 True,
                 "moderate",
-                lambda name=name, diagnosis=diagnosis, disease=disease: (
-                    f"{name} 患{disease.name}（{diagnosis.code}），无有效家庭医生签约服务 · "
-                    f"no family-doctor contract"
-                ),
+                partial(_chronic_text, name, diagnosis, disease),
             )
         )
         finding.basis.append(f"Condition/{diagnosis.condition_id}")
@@ -444,3 +419,91 @@ def assess(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> list[Finding]:
 def totals_in(lines: Sequence[CostLine], start: dt.date, end: dt.date) -> CostTotals:
     """What the bills dated from ``start`` to ``end`` add up to."""
     return CostTotals.of(_window(lines, start, end))
+
+
+# -- what a township worker reads (built only for evidence that is written) ---------------
+
+
+def _capacity_text(
+    oop: Decimal,
+    capacity: Decimal,
+    income: Decimal,
+    subsistence: Decimal,
+    share: Decimal,
+    rule: CatastrophicRule,
+) -> str:
+    return (
+        f"家庭自付 {format_yuan(oop)} 占支付能力 {format_yuan(capacity)}"
+        f"（收入 {format_yuan(income)} − 生存性支出 {format_yuan(subsistence)}）的 "
+        f"{format_share(share)}，阈值 ≥ {format_share(rule.capacity_to_pay_share)} · "
+        f"household out-of-pocket is {format_share(share)} of its capacity to pay"
+    )
+
+
+def _no_capacity_text(oop: Decimal, income: Decimal, subsistence: Decimal) -> str:
+    return (
+        f"家庭收入 {format_yuan(income)} 不高于生存性支出 {format_yuan(subsistence)}，"
+        f"无支付能力，自付 {format_yuan(oop)} · no capacity to pay, "
+        f"so any out-of-pocket spending is catastrophic"
+    )
+
+
+def _budget_text(oop: Decimal, income: Decimal, share: Decimal | None, threshold: Decimal) -> str:
+    return (
+        f"家庭自付 {format_yuan(oop)} 占家庭年纯收入 {format_yuan(income)} 的 "
+        f"{format_share(share) if share is not None else '—'}，阈值 > "
+        f"{format_share(threshold)} · out-of-pocket share of income"
+    )
+
+
+def _impoverishing_text(
+    income_pc: Decimal,
+    oop: Decimal,
+    size: Decimal,
+    remaining: Decimal,
+    line_year: int,
+    monitoring_line: Decimal,
+    met: bool,
+) -> str:
+    if not met:
+        outcome = " · per-capita income after out-of-pocket spending"
+    elif income_pc >= monitoring_line:
+        outcome = "，因医疗支出跌破监测线 pushed below the line"
+    else:
+        outcome = "，收入本已低于监测线，医疗支出使其更低 pushed further below the line"
+    return (
+        f"人均纯收入 {format_yuan(income_pc)} − 人均自付 {format_yuan(oop / size)} = "
+        f"{format_yuan(remaining)}，{line_year} 年监测线 {format_yuan(monitoring_line)}{outcome}"
+    )
+
+
+def _bill_text(
+    name: str,
+    span: str,
+    totals: CostTotals,
+    income_year: int,
+    income: Decimal,
+    ratio: Decimal,
+    threshold: Decimal,
+    household: Household,
+) -> str:
+    return (
+        f"{name} {span}个人自付 {format_yuan(totals.out_of_pocket)}"
+        f"（医疗总费用 {format_yuan(totals.billed)}），阈值为 {income_year} 年农村居民"
+        f"人均可支配收入 {format_yuan(income)} 的 {format_share(ratio)}"
+        f" = {format_yuan(threshold)}（{household.status_text}）"
+    )
+
+
+def _serious_text(name: str, diagnosis: Diagnosis, disease: Disease) -> str:
+    return (
+        f"{name} 诊断 {diagnosis.display or diagnosis.code}（{diagnosis.code}），"
+        f"属国家大病专项救治病种：{disease.label}"
+    )
+
+
+def _chronic_text(name: str, diagnosis: Diagnosis, disease: Disease) -> str:
+    return (
+        f"{name} 患{disease.name}（{diagnosis.code}），无有效家庭医生签约服务 · "
+        f"no family-doctor contract"
+    )

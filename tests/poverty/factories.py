@@ -162,7 +162,8 @@ class Town:
             },
         ]
         if layers:
-            for code, amount in zip(PAYMENT_LAYERS, (basic, serious, assistance, oop), strict=True):
+            amounts: tuple[str | Decimal, ...] = (basic, serious, assistance, oop)
+            for code, amount in zip(PAYMENT_LAYERS, amounts, strict=True):
                 total.append(
                     {
                         "category": {"coding": [{"system": PAYMENT_LAYER_SYSTEM, "code": code}]},
