@@ -230,12 +230,8 @@ async def diagnoses(
     if not categories:
         return []
     code = search_token.alias("code")
+    clinical = search_token.alias("clinical")
     subject = search_reference.alias("subject")
-    active = select(search_token.c.rid).where(
-        search_token.c.res_type == "Condition",
-        search_token.c.param == "clinical-status",
-        search_token.c.code.in_(_ACTIVE_CLINICAL),
-    )
     refuted = select(search_token.c.rid).where(
         search_token.c.res_type == "Condition",
         search_token.c.param == "verification-status",
@@ -245,25 +241,34 @@ async def diagnoses(
     for chunk in _chunks(sorted(set(patient_ids))):
         rows = await session.execute(
             select(resources.c.res_id, code.c.code, code.c.text, subject.c.target_id)
-            .select_from(code)
-            .join(resources, resources.c.rid == code.c.rid)
+            .select_from(subject)
             .join(
-                subject,
+                code,
                 and_(
-                    subject.c.rid == code.c.rid,
-                    subject.c.param == "subject",
-                    subject.c.target_type == "Patient",
+                    code.c.rid == subject.c.rid,
+                    code.c.res_type == "Condition",
+                    code.c.param == "code",
+                    code.c.system == ICD10_SYSTEM,
+                    func.upper(func.substr(code.c.code, 1, 3)).in_(sorted(categories)),
                 ),
             )
+            .join(
+                clinical,
+                and_(
+                    clinical.c.rid == subject.c.rid,
+                    clinical.c.res_type == "Condition",
+                    clinical.c.param == "clinical-status",
+                    clinical.c.code.in_(_ACTIVE_CLINICAL),
+                ),
+            )
+            .join(resources, resources.c.rid == subject.c.rid)
             .where(
-                code.c.res_type == "Condition",
-                code.c.param == "code",
-                code.c.system == ICD10_SYSTEM,
-                func.upper(func.substr(code.c.code, 1, 3)).in_(sorted(categories)),
+                subject.c.res_type == "Condition",
+                subject.c.param == "subject",
+                subject.c.target_type == "Patient",
                 subject.c.target_id.in_(chunk),
                 resources.c.deleted.is_(False),
-                code.c.rid.in_(active),
-                code.c.rid.not_in(refuted),
+                subject.c.rid.not_in(refuted),
             )
         )
         found.extend(
@@ -296,7 +301,14 @@ async def contracts(
                     status.c.code == "active",
                 ),
             )
-            .join(patient, and_(patient.c.rid == kind.c.rid, patient.c.param == "patient"))
+            .join(
+                patient,
+                and_(
+                    patient.c.rid == kind.c.rid,
+                    patient.c.res_type == "EpisodeOfCare",
+                    patient.c.param == "patient",
+                ),
+            )
             .join(
                 period,
                 and_(
@@ -415,28 +427,21 @@ async def versions_and_previous(
     """The content of each (type, id, version) and of the version before it, where it has
     content: what a change made a resource say, and what it said before (a deletion or an
     edit may take a bill away from one patient)."""
+    by_type: dict[str, dict[str, int]] = {}
+    for res_type, res_id, version in wanted:
+        by_type.setdefault(res_type, {})[res_id] = version
     found: list[Row] = []
-    for start in range(0, len(wanted), CHUNK):
-        chunk = wanted[start : start + CHUNK]
-        by_key = {(t, i): v for t, i, v in chunk}
-        rows = await session.execute(
-            select(
-                resources.c.res_type,
-                resources.c.res_id,
-                resource_versions.c.version,
-                resource_versions.c.content,
+    for res_type, versions in sorted(by_type.items()):
+        ids = sorted(versions)
+        for chunk in _chunks(ids):
+            rows = await session.execute(
+                select(resources.c.res_id, resource_versions.c.version, resource_versions.c.content)
+                .select_from(resources)
+                .join(resource_versions, resource_versions.c.rid == resources.c.rid)
+                .where(resources.c.res_type == res_type, resources.c.res_id.in_(chunk))
             )
-            .select_from(resources)
-            .join(resource_versions, resource_versions.c.rid == resources.c.rid)
-            .where(
-                resources.c.res_id.in_({i for _, i in by_key}),
-                resource_versions.c.version.in_(
-                    {v for v in by_key.values()} | {v - 1 for v in by_key.values()}
-                ),
-            )
-        )
-        for row in rows:
-            version = by_key.get((row.res_type, row.res_id))
-            if version is not None and row.version in (version, version - 1) and row.content:
-                found.append(Row(row.res_type, row.res_id, orjson.loads(row.content)))
+            for row in rows:
+                version = versions[row.res_id]
+                if row.version in (version, version - 1) and row.content:
+                    found.append(Row(res_type, row.res_id, orjson.loads(row.content)))
     return found
