@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.naming import (
@@ -350,21 +350,10 @@ async def flags_of_groups(
     found: dict[str, list[StoredFlag]] = {}
     flags: list[StoredFlag] = []
     about = search_reference.alias("about")
-    tag = search_token.alias("tag")
     for chunk in _chunks(sorted(set(group_ids))):
         rows = await session.execute(
             select(resources.c.res_id, resource_versions.c.content)
             .select_from(about)
-            .join(
-                tag,
-                and_(
-                    tag.c.rid == about.c.rid,
-                    tag.c.res_type == "Flag",
-                    tag.c.param == "_tag",
-                    tag.c.system == TAG_SYSTEM,
-                    tag.c.code == ILLNESS_POVERTY_TAG["code"],
-                ),
-            )
             .join(resources, resources.c.rid == about.c.rid)
             .join(
                 resource_versions,
@@ -383,6 +372,13 @@ async def flags_of_groups(
         )
         for row in rows:
             data = orjson.loads(row.content)
+            # A household has few Flags; telling ours from others' here keeps the query to the
+            # subject index, whatever the planner believes about the tag rows.
+            if not any(
+                t.get("system") == TAG_SYSTEM and t.get("code") == ILLNESS_POVERTY_TAG["code"]
+                for t in (data.get("meta") or {}).get("tag", [])
+            ):
+                continue
             stored = StoredFlag(row.res_id, data, assessment_id_of(data))
             group_id = str((data.get("subject") or {}).get("reference", "")).split("/", 1)[-1]
             found.setdefault(group_id, []).append(stored)
@@ -403,19 +399,35 @@ async def flags_of_groups(
 
 
 async def groups_with_active_flags(session: AsyncSession) -> set[str]:
-    """Ids of every Group an active illness-poverty Flag is about."""
-    open_period = select(search_date.c.rid).where(
-        search_date.c.res_type == "Flag",
-        search_date.c.param == "date",
-        search_date.c.end >= LATEST - dt.timedelta(days=1),
-    )
+    """Ids of every Group an active illness-poverty Flag is about (its period has no end)."""
+    tag = search_token.alias("tag")
+    period = search_date.alias("period")
     rows = await session.execute(
-        select(search_reference.c.target_id).where(
+        select(search_reference.c.target_id)
+        .select_from(search_reference)
+        .join(
+            tag,
+            and_(
+                tag.c.rid == search_reference.c.rid,
+                tag.c.res_type == "Flag",
+                tag.c.param == "_tag",
+                tag.c.system == TAG_SYSTEM,
+                tag.c.code == ILLNESS_POVERTY_TAG["code"],
+            ),
+        )
+        .join(
+            period,
+            and_(
+                period.c.rid == search_reference.c.rid,
+                period.c.res_type == "Flag",
+                period.c.param == "date",
+                period.c.end >= LATEST - dt.timedelta(days=1),
+            ),
+        )
+        .where(
             search_reference.c.res_type == "Flag",
             search_reference.c.param == "subject",
             search_reference.c.target_type == "Group",
-            search_reference.c.rid.in_(_tagged_flags()),
-            search_reference.c.rid.in_(open_period),
         )
     )
     return {row.target_id for row in rows}
@@ -445,3 +457,19 @@ async def versions_and_previous(
                 if row.version in (version, version - 1) and row.content:
                     found.append(Row(res_type, row.res_id, orjson.loads(row.content)))
     return found
+
+
+#: The record tables a recompute writes to, whose planner statistics it refreshes.
+_WRITTEN_TABLES = (resources, resource_versions, search_token, search_date, search_reference)
+
+
+async def refresh_statistics(session: AsyncSession) -> None:
+    """ANALYZE the tables a large recompute wrote to (PostgreSQL).
+
+    The first full recompute of a city adds a hundred thousand Flags and RiskAssessments to
+    tables of millions of rows: too few for autovacuum to re-analyze, enough that a planner
+    still believing "no Flag rows" picks nested loops that take minutes.
+    """
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        names = ", ".join(table.name for table in _WRITTEN_TABLES)
+        await session.execute(text(f"ANALYZE {names}"))

@@ -50,6 +50,8 @@ from records.validation import validate_resource
 
 logger = logging.getLogger(__name__)
 
+#: Flag changes after which a full recompute refreshes the planner's statistics.
+_MANY_CHANGES = 5000
 #: Resource types whose changes can change a household's flags.
 RELEVANT_TYPES = frozenset({"Group", "Condition", "EpisodeOfCare", *COST_TYPES})
 _PATIENT_ELEMENT = {
@@ -215,8 +217,15 @@ class IllnessPovertyService:
         report = RecomputeReport(as_of, self.rules.version)
         group_ids = await self.household_ids()
         await self.run_batches(group_ids, as_of, report, batch_size, concurrency)
+        await self.refresh_statistics_after(report)
         report.seconds = time.perf_counter() - started
         return report
+
+    async def refresh_statistics_after(self, report: RecomputeReport) -> None:
+        """After writing many flags, let the planner know they are there."""
+        if len(report.changes) >= _MANY_CHANGES:
+            async with self.database.transaction(write=False) as session:
+                await repository.refresh_statistics(session)
 
     async def household_ids(self) -> list[str]:
         """Every household, then every Group with an active flag that is no household now."""
@@ -471,5 +480,12 @@ async def recompute_all_in_processes(
         )
     for part in parts:
         report.merge(part)
+    database = Database(database_url)
+    try:
+        await IllnessPovertyService(database, SearchIndexer(), rules).refresh_statistics_after(
+            report
+        )
+    finally:
+        await database.dispose()
     report.seconds = time.perf_counter() - started
     return report
