@@ -16,6 +16,7 @@ same run:
   feed announces its medical-bill Flag.
 
     python bench/poverty.py [--households 100000] [--samples 20] [--database-url URL] [--keep]
+                            [--reset-flags]
 
 Loading resumes: a shard already in the database is skipped, so ``--database-url`` reuses a
 loaded city (``--keep`` leaves the throwaway PostgreSQL running and prints its URL).
@@ -132,6 +133,19 @@ def load(url: str, households: int, as_of: dt.date) -> None:
         )
     else:
         print("the city was already loaded", flush=True)
+
+
+async def reset_flags(url: str) -> None:
+    """Remove every Flag and RiskAssessment (rows, versions and index rows) so that the next
+    recompute is a first run again. A benchmark's reset, not something the service does."""
+    connection = await asyncpg.connect(plain(url))
+    try:
+        deleted = await connection.execute(
+            "DELETE FROM resources WHERE res_type IN ('Flag', 'RiskAssessment')"
+        )
+        print(f"reset: {deleted.split()[-1]} Flags and RiskAssessments removed", flush=True)
+    finally:
+        await connection.close()
 
 
 async def vacuum(url: str) -> None:
@@ -329,6 +343,11 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="leave the throwaway PostgreSQL running"
     )
+    parser.add_argument(
+        "--reset-flags",
+        action="store_true",
+        help="delete the flags a previous run raised, so the first recompute raises them again",
+    )
     args = parser.parse_args()
 
     server = None
@@ -339,6 +358,8 @@ def main() -> None:
     as_of = today_in_china()
     try:
         load(url, args.households, as_of)
+        if args.reset_flags:
+            asyncio.run(reset_flags(url))
         asyncio.run(vacuum(url))
         window = load_rules().window_start(as_of)
         since = dt.datetime.combine(window, dt.time(), dt.timezone(dt.timedelta(hours=8)))
