@@ -78,23 +78,23 @@ def day_start(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), CHINA_TIME)
 
 
-async def household_ids_after(
-    session: AsyncSession, after_rid: int, limit: int
-) -> list[tuple[int, str]]:
-    """(rid, id) of the next ``limit`` Groups that carry a registry household number."""
+async def household_ids(session: AsyncSession) -> list[str]:
+    """Ids of every Group that carries a registry household number, in the order written."""
     numbered = select(search_token.c.rid).where(
         search_token.c.res_type == "Group",
         search_token.c.param == "identifier",
         search_token.c.system == HOUSEHOLD_NUMBER_SYSTEM,
-        search_token.c.rid > after_rid,
     )
     rows = await session.execute(
-        select(resources.c.rid, resources.c.res_id)
-        .where(resources.c.rid.in_(numbered), resources.c.deleted.is_(False))
+        select(resources.c.res_id)
+        .where(
+            resources.c.res_type == "Group",
+            resources.c.rid.in_(numbered),
+            resources.c.deleted.is_(False),
+        )
         .order_by(resources.c.rid)
-        .limit(limit)
     )
-    return [(row.rid, row.res_id) for row in rows]
+    return [row.res_id for row in rows]
 
 
 async def lock_and_read_groups(

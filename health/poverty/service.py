@@ -229,15 +229,8 @@ class IllnessPovertyService:
 
     async def household_ids(self) -> list[str]:
         """Every household, then every Group with an active flag that is no household now."""
-        group_ids: list[str] = []
         async with self.database.transaction(write=False) as session:
-            after = 0
-            while True:
-                page = await repository.household_ids_after(session, after, 10_000)
-                if not page:
-                    break
-                group_ids.extend(group_id for _, group_id in page)
-                after = page[-1][0]
+            group_ids = await repository.household_ids(session)
             flagged = await repository.groups_with_active_flags(session)
         return group_ids + sorted(flagged - set(group_ids))
 
