@@ -25,6 +25,7 @@ from health.core.bus import create_bus
 from health.core.database import Database
 from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
+from health.poverty.listener import start_flag_listener
 from health.web.pages import router as pages_router
 from health.web.security_headers import SecurityHeaders
 from records.api.responses import fhir_response
@@ -72,11 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             authenticate=gate.authenticate,
             security=capability_security,
         )
+        flags = await start_flag_listener(database, app.state.records.indexer, bus, settings)
         try:
             yield
         finally:
             await audit.close()
             await app.state.consult_rooms.close()
+            if flags is not None:
+                await flags.stop()
             await bus.close()
             await database.dispose()
 

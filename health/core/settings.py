@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     #: per-participant credentials that expire after ``turn_credential_seconds``.
     turn_secret: str | None = None
     turn_credential_seconds: int = 12 * 60 * 60
+    #: The illness-poverty rule file (TOML); unset: the defaults shipped in health/poverty.
+    poverty_rules: Path | None = None
 
     @field_validator("database_url")
     @classmethod

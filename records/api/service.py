@@ -5,7 +5,7 @@ every other part of the application (pages, consult workflow) that reads or writ
 database transaction (a write transaction for anything but GET) under the caller's access
 policy; puts what it showed or wrote — or why it was refused — on the caller's audit trail
 before returning (a write's record in the write's own transaction); and after the commit
-announces each change on the bus channel :data:`CHANGES_CHANNEL`.
+announces each change on the change feed (:mod:`records.feed`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from health.core.bus import MessageBus
 from health.core.database import Database
 from health.core.ids import is_valid_resource_id
 from records.access import AccessEvent, Caller
+from records.feed import announce
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest, FhirResult, Interactions
 from records.outcome import FhirError
@@ -30,9 +31,6 @@ from records.store import ResourceStore
 from records.transactions import BundleProcessor
 
 logger = logging.getLogger(__name__)
-
-#: Bus channel announcing each committed change: {"type", "id", "versionId", "method"}.
-CHANGES_CHANNEL = "records.changes"
 
 
 @dataclass
@@ -122,7 +120,7 @@ class RecordsContext:
                 await caller.audit(event, session=session)
         if not is_write:
             await caller.audit(event)
-        await self._publish(store)
+        await announce(self.bus, store.changes)
         return result
 
     async def audit_refusal(self, caller: Caller, request: FhirRequest, error: FhirError) -> None:
@@ -143,23 +141,6 @@ class RecordsContext:
         await caller.audit(
             access_event(request, error.status, resources=named, owners=owners, problem=codes)
         )
-
-    async def _publish(self, store: ResourceStore) -> None:
-        for change in store.changes:
-            try:
-                await self.bus.publish(
-                    CHANGES_CHANNEL,
-                    {
-                        "type": change.res_type,
-                        "id": change.res_id,
-                        "versionId": change.version,
-                        "method": change.method,
-                    },
-                )
-            except Exception:  # committed; a listener that missed it can re-read history
-                logger.exception(
-                    "could not announce %s/%s on the bus", change.res_type, change.res_id
-                )
 
 
 def resources_of(result: FhirResult) -> list[dict[str, Any]]:
