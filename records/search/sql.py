@@ -14,16 +14,37 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.sql import FromClause
 
 from health.core.clock import utcnow
 from records import pinyin
 from records.access import FULL_ACCESS, RecordAccess
 from records.datetimes import date_range
-from records.indexing import OF_TYPE_SUFFIX, normalize_text
-from records.search.parse import Clause, Value, check_number, composite_value, split_token
-from records.tables import SEARCH_TABLES, resources, search_reference
+from records.indexing import (
+    IDENTIFIER_SUFFIX,
+    OF_TYPE_SUFFIX,
+    composite_reference_key,
+    normalize_text,
+)
+from records.search.parse import (
+    Clause,
+    Value,
+    check_number,
+    composite_parts,
+    split_token,
+    token_codes,
+)
+from records.tables import SEARCH_TABLES, resources, search_reference, search_token
 
 _ESCAPE = "\\"
 _UNESCAPED_BAR_SPLIT = re.compile(r"(?<!\\)\|").split
@@ -88,12 +109,21 @@ def condition(
     if clause.modifier == "of-type":
         of_type = replace(clause, param=clause.param + OF_TYPE_SUFFIX)
         return _has_row(table, r, of_type, or_(*(_of_type(table, v) for v in clause.values)))
+    if clause.modifier == "identifier":
+        # Reference.identifier (a logical reference) is indexed as a token of its own.
+        token = search_token.alias()
+        identifier = replace(clause, param=clause.param + IDENTIFIER_SUFFIX, modifier=None)
+        values = or_(*(_token(token, v, identifier, base_url) for v in clause.values))
+        return _has_row(token, r, identifier, values)
     if clause.modifier == "missing":
         present = _has_row(table, r, clause, true())
+        if clause.type == "reference":  # a logical reference (identifier only) is there too
+            logical = replace(clause, param=clause.param + IDENTIFIER_SUFFIX)
+            present = or_(present, _has_row(search_token.alias(), r, logical, true()))
         return not_(present) if clause.values[0].text == "true" else present
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
-    if clause.modifier == "not":
+    if clause.modifier in ("not", "not-in"):
         return not_(_has_row(table, r, clause, alternatives))
     return _has_row(table, r, clause, alternatives)
 
@@ -156,6 +186,8 @@ def _token(table: FromClause, value: Value, clause: Clause, base_url: str) -> Co
     text = value.text
     if clause.modifier == "text":
         return table.c.text.like(_like_escape(normalize_text(text)) + "%", escape=_ESCAPE)
+    if clause.modifier in ("in", "not-in", "below", "above"):
+        return _token_in(table, token_codes(clause.modifier, text))
     system, code = split_token(text)
     if system is None:
         return table.c.code == code
@@ -167,6 +199,21 @@ def _token(table: FromClause, value: Value, clause: Clause, base_url: str) -> Co
     else:
         conditions.append(table.c.system.is_(None))
     return and_(*conditions)
+
+
+def _token_in(table: FromClause, codes: dict[str, frozenset[str]]) -> ColumnElement[bool]:
+    """A token row with one of ``codes``. A row without a system is a bare ``code`` element
+    (Observation.status), whose system is the one its element is bound to: it is taken to be
+    of whichever system lists the code."""
+    return or_(
+        *(
+            and_(
+                table.c.code.in_(sorted(system_codes)),
+                or_(table.c.system == system, table.c.system.is_(None)),
+            )
+            for system, system_codes in sorted(codes.items())
+        )
+    )
 
 
 def _of_type(table: FromClause, value: Value) -> ColumnElement[bool]:
@@ -285,18 +332,21 @@ def _uri(table: FromClause, value: Value, clause: Clause, base_url: str) -> Colu
 def _composite(
     table: FromClause, value: Value, clause: Clause, base_url: str
 ) -> ColumnElement[bool]:
-    first, _, rest = value.text.partition("$")
-    system, code = split_token(first)
-    conditions = [table.c.code == code]
-    if system is not None:
-        conditions.append(table.c.system == system if system else table.c.system.is_(None))
-    second = composite_value(rest, clause.value_type or "")
-    if clause.value_type == "token":
+    first, second, *third = composite_parts(value.text, clause.component_types)
+    if clause.component_types[0] == "reference":
+        conditions = [table.c.code.in_(_reference_keys(first.text, clause, base_url))]
+    else:
+        system, code = split_token(first.text)
+        conditions = [table.c.code == code]
+        if system is not None:
+            conditions.append(table.c.system == system if system else table.c.system.is_(None))
+    kind = clause.component_types[1]
+    if kind == "token":
         value_system, value_code = split_token(second.text)
         conditions.append(table.c.value_code == value_code)
         if value_system:
             conditions.append(table.c.value_system == value_system)
-    elif clause.value_type == "quantity":
+    elif kind == "quantity":
         number, _, units = second.text.partition("|")
         conditions.append(_number_value(table.c.value_number, number, second.prefix))
         unit_system, _, unit = units.partition("|")
@@ -304,12 +354,26 @@ def _composite(
             conditions.append(table.c.value_system == unit_system)
         if unit:
             conditions.append(or_(table.c.value_code == unit, table.c.value_text == unit))
-    elif clause.value_type == "date":
+    elif kind == "number":
+        conditions.append(_number_value(table.c.value_number, second.text, second.prefix))
+    elif kind == "date":
         conditions.append(_date_value(second, table.c.value_start, table.c.value_end))
     else:
         needle = _like_escape(normalize_text(second.text))
         conditions.append(table.c.value_text.like(needle + "%", escape=_ESCAPE))
+    for part in third:
+        conditions.append(_number_value(table.c.third_number, part.text, part.prefix))
     return and_(*conditions)
+
+
+def _reference_keys(text: str, clause: Clause, base_url: str) -> list[str]:
+    """How a reference value is kept in a composite row (see composite_reference_key)."""
+    text = text.split("/_history/")[0]
+    if base_url and text.startswith(base_url + "/"):
+        text = text[len(base_url) + 1 :]
+    if text.startswith(("http://", "https://", "urn:")) or "/" in text:
+        return [text]
+    return [composite_reference_key(t, text, None) for t in clause.targets]
 
 
 _BUILDERS = {
