@@ -15,7 +15,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    Boolean,
     ColumnElement,
+    Text,
     and_,
     func,
     literal,
@@ -24,7 +27,10 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from health.core.clock import utcnow
 from records import pinyin
@@ -228,13 +234,59 @@ def _string(table: FromClause, value: Value, clause: Clause, base_url: str) -> C
     if clause.param == "phonetic":
         key = pinyin.query_key(value.text)
         return table.c.value_normalized.like(_like_escape(key) + "%", escape=_ESCAPE)
+    normalized = normalize_text(value.text)
     if clause.modifier == "exact":
-        return table.c.value_exact == value.text
-    needle = _like_escape(normalize_text(value.text))
+        # The normalised column is indexed; the exact text is what decides.
+        return and_(table.c.value_normalized == normalized[:255], table.c.value_exact == value.text)
+    needle = _like_escape(normalized)
     # Chinese names have no word boundaries: 小明 should find 马小明, so Han text matches anywhere.
     if clause.modifier == "contains" or pinyin.has_han(value.text):
-        return table.c.value_normalized.like(f"%{needle}%", escape=_ESCAPE)
+        anywhere = table.c.value_normalized.like(f"%{needle}%", escape=_ESCAPE)
+        grams = han_grams(normalized) if clause.param in HAN_GRAM_PARAMS else []
+        if not grams:
+            return anywhere
+        return and_(HanGramsCover(table.c.value_normalized, literal(grams, ARRAY(Text))), anywhere)
     return table.c.value_normalized.like(f"{needle}%", escape=_ESCAPE)
+
+
+#: The string parameters whose rows PostgreSQL indexes by their Han grams (migration 0006):
+#: the names of people and places, which are searched by one or two characters.
+HAN_GRAM_PARAMS = frozenset({"name", "family", "given"})
+
+
+def han_grams(text: str) -> list[str]:
+    """The Han grams a text containing ``text`` must have: its pairs of adjacent Han
+    characters, and each Han character that is in no such pair.
+
+    PostgreSQL's ``search_han_grams`` (migration 0006) gives every Han character and pair of
+    a stored name, so a search for 小明 reads one index entry instead of every name.
+    """
+    han = [pinyin.has_han(c) for c in text]
+    pairs = [text[i : i + 2] for i in range(len(text) - 1) if han[i] and han[i + 1]]
+    paired = {i for i in range(len(text) - 1) if han[i] and han[i + 1]}
+    paired |= {i + 1 for i in paired}
+    singles = [c for i, c in enumerate(text) if han[i] and i not in paired]
+    return sorted(set(pairs) | set(singles))
+
+
+class HanGramsCover(FunctionElement[bool]):
+    """``search_han_grams(column) @> grams``: on PostgreSQL an index lookup that narrows a
+    Han substring search before its LIKE; elsewhere nothing (true), the LIKE alone decides."""
+
+    name = "han_grams_cover"
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(HanGramsCover, "postgresql")
+def _han_grams_cover_postgresql(element: HanGramsCover, compiler: SQLCompiler, **kw: Any) -> str:
+    column, grams = element.clauses
+    return f"search_han_grams({compiler.process(column, **kw)}) @> {compiler.process(grams, **kw)}"
+
+
+@compiles(HanGramsCover)
+def _han_grams_cover_elsewhere(element: HanGramsCover, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1 = 1"
 
 
 def _date_value(value: Value, start: Any, end: Any) -> ColumnElement[bool]:

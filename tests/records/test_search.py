@@ -122,6 +122,55 @@ class TestString:
         assert world.ids("Patient", phonetic="shantianfang") == {shan}
         assert world.ids("Patient", phonetic="dantianfang") == set()
 
+    def test_short_chinese_names_are_found_by_any_part(self, world: World) -> None:
+        """One- and two-character queries, which trigrams cannot serve (PostgreSQL answers
+        them from the Han gram index), find the same patients as longer ones."""
+        ma = world.patient("马", "建国")
+        jian = world.patient("建", "华")  # 建 as a surname, not inside a given name
+        suo = world.patient("锁", "建国")
+        assert world.ids("Patient", name="建") == {ma, jian, suo}
+        assert world.ids("Patient", name="建国") == {ma, suo}
+        assert world.ids("Patient", name="马建国") == {ma}
+        assert world.ids("Patient", name="国马") == set()  # both characters, not adjacent
+        assert world.ids("Patient", family="锁") == {suo}
+        assert world.ids("Patient", given="华") == {jian}
+        assert world.ids("Patient", **{"name:contains": "建国"}) == {ma, suo}
+        assert world.ids("Patient", **{"family:exact": "锁"}) == {suo}
+        assert world.ids("Patient", **{"name:exact": "建国"}) == {ma, suo}  # the given name
+
+    def test_rare_characters_and_mixed_text(self, world: World) -> None:
+        # 𠀾 is in CJK Extension B, outside the Basic Multilingual Plane.
+        rare = world.patient("𠀾", "𠁀明")
+        mixed = world.create(
+            {"resourceType": "Patient", "name": [{"text": "王li明", "family": "王"}]}
+        )
+        assert world.ids("Patient", name="𠀾") == {rare}
+        assert world.ids("Patient", name="𠁀明") == {rare}
+        assert world.ids("Patient", name="𠀾𠁀") == {rare}
+        assert world.ids("Patient", name="明") == {rare, mixed}
+        assert world.ids("Patient", name="王li") == {mixed}
+        assert world.ids("Patient", name="li明") == {mixed}
+
+    def test_chinese_addresses_and_clinic_names(self, world: World) -> None:
+        home = world.patient(
+            "马",
+            "兰",
+            address=[
+                {
+                    "text": "宁夏回族自治区银川市永宁县闽宁镇原隆村3组12号",
+                    "city": "银川市",
+                    "district": "永宁县",
+                }
+            ],
+        )
+        clinic = world.create({"resourceType": "Organization", "name": "闽宁镇原隆村卫生室"})
+        assert world.ids("Patient", address="原隆村") == {home}
+        assert world.ids("Patient", address="原隆") == {home}
+        assert world.ids("Patient", **{"address-city": "银川"}) == {home}
+        assert world.ids("Patient", address="红寺堡") == set()
+        assert world.ids("Organization", name="卫生室") == {clinic}
+        assert world.ids("Organization", name="原隆") == {clinic}
+
 
 class TestToken:
     def test_system_and_code_forms(self, world: World) -> None:
