@@ -2,8 +2,9 @@
 
 One SELECT over ``resources`` joined to each row's current version, filtered by the clauses
 (see :mod:`records.search.sql`), ordered by the ``_sort`` keys and then by ``rid`` so every
-order is total, paged from a keyset cursor (:mod:`records.search.cursor`); a COUNT with the
-same filter gives the total.
+order is total, paged from a keyset cursor (:mod:`records.search.cursor`). The total comes
+from the page when the first page holds every match, else from a count with the same filter
+(bounded unless the client asks for ``_total=accurate``).
 Includes follow the reference index from the page (``_include``) or to it (``_revinclude``).
 """
 
@@ -167,31 +168,20 @@ class SearchEngine:
     ) -> SearchResult:
         options = query.options
         filters = self._filters(query, compartment)
-        total = await self._total(options, filters)
         if options.count == 0 or options.summary == "count":
-            return SearchResult([], total, False)
-        keys = [
-            (sort_value(param, self._sort_type(query, param), descending, resources), descending)
-            for param, descending in options.sort
-        ]
+            return SearchResult([], await self._count(filters), False)
+        keys = self._sort_keys(query)
         cursor = options.cursor
         forward = cursor is None or cursor.forward
-        statement = (
-            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
-            .select_from(_current_join())
-            .where(*filters)
-            .order_by(*_ordering(keys, forward), _ordering_rid(forward))
-            .limit(options.count + 1)
-        )
-        if cursor is not None:
-            statement = statement.where(cursor.condition(keys, resources.c.rid))
-        elif options.offset:
-            statement = statement.offset(options.offset)
-        rows = list((await self.session.execute(statement)).all())
+        rows = list((await self.session.execute(self._page(query, filters, keys))).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
         if not forward:
             rows.reverse()
+        first_page = cursor is None and options.offset == 0
+        total = await self._total(
+            options, filters, len(rows) if first_page and not has_more else None
+        )
         result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
         if rows:
             # Reading forward there is more before this page if the client came from one;
@@ -208,28 +198,62 @@ class SearchEngine:
             )
         return result
 
+    def page_statement(self, query: SearchQuery, *, compartment: Compartment | None = None) -> Any:
+        """The SELECT of a page of ``query``'s matches (and one more), as :meth:`run` sends it."""
+        return self._page(query, self._filters(query, compartment), self._sort_keys(query))
+
+    def _sort_keys(self, query: SearchQuery) -> list[tuple[Any, bool]]:
+        return [
+            (sort_value(param, self._sort_type(query, param), descending, resources), descending)
+            for param, descending in query.options.sort
+        ]
+
+    def _page(
+        self, query: SearchQuery, filters: list[ColumnElement[bool]], keys: list[tuple[Any, bool]]
+    ) -> Any:
+        options = query.options
+        cursor = options.cursor
+        forward = cursor is None or cursor.forward
+        statement = (
+            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
+            .select_from(_current_join())
+            .where(*filters)
+            .order_by(*_ordering(keys, forward), _ordering_rid(forward))
+            .limit(options.count + 1)
+        )
+        if cursor is not None:
+            statement = statement.where(cursor.condition(keys, resources.c.rid))
+        elif options.offset:
+            statement = statement.offset(options.offset)
+        return statement
+
     async def _total(
-        self, options: ResultOptions, filters: list[ColumnElement[bool]]
+        self, options: ResultOptions, filters: list[ColumnElement[bool]], all_on_page: int | None
     ) -> int | None:
         """The number of matches: exact when asked, else exact up to ``ESTIMATE_LIMIT``.
 
-        Counting ten thousand matches costs more than finding the first page of them, so
-        unless the client asks for ``_total=accurate`` (or for the count alone) the count
-        stops at the limit and a larger result has no total; its ``next`` link says more.
+        A first page that holds every match is its own count. Beyond that, counting ten
+        thousand matches costs more than finding the first page of them, so unless the client
+        asks for ``_total=accurate`` the count stops at the limit and a larger result has no
+        total; its ``next`` link says there is more.
         """
-        if options.count == 0 or options.summary == "count" or options.total == "accurate":
-            return (
-                await self.session.execute(
-                    select(func.count()).select_from(resources).where(*filters)
-                )
-            ).scalar_one()
+        if options.total == "accurate":
+            return await self._count(filters)
         if options.total == "none":
             return None
-        bounded = select(resources.c.rid).where(*filters).limit(ESTIMATE_LIMIT + 1).subquery()
-        counted = (
-            await self.session.execute(select(func.count()).select_from(bounded))
-        ).scalar_one()
+        if all_on_page is not None:
+            return all_on_page
+        counted = await self._count_up_to(filters, ESTIMATE_LIMIT + 1)
         return counted if counted <= ESTIMATE_LIMIT else None
+
+    async def _count(self, filters: list[ColumnElement[bool]]) -> int:
+        statement = select(func.count()).select_from(resources).where(*filters)
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def _count_up_to(self, filters: list[ColumnElement[bool]], limit: int) -> int:
+        bounded = select(resources.c.rid).where(*filters).limit(limit).subquery()
+        counted = select(func.count()).select_from(bounded)
+        return int((await self.session.execute(counted)).scalar_one())
 
     def _sort_type(self, query: SearchQuery, param: str) -> str:
         if param == "_id":
