@@ -848,3 +848,37 @@ class TestResultParameters:
             "", params={"_type": "Patient,Observation", "_tag": world.tag}
         ).json()
         assert {e["resource"]["id"] for e in bundle["entry"]} == {p, obs}
+
+
+class TestCapabilityStatement:
+    def test_lists_every_composite_and_the_modifiers(self, fhir: httpx.Client) -> None:
+        statement = fhir.get("/metadata").json()
+        resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+
+        def params(res_type: str) -> dict[str, dict[str, Any]]:
+            return {p["name"]: p for p in resources[res_type]["searchParam"]}
+
+        assert params("MolecularSequence")["chromosome-variant-coordinate"]["type"] == "composite"
+        assert params("DocumentReference")["relationship"]["definition"] == (
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relationship"
+        )
+        assert "code-value-date" in params("Observation")
+        documentation = statement["rest"][0]["documentation"]
+        for supported in (":in", ":not-in", ":below", ":above", ":identifier"):
+            assert supported in documentation
+        for unsupported in ("_text", "_content", "_filter", "_contained"):
+            assert unsupported in documentation
+
+    @pytest.mark.parametrize("param", ["_text", "_content", "_filter", "_contained"])
+    def test_unsupported_parameters_are_reported_or_refused(
+        self, fhir: httpx.Client, param: str
+    ) -> None:
+        lenient = fhir.get("/Patient", params={param: "马", "_count": "1"})
+        assert lenient.status_code == 200
+        outcome = [
+            e["resource"] for e in lenient.json()["entry"] if e["search"]["mode"] == "outcome"
+        ]
+        assert any(param in issue["diagnostics"] for o in outcome for issue in o["issue"])
+        strict = fhir.get("/Patient", params={param: "马"}, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400
+        assert param in strict.json()["issue"][0]["diagnostics"]
