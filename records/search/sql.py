@@ -127,6 +127,8 @@ def condition(
             logical = replace(clause, param=clause.param + IDENTIFIER_SUFFIX)
             present = or_(present, _has_row(search_token.alias(), r, logical, true()))
         return not_(present) if clause.values[0].text == "true" else present
+    if _by_han_grams(clause):
+        return _han_name_rows(table, r, clause)
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
     if clause.modifier in ("not", "not-in"):
@@ -241,17 +243,65 @@ def _string(table: FromClause, value: Value, clause: Clause, base_url: str) -> C
     needle = _like_escape(normalized)
     # Chinese names have no word boundaries: 小明 should find 马小明, so Han text matches anywhere.
     if clause.modifier == "contains" or pinyin.has_han(value.text):
-        anywhere = table.c.value_normalized.like(f"%{needle}%", escape=_ESCAPE)
-        grams = han_grams(normalized) if clause.param in HAN_GRAM_PARAMS else []
-        if not grams:
-            return anywhere
-        return and_(HanGramsCover(table.c.value_normalized, literal(grams, ARRAY(Text))), anywhere)
+        return table.c.value_normalized.like(f"%{needle}%", escape=_ESCAPE)
     return table.c.value_normalized.like(f"{needle}%", escape=_ESCAPE)
 
+
+# -- Chinese names on PostgreSQL ------------------------------------------------------------
 
 #: The string parameters whose rows PostgreSQL indexes by their Han grams (migration 0006):
 #: the names of people and places, which are searched by one or two characters.
 HAN_GRAM_PARAMS = frozenset({"name", "family", "given"})
+
+
+def _by_han_grams(clause: Clause) -> bool:
+    """A name search whose every value is Han text that matches anywhere in the name."""
+    return (
+        clause.type == "string"
+        and clause.param in HAN_GRAM_PARAMS
+        and clause.modifier in (None, "contains")
+        and all(han_grams(normalize_text(v.text)) for v in clause.values)
+    )
+
+
+def _han_name_rows(table: FromClause, r: FromClause, clause: Clause) -> ColumnElement[bool]:
+    """EXISTS a name row of ``r`` containing one of the clause's Han values.
+
+    On PostgreSQL each value becomes a lookup of its grams, qualified by type and parameter
+    (``Patient|family|马``), in the index of ``search_han_grams(res_type, param, text)``.
+    When the grams decide alone (one character, or two side by side) nothing else is asked
+    of the row that would make PostgreSQL multiply selectivities: it estimates from the
+    index's own statistics how many names hold 马 (a third of them) or 锁 (a few), and walks
+    the patients or looks the few up accordingly. Elsewhere, and for longer text, the LIKE
+    decides.
+    """
+    alternatives = []
+    for value in clause.values:
+        normalized = normalize_text(value.text)
+        prefix = f"{clause.res_type}|{clause.param}|"
+        grams = [prefix + gram for gram in han_grams(normalized)]
+        by_like = and_(
+            table.c.res_type == clause.res_type,
+            table.c.param == clause.param,
+            table.c.value_normalized.like(f"%{_like_escape(normalized)}%", escape=_ESCAPE),
+        )
+        decisive = len(normalized) <= 2 and all(pinyin.has_han(c) for c in normalized)
+        match = HanNameMatch if decisive else HanNameMatchChecked
+        alternatives.append(
+            match(
+                table.c.res_type,
+                table.c.param,
+                table.c.value_normalized,
+                literal(grams, ARRAY(Text)),
+                by_like,
+            )
+        )
+    return (
+        select(literal(1))
+        .select_from(table)
+        .where(table.c.rid == r.c.rid, or_(*alternatives))
+        .exists()
+    )
 
 
 def han_grams(text: str) -> list[str]:
@@ -269,24 +319,43 @@ def han_grams(text: str) -> list[str]:
     return sorted(set(pairs) | set(singles))
 
 
-class HanGramsCover(FunctionElement[bool]):
-    """``search_han_grams(column) @> grams``: on PostgreSQL an index lookup that narrows a
-    Han substring search before its LIKE; elsewhere nothing (true), the LIKE alone decides."""
+class HanNameMatch(FunctionElement[bool]):
+    """A name row holding Han text: by its grams alone on PostgreSQL, by its type,
+    parameter and a LIKE elsewhere. Arguments: the res_type, param and value columns, the
+    qualified grams, and the LIKE condition."""
 
-    name = "han_grams_cover"
+    name = "han_name_match"
     type = Boolean()
     inherit_cache = True
 
 
-@compiles(HanGramsCover, "postgresql")
-def _han_grams_cover_postgresql(element: HanGramsCover, compiler: SQLCompiler, **kw: Any) -> str:
-    column, grams = element.clauses
-    return f"search_han_grams({compiler.process(column, **kw)}) @> {compiler.process(grams, **kw)}"
+class HanNameMatchChecked(HanNameMatch):
+    """As :class:`HanNameMatch`, and the LIKE too on PostgreSQL: the grams of text longer
+    than two characters narrow the rows without deciding."""
+
+    name = "han_name_match_checked"
+    inherit_cache = True
 
 
-@compiles(HanGramsCover)
-def _han_grams_cover_elsewhere(element: HanGramsCover, compiler: SQLCompiler, **kw: Any) -> str:
-    return "1 = 1"
+@compiles(HanNameMatch, "postgresql")
+def _han_name_match_postgresql(element: HanNameMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    res_type, param, value, grams, by_like = element.clauses
+    lookup = (
+        f"search_han_grams({compiler.process(res_type, **kw)}, {compiler.process(param, **kw)}, "
+        f"{compiler.process(value, **kw)}) @> {compiler.process(grams, **kw)}"
+    )
+    # A cheap test first, so that a walk through a patient's string rows (PostgreSQL's plan for
+    # 马, a third of all names) calls the gram function on name rows only.
+    names = ", ".join(f"'{p}'" for p in sorted(HAN_GRAM_PARAMS))
+    guard = f"{compiler.process(param, **kw)} IN ({names})"
+    if isinstance(element, HanNameMatchChecked):
+        return f"({guard} AND {lookup} AND {compiler.process(by_like, **kw)})"
+    return f"({guard} AND {lookup})"
+
+
+@compiles(HanNameMatch)
+def _han_name_match_elsewhere(element: HanNameMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(list(element.clauses)[4], **kw)})"
 
 
 def _date_value(value: Value, start: Any, end: Any) -> ColumnElement[bool]:
