@@ -360,8 +360,13 @@ class ResourceStore:
             stored.append(StoredVersion(item.res_type, item.res_id, 1, now, method, content))
             self.changes.append(Change(item.res_type, item.res_id, 1, method))
         await self.session.execute(insert(resource_versions), version_rows)
+        # Indexed with the id the server gave it: a Patient is in its own compartment, which
+        # the access policy asks of every patient's record.
         await self._write_index_rows(
-            [(rid, item.res_type, item.data) for rid, item in zip(rids, items, strict=True)]
+            [
+                (rid, item.res_type, {**item.data, "id": item.res_id})
+                for rid, item in zip(rids, items, strict=True)
+            ]
         )
         return stored
 
@@ -580,7 +585,7 @@ class ResourceStore:
                 content=content,
             )
         )
-        await self._write_index_rows([(rid, res_type, data)])
+        await self._write_index_rows([(rid, res_type, {**data, "id": res_id})])
         self.changes.append(Change(res_type, res_id, 1, method))
         return StoredVersion(res_type, res_id, 1, now, method, content)
 

@@ -18,7 +18,9 @@ trusted extension: the database owner may create it. SQLite has no such index; i
 do not change.
 
 On both databases, ``search_composite`` gains ``third_number`` for the composites of three
-components (MolecularSequence coordinates). Rows of the newly indexed composites and of
+components (MolecularSequence coordinates), and every stored Patient is put in its own
+compartment where a create with a server-assigned id had left it out (the access policy asks
+that row of every patient). Rows of the newly indexed composites and of
 references' own identifiers (``subject:identifier=``) appear as resources are written; run
 ``health reindex`` to add them for resources stored before.
 
@@ -85,6 +87,13 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("third_number", sa.Numeric(precision=38, scale=10), nullable=True)
         )
+    op.execute(
+        "INSERT INTO search_compartment (rid, res_type, param, owner_id) "
+        "SELECT r.rid, r.res_type, 'Patient', r.res_id FROM resources r "
+        "WHERE r.res_type = 'Patient' AND r.deleted = false AND NOT EXISTS ("
+        "SELECT 1 FROM search_compartment c WHERE c.rid = r.rid AND c.param = 'Patient' "
+        "AND c.owner_id = r.res_id)"
+    )
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
