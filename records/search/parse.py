@@ -52,6 +52,8 @@ _RESULT = frozenset(
         "_type",
     }
 )
+#: Common parameters answered from the resources table: of the modifiers only _id:not.
+_IN_RESOURCES_TABLE = frozenset({"_id", "_lastUpdated"})
 _PREFIXED = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[\d+\-])")
 
 
@@ -268,7 +270,10 @@ class SearchParser:
                 chain_alternatives=tuple(chained[1:]),
                 targets=tuple(c.res_type for c in chained),
             )
-        if modifier:
+        if modifier and code in _IN_RESOURCES_TABLE:
+            if (code, modifier) != ("_id", "not"):
+                raise ValueError(f"modifier :{modifier} is not supported on {code}")
+        elif modifier:
             allowed = _MODIFIERS.get(param_type, set())
             if param_type == "reference" and modifier[:1].isupper():
                 targets = (modifier,)

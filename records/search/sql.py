@@ -108,7 +108,8 @@ def condition(
     if clause.chain is not None:
         return _chain(clause, r, base_url, access)
     if clause.param == "_id":
-        return r.c.res_id.in_([v.text for v in clause.values])
+        ids = r.c.res_id.in_([v.text for v in clause.values])
+        return not_(ids) if clause.modifier == "not" else ids
     if clause.param == "_lastUpdated":
         return or_(*(_date_value(v, r.c.last_updated, r.c.last_updated) for v in clause.values))
     table = SEARCH_TABLES[clause.type].alias()

@@ -236,6 +236,15 @@ class TestToken:
         bad = world.fhir.get("/Patient", params={"identifier:of-type": "MR-001"})
         assert bad.status_code == 400
 
+    def test_id_not_and_modifiers_it_does_not_take(self, world: World) -> None:
+        p = world.patient("杨", "秀英")
+        q = world.patient("李", "军")
+        assert world.ids("Patient", **{"_id:not": p}) == {q}
+        for param in ("_id:below", "_id:text", "_lastUpdated:missing"):
+            response = world.fhir.get("/Patient", params={param: p})
+            assert response.status_code == 400, param
+            assert param.split(":")[1] in response.json()["issue"][0]["diagnostics"]
+
     def test_comma_is_or_and_repetition_is_and(self, world: World) -> None:
         p = world.patient("杨", "秀英", gender="female")
         q = world.patient("李", "军", gender="male")
