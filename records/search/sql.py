@@ -270,11 +270,11 @@ def _han_name_rows(table: FromClause, r: FromClause, clause: Clause) -> ColumnEl
 
     On PostgreSQL each value becomes a lookup of its grams, qualified by type and parameter
     (``Patient|family|马``), in the index of ``search_han_grams(res_type, param, text)``.
-    When the grams decide alone (one character, or two side by side) nothing else is asked
-    of the row that would make PostgreSQL multiply selectivities: it estimates from the
-    index's own statistics how many names hold 马 (a third of them) or 锁 (a few), and walks
-    the patients or looks the few up accordingly. Elsewhere, and for longer text, the LIKE
-    decides.
+    When the grams decide alone (one character, or two side by side) the row is asked
+    nothing else but a cheap test that it is a name row, so PostgreSQL multiplies in no
+    other selectivity: it estimates from the index's own statistics how many names hold 马
+    (a third of them) or 锁 (a few), and walks the patients or looks the few up accordingly.
+    Elsewhere, and for longer text, the LIKE decides.
     """
     alternatives = []
     for value in clause.values:
