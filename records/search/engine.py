@@ -33,10 +33,15 @@ from records.tables import resource_versions, resources, search_reference
 MAX_INCLUDE_DEPTH = 4
 #: Up to how many matches a search counts when the client did not ask for ``_total=accurate``.
 ESTIMATE_LIMIT = 1000
-#: The most a bounded count may cost, in PostgreSQL's planner units, before the search gives
-#: no total instead: about what a count of a thousand matches through their indexes costs,
-#: and a twentieth of what counting body heights over 170 cm at a million resources does.
-COUNT_COST_LIMIT = 10_000
+#: The price, in PostgreSQL's planner units, above which counting a search's matches (up to
+#: ``ESTIMATE_LIMIT``) is too costly: the search gives no total beyond its page, and looks for
+#: a page in rid order in the next resources of the type first (SearchEngine._walk). A
+#: patient's 659 readings are priced ~3,600; body heights over 170 cm ~6,300 at 91,000
+#: resources and ~19,000 at 365,000, where the full plan took 30 and 50 ms.
+COSTLY_COUNT = 5_000.0
+#: How many resources a walk reads for each row of the page it looks for, and at most.
+WALK_ROWS_PER_MATCH = 100
+MAX_WALK_ROWS = 20_000
 
 
 class _Explain(Executable, ClauseElement):
@@ -141,11 +146,13 @@ class SearchEngine:
         *,
         base_url: str,
         access: RecordAccess = FULL_ACCESS,
+        costly_count: float = COSTLY_COUNT,
     ) -> None:
         self.session = session
         self.indexer = indexer
         self.base_url = base_url
         self.access = access
+        self.costly_count = costly_count
 
     def _seen(self, r: Any, interaction: str) -> list[ColumnElement[bool]]:
         """What the caller may see of ``r``: its types for ``interaction`` and the policy's rows."""
@@ -159,27 +166,29 @@ class SearchEngine:
         return conditions
 
     def _filters(
-        self, query: SearchQuery, compartment: Compartment | None
+        self,
+        query: SearchQuery,
+        compartment: Compartment | None,
+        r: Any = resources,
+        *,
+        probe: bool = False,
     ) -> list[ColumnElement[bool]]:
-        filters: list[ColumnElement[bool]] = [
-            resources.c.deleted.is_(False),
-            *self._seen(resources, "s"),
-        ]
+        """The WHERE of a search over ``r``: ``resources``, or (``probe``) each row of a
+        slice of it in rid order."""
+        filters: list[ColumnElement[bool]] = [r.c.deleted.is_(False), *self._seen(r, "s")]
         types = [query.res_type] if query.res_type else query.options.types
         if types:
-            filters.append(resources.c.res_type.in_(types))
+            filters.append(r.c.res_type.in_(types))
         if compartment is not None:
-            filters.append(compartment.condition(resources, types))
+            filters.append(compartment.condition(r, types))
         by_type: dict[str, list[ColumnElement[bool]]] = {}
         for clause in query.clauses:
             by_type.setdefault(clause.res_type, []).append(
-                condition(clause, resources, self.base_url, self.access)
+                condition(clause, r, self.base_url, self.access, probe=probe)
             )
         if query.res_type is None and by_type:
             # A system search: each type's clauses apply to that type's resources.
-            filters.append(
-                or_(*(and_(resources.c.res_type == t, *conds) for t, conds in by_type.items()))
-            )
+            filters.append(or_(*(and_(r.c.res_type == t, *conds) for t, conds in by_type.items())))
         else:
             for conds in by_type.values():
                 filters.extend(conds)
@@ -195,14 +204,21 @@ class SearchEngine:
         keys = self._sort_keys(query)
         cursor = options.cursor
         forward = cursor is None or cursor.forward
-        rows = list((await self.session.execute(self._page(query, filters, keys))).all())
+        count_cost: float | None = None
+        rows: list[Any] | None = None
+        if self._walkable(query):
+            count_cost = await self._count_cost(filters)
+            if count_cost is not None and count_cost > self.costly_count:
+                rows = await self._walk(query, compartment)
+        if rows is None:
+            rows = list((await self.session.execute(self._page(query, filters, keys))).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
         if not forward:
             rows.reverse()
         first_page = cursor is None and options.offset == 0
         total = await self._total(
-            options, filters, len(rows) if first_page and not has_more else None
+            options, filters, len(rows) if first_page and not has_more else None, count_cost
         )
         result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
         if rows:
@@ -219,6 +235,67 @@ class SearchEngine:
                 options.includes, [(r.rid, r.res_type, r.res_id) for r in rows]
             )
         return result
+
+    def _walkable(self, query: SearchQuery) -> bool:
+        """A page in rid order, read forward, of one type: one :meth:`_walk` can answer."""
+        options = query.options
+        return (
+            self.session.get_bind().dialect.name == "postgresql"
+            and query.res_type is not None
+            and bool(query.clauses)
+            and not options.sort
+            and options.offset == 0
+            and (options.cursor is None or options.cursor.forward)
+        )
+
+    async def _walk(self, query: SearchQuery, compartment: Compartment | None) -> list[Any] | None:
+        """The page read from the next resources of the type in rid order, at most
+        ``WALK_ROWS_PER_MATCH`` per row of the page; None if they hold less than a page.
+
+        PostgreSQL underestimates how many resources match several conditions on different
+        index tables (most quantities over 170 are body heights; it assumes a fortieth are),
+        and for a page it believes nearly all of them makes it builds the whole match set and
+        sorts it: 30 ms at 1,000 matches, growing with the store. The first page of the
+        resources in rid order is the first page of the matches among them, so when the
+        full plan looks costly this slice is tried first; it costs as much as its length.
+        """
+        options = query.options
+        length = min(WALK_ROWS_PER_MATCH * (options.count + 1), MAX_WALK_ROWS)
+        scan = select(resources).where(
+            resources.c.res_type == query.res_type, resources.c.deleted.is_(False)
+        )
+        if options.cursor is not None:
+            scan = scan.where(resources.c.rid > options.cursor.rid)
+        walked = scan.order_by(resources.c.rid).limit(length).subquery("walked")
+        # Each condition a test of the walked row, in rid order, that stops at the page's end.
+        tests = self._filters(query, compartment, walked, probe=True)
+        page = (
+            select(walked.c.rid, walked.c.res_type, walked.c.res_id, walked.c.version)
+            .where(*tests)
+            .order_by(walked.c.rid)
+            .limit(options.count + 1)
+            .subquery("page")
+        )
+        current = resource_versions
+        statement = (
+            select(
+                page.c.rid,
+                page.c.res_type,
+                page.c.res_id,
+                current.c.version,
+                current.c.last_updated,
+                current.c.method,
+                current.c.content,
+            )
+            .select_from(
+                page.join(
+                    current, and_(current.c.rid == page.c.rid, current.c.version == page.c.version)
+                )
+            )
+            .order_by(page.c.rid)
+        )
+        rows = list((await self.session.execute(statement)).all())
+        return rows if len(rows) > options.count else None
 
     def page_statement(self, query: SearchQuery, *, compartment: Compartment | None = None) -> Any:
         """The SELECT of a page of ``query``'s matches (and one more), as :meth:`run` sends it."""
@@ -250,7 +327,11 @@ class SearchEngine:
         return statement
 
     async def _total(
-        self, options: ResultOptions, filters: list[ColumnElement[bool]], all_on_page: int | None
+        self,
+        options: ResultOptions,
+        filters: list[ColumnElement[bool]],
+        all_on_page: int | None,
+        count_cost: float | None,
     ) -> int | None:
         """The number of matches: exact when asked, else exact up to ``ESTIMATE_LIMIT``.
 
@@ -258,7 +339,7 @@ class SearchEngine:
         thousand matches costs more than finding the first page of them, so unless the client
         asks for ``_total=accurate`` the count stops at the limit and a larger result has no
         total; its ``next`` link says there is more. On PostgreSQL a count that would cost
-        more than :data:`COUNT_COST_LIMIT` is not made either (see :meth:`_count_up_to`).
+        more than ``costly_count`` is not made either (see :meth:`_count_cost`).
         """
         if options.total == "accurate":
             return await self._count(filters)
@@ -266,32 +347,41 @@ class SearchEngine:
             return None
         if all_on_page is not None:
             return all_on_page
+        if count_cost is None:
+            count_cost = await self._count_cost(filters)
+        if count_cost is not None and count_cost > self.costly_count:
+            return None
         counted = await self._count_up_to(filters, ESTIMATE_LIMIT + 1)
-        return counted if counted is not None and counted <= ESTIMATE_LIMIT else None
+        return counted if counted <= ESTIMATE_LIMIT else None
 
     async def _count(self, filters: list[ColumnElement[bool]]) -> int:
         statement = select(func.count()).select_from(resources).where(*filters)
         return int((await self.session.execute(statement)).scalar_one())
 
-    async def _count_up_to(self, filters: list[ColumnElement[bool]], limit: int) -> int | None:
-        """How many rows match, counting no further than ``limit``; None if too costly.
+    def _bounded_count(self, filters: list[ColumnElement[bool]], limit: int) -> Any:
+        bounded = select(resources.c.rid).where(*filters).limit(limit).subquery()
+        return select(func.count()).select_from(bounded)
+
+    async def _count_up_to(self, filters: list[ColumnElement[bool]], limit: int) -> int:
+        """How many rows match, counting no further than ``limit``."""
+        return int((await self.session.execute(self._bounded_count(filters, limit))).scalar_one())
+
+    async def _count_cost(self, filters: list[ColumnElement[bool]]) -> float | None:
+        """What PostgreSQL expects the bounded count to cost; None on other databases.
 
         ``LIMIT`` does not bound a count's work on PostgreSQL: it multiplies the selectivities
-        of the index tables' conditions as if they were independent (most quantities over 170
-        are body heights, but it assumes a fortieth are), believes a few hundred rows match,
-        and plans to join every Observation with every quantity over 170 before counting, at a
-        cost that grows with the store rather than with the limit. The planner prices that
-        work well even when it misjudges the rows, so its estimate decides whether to count.
+        of the index tables' conditions as if they were independent, believes a few hundred
+        rows match, and plans to join every Observation with every quantity over 170 before
+        counting, at a cost that grows with the store rather than with the limit. The planner
+        prices that work well even when it misjudges the rows, so its price decides.
         """
-        bounded = select(resources.c.rid).where(*filters).limit(limit).subquery()
-        counted = select(func.count()).select_from(bounded)
-        if self.session.get_bind().dialect.name == "postgresql":
-            plan = (await self.session.execute(_Explain(counted))).scalar_one()
-            if isinstance(plan, str):  # the driver may or may not decode the json column
-                plan = orjson.loads(plan)
-            if plan[0]["Plan"]["Total Cost"] > COUNT_COST_LIMIT:
-                return None
-        return int((await self.session.execute(counted)).scalar_one())
+        if self.session.get_bind().dialect.name != "postgresql":
+            return None
+        explained = _Explain(self._bounded_count(filters, ESTIMATE_LIMIT + 1))
+        plan = (await self.session.execute(explained)).scalar_one()
+        if isinstance(plan, str):  # the driver may or may not decode the json column
+            plan = orjson.loads(plan)
+        return float(plan[0]["Plan"]["Total Cost"])
 
     def _sort_type(self, query: SearchQuery, param: str) -> str:
         if param == "_id":

@@ -74,7 +74,11 @@ def _matching(table: FromClause, clause: Clause, condition_: ColumnElement[bool]
 
 
 def _has_row(
-    table: FromClause, r: FromClause, clause: Clause, condition_: ColumnElement[bool]
+    table: FromClause,
+    r: FromClause,
+    clause: Clause,
+    condition_: ColumnElement[bool],
+    probe: bool = False,
 ) -> Any:
     """EXISTS an index row of ``r`` for the clause's parameter that meets ``condition_``.
 
@@ -82,7 +86,7 @@ def _has_row(
     order and stop at the page's end, which beats building the set of every match when a
     condition (value > 170) matches half the table.
     """
-    return (
+    rows = (
         select(literal(1))
         .select_from(table)
         .where(
@@ -91,17 +95,29 @@ def _has_row(
             table.c.param == clause.param,
             condition_,
         )
-        .exists()
     )
+    return _probed(rows, probe).exists()
+
+
+def _probed(rows: Any, probe: bool) -> Any:
+    """``rows``, as a test of each outer row when ``probe``: ``OFFSET 0`` keeps PostgreSQL
+    from turning the EXISTS into a join or a hash of every matching index row."""
+    return rows.offset(0) if probe else rows
 
 
 def condition(
-    clause: Clause, r: FromClause, base_url: str, access: RecordAccess = FULL_ACCESS
+    clause: Clause,
+    r: FromClause,
+    base_url: str,
+    access: RecordAccess = FULL_ACCESS,
+    *,
+    probe: bool = False,
 ) -> ColumnElement[bool]:
     """The SQL condition that ``r`` matches ``clause``.
 
     Chains and ``_has`` look at other resources: only at those ``access`` lets the caller
-    see, so a search cannot tell whether a hidden record matches.
+    see, so a search cannot tell whether a hidden record matches. ``probe`` asks for index
+    lookups of each row of ``r`` (a walk in rid order) rather than joins.
     """
     if clause.has is not None:
         return _has(clause, r, base_url, access)
@@ -115,26 +131,27 @@ def condition(
     table = SEARCH_TABLES[clause.type].alias()
     if clause.modifier == "of-type":
         of_type = replace(clause, param=clause.param + OF_TYPE_SUFFIX)
-        return _has_row(table, r, of_type, or_(*(_of_type(table, v) for v in clause.values)))
+        of_types = or_(*(_of_type(table, v) for v in clause.values))
+        return _has_row(table, r, of_type, of_types, probe)
     if clause.modifier == "identifier":
         # Reference.identifier (a logical reference) is indexed as a token of its own.
         token = search_token.alias()
         identifier = replace(clause, param=clause.param + IDENTIFIER_SUFFIX, modifier=None)
         values = or_(*(_token(token, v, identifier, base_url) for v in clause.values))
-        return _has_row(token, r, identifier, values)
+        return _has_row(token, r, identifier, values, probe)
     if clause.modifier == "missing":
-        present = _has_row(table, r, clause, true())
+        present = _has_row(table, r, clause, true(), probe)
         if clause.type == "reference":  # a logical reference (identifier only) is there too
             logical = replace(clause, param=clause.param + IDENTIFIER_SUFFIX)
-            present = or_(present, _has_row(search_token.alias(), r, logical, true()))
+            present = or_(present, _has_row(search_token.alias(), r, logical, true(), probe))
         return not_(present) if clause.values[0].text == "true" else present
     if _by_han_grams(clause):
-        return _han_name_rows(table, r, clause)
+        return _han_name_rows(table, r, clause, probe)
     build = _BUILDERS[clause.type]
     alternatives = or_(*(build(table, v, clause, base_url) for v in clause.values))
     if clause.modifier in ("not", "not-in"):
-        return not_(_has_row(table, r, clause, alternatives))
-    return _has_row(table, r, clause, alternatives)
+        return not_(_has_row(table, r, clause, alternatives, probe))
+    return _has_row(table, r, clause, alternatives, probe)
 
 
 def _seen(access: RecordAccess, r: FromClause) -> list[ColumnElement[bool]]:
@@ -265,7 +282,9 @@ def _by_han_grams(clause: Clause) -> bool:
     )
 
 
-def _han_name_rows(table: FromClause, r: FromClause, clause: Clause) -> ColumnElement[bool]:
+def _han_name_rows(
+    table: FromClause, r: FromClause, clause: Clause, probe: bool
+) -> ColumnElement[bool]:
     """EXISTS a name row of ``r`` containing one of the clause's Han values.
 
     On PostgreSQL each value becomes a lookup of its grams, qualified by type and parameter
@@ -297,12 +316,8 @@ def _han_name_rows(table: FromClause, r: FromClause, clause: Clause) -> ColumnEl
                 by_like,
             )
         )
-    return (
-        select(literal(1))
-        .select_from(table)
-        .where(table.c.rid == r.c.rid, or_(*alternatives))
-        .exists()
-    )
+    rows = select(literal(1)).select_from(table).where(table.c.rid == r.c.rid, or_(*alternatives))
+    return _probed(rows, probe).exists()
 
 
 def han_grams(text: str) -> list[str]:

@@ -22,7 +22,7 @@ from health.core.database import Database
 from records.access import FULL_ACCESS, RecordAccess
 from records.importer import process_bundle
 from records.indexing import SearchIndexer
-from records.search.engine import SearchEngine
+from records.search.engine import COSTLY_COUNT, SearchEngine
 from records.search.parse import SearchParser
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
 
@@ -128,7 +128,11 @@ class Clinics:
         return AccessPolicy(subject, now=utcnow(), consent_grace_seconds=0)
 
     def search(
-        self, res_type: str, params: dict[str, str], access: RecordAccess
+        self,
+        res_type: str,
+        params: dict[str, str],
+        access: RecordAccess,
+        costly_count: float = COSTLY_COUNT,
     ) -> tuple[set[str], int | None]:
         async def run() -> tuple[set[str], int | None]:
             indexer = SearchIndexer()
@@ -139,9 +143,10 @@ class Clinics:
             database = Database(self.url)
             try:
                 async with database.transaction(write=False) as session:
-                    result = await SearchEngine(session, indexer, base_url="", access=access).run(
-                        query
+                    engine = SearchEngine(
+                        session, indexer, base_url="", access=access, costly_count=costly_count
                     )
+                    result = await engine.run(query)
             finally:
                 await database.dispose()
             return {m.res_id for m in result.matches}, result.total
@@ -190,3 +195,12 @@ class TestAVillageDoctorSearches:
         accurate = {**heights, "_count": "1", "_total": "accurate"}
         assert clinics.search("Observation", accurate, doctor)[1] == 3
         assert clinics.search("Observation", {**heights, "_count": "5"}, doctor)[1] == 3
+
+    def test_a_walk_in_rid_order_sees_only_her_patients_too(self, clinics: Clinics) -> None:
+        """Counting priced as costly (here: always), pages come from a walk in rid order."""
+        doctor = clinics.doctor_of_clinic_a()
+        heights = {"code": f"{LOINC}|8302-2", "_count": "2"}
+        walked = clinics.search("Observation", heights, doctor, costly_count=0)[0]
+        assert walked == clinics.names("height-a1", "height-a2")  # the first two in rid order
+        names = clinics.search("Patient", {"name": "建"}, doctor, costly_count=0)[0]
+        assert names == clinics.names("patient-a")
