@@ -4,7 +4,9 @@ One SELECT over ``resources`` joined to each row's current version, filtered by 
 (see :mod:`records.search.sql`), ordered by the ``_sort`` keys and then by ``rid`` so every
 order is total, paged from a keyset cursor (:mod:`records.search.cursor`). The total comes
 from the page when the first page holds every match, else from a count with the same filter
-(bounded unless the client asks for ``_total=accurate``).
+(bounded unless the client asks for ``_total=accurate``). On PostgreSQL a search whose count
+the planner prices as costly reads its page from a walk in rid order instead and gives no
+total beyond it (see ``SearchEngine._walk``).
 Includes follow the reference index from the page (``_include``) or to it (``_revinclude``).
 """
 
