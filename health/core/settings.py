@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     refresh_token_ttl: int = 7 * 24 * 60 * 60
     #: How long a specialist keeps seeing a shared record after the consult's Consent ends.
     consent_grace_seconds: int = 24 * 60 * 60
+    #: Whether a read waits for its audit records to commit before it answers. Off: they
+    #: commit with the audit writer's next batch (a crash can lose the batch in flight);
+    #: writes, logins refused at the token endpoint and break-glass always commit with theirs.
+    audit_reads_wait: bool = False
     #: How long a break-glass opening lasts.
     break_glass_seconds: int = 60 * 60
     #: Failed logins before an account is locked, and for how long.
