@@ -20,6 +20,12 @@ from sqlalchemy.sql import FromClause
 
 
 class RecordAccess(Protocol):
+    async def prepare(self, session: AsyncSession) -> None:
+        """Look up, once per read, whatever the policy's conditions need, as of now (optional:
+        the conditions hold without it, only slower; a write must not use it, since what it
+        writes can change who is in care)."""
+        ...
+
     def require(self, res_type: str, interaction: str) -> None:
         """Raise a 403 FhirError unless the caller may do ``interaction`` on ``res_type``."""
         ...
@@ -35,6 +41,9 @@ class RecordAccess(Protocol):
 
 class FullAccess:
     """No restriction: the service itself (imports, seeding, reindexing, the CLI)."""
+
+    async def prepare(self, session: AsyncSession) -> None:
+        return None
 
     def require(self, res_type: str, interaction: str) -> None:
         return None
