@@ -155,6 +155,8 @@ class Catalogue:
                     rank = 2
                 elif letters_only and len(squeezed) >= 2 and entry.pinyin.startswith(squeezed):
                     rank = 2
+                elif letters_only and len(squeezed) >= 2 and squeezed in entry.initials:
+                    rank = 3
                 elif words and all(
                     any(w.startswith(word) for w in entry.en_words) for word in words
                 ):
