@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.cli import run_migrations
+from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from tests.conftest import BACKENDS
 from tests.services import PROJECT_ROOT, AppServer, PostgresServer
 
@@ -77,7 +77,9 @@ class WebApp:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def web(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebApp]:
+def web(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebApp]:
     backend = request.param
     folder = tmp_path_factory.mktemp(f"web-{backend}")
     if backend == "sqlite":

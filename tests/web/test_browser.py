@@ -91,9 +91,15 @@ def test_register_a_patient_checked_for_wrong_ids_and_duplicates(
     page.get_by_role("button", name="登记", exact=True).click()
     expect(page.locator("#resident_id-error")).to_contain_text("校验码")
     screenshot(page, web, "register-wrong-check-character")
-    assert web.system.get(
-        "/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{wrong_check_character(number)}"}
-    ).json().get("total", 0) == 0
+    assert (
+        web.system.get(
+            "/Patient",
+            params={"identifier": f"{RESIDENT_ID_SYSTEM}|{wrong_check_character(number)}"},
+        )
+        .json()
+        .get("total", 0)
+        == 0
+    )
 
     fill_registration(page, name, number)
     # The ID fills in the birth date and the sex.
@@ -208,9 +214,7 @@ def test_record_a_visit_and_see_it_in_the_chart_and_the_api(
     medicine = doctor.get(f"/MedicationRequest?patient={patient_id}").json()["entry"][0]
     assert medicine["resource"]["medicationCodeableConcept"]["text"] == "苯磺酸氨氯地平片 5mg"
     eob = doctor.get(f"/ExplanationOfBenefit?patient={patient_id}").json()["entry"][0]["resource"]
-    totals = {
-        t["category"]["coding"][0]["code"]: t["amount"]["value"] for t in eob["total"]
-    }
+    totals = {t["category"]["coding"][0]["code"]: t["amount"]["value"] for t in eob["total"]}
     assert totals == {
         "submitted": 55.5,
         "benefit": 30.0,
@@ -267,9 +271,7 @@ def test_an_admin_adds_a_user_who_can_then_log_in(
         other.close()
 
     admin = web.as_user("admin")
-    events = admin.get(
-        "/AuditEvent", params={"subtype": "user-create", "_count": "50"}
-    ).json()
+    events = admin.get("/AuditEvent", params={"subtype": "user-create", "_count": "50"}).json()
     described = [
         e["resource"]["entity"][0]["what"]["identifier"]["value"] for e in events.get("entry", [])
     ]

@@ -89,9 +89,7 @@ def walk(app: WebApp, username: str) -> Walk:
         starts += [f"/patients/{p['id']}" for p in app.village_patients()[:3]]
     queue = deque(starts)
     visited: set[str] = set()
-    english_ids = [
-        m for m in catalogue("zh_CN") if len(m) >= 8 and " " in m and "%(" not in m
-    ]
+    english_ids = [m for m in catalogue("zh_CN") if len(m) >= 8 and " " in m and "%(" not in m]
     try:
         while queue and len(result.pages) < MAX_PAGES_PER_ROLE:
             path = queue.popleft()
