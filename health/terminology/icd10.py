@@ -50,7 +50,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 # A letter, two digits, then what editions add after them: ``.9``, ``.900``, ``.x00x002``,
 # and the dagger/asterisk marks of dual classification.
-_CODE = re.compile(r"^[A-Z][0-9]{2}[0-9A-Za-z.]{0,12}[+*†]?$")
+_CODE = re.compile(r"^[A-Za-z][0-9]{2}[0-9A-Za-z.]{0,12}[+*†]?$")
 _NOT_CODE = re.compile(r"[^0-9a-z]")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -101,7 +101,7 @@ class Catalogue:
         self._by_code: dict[str, Concept] = {}
         entries = []
         for concept in concepts:
-            self._by_code[concept.code] = concept
+            self._by_code[concept.code.upper()] = concept
             pinyin, initials = _pinyin_keys(concept.name_zh)
             english = concept.name_en.lower()
             entries.append(
@@ -121,7 +121,7 @@ class Catalogue:
         return len(self._entries)
 
     def get(self, code: str) -> Concept | None:
-        return self._by_code.get(code.strip())
+        return self._by_code.get(code.strip().upper())
 
     def search(self, query: str, *, limit: int = 15) -> list[Concept]:
         """The best matches for what a doctor typed, best first."""
@@ -215,17 +215,17 @@ def concepts_from_csv(data: bytes, *, source: str = "ICD-10 file") -> list[Conce
             index = columns.get(field)
             return row[index].strip() if index is not None and index < len(row) else ""
 
-        code, name_zh, name_en = cell("code").upper(), cell("name_zh"), cell("name_en")
+        code, name_zh, name_en = cell("code"), cell("name_zh"), cell("name_en")
         if not _CODE.match(code):
             problems.append(f"row {number}: code {code!r} is not an ICD-10 code (such as I10)")
             continue
         if not name_zh:
             problems.append(f"row {number}: {code} has no Chinese name")
             continue
-        if code in seen:
-            problems.append(f"row {number}: {code} is already on row {seen[code]}")
+        if code.upper() in seen:
+            problems.append(f"row {number}: {code} is already on row {seen[code.upper()]}")
             continue
-        seen[code] = number
+        seen[code.upper()] = number
         concepts.append(Concept(code, name_zh, name_en))
     if not concepts and not problems:
         problems.append("the file has a header but no codes")

@@ -165,11 +165,11 @@ async def read_visit(me: SignedIn, form: Any, active: list[Resource]) -> VisitFo
         and diastolic.value >= systolic.value
     ):
         errors["diastolic"] = _("The diastolic pressure must be below the systolic.")
-    codes = [str(c).strip().upper() for c in form.getlist("diagnosis") if str(c).strip()]
-    typed = str(form.get("diagnosis_query") or "").strip().upper()
-    if typed and catalogue.get(typed) and typed not in codes:
+    codes = [str(c).strip() for c in form.getlist("diagnosis") if str(c).strip()]
+    typed = str(form.get("diagnosis_query") or "").strip()
+    if typed and catalogue.get(typed) and typed.upper() not in {c.upper() for c in codes}:
         codes.append(typed)
-    for code in dict.fromkeys(codes):
+    for code in dict.fromkeys(c.upper() for c in codes):
         concept = catalogue.get(code)
         if concept is None:
             errors["diagnosis"] = _("%(code)s is not in the ICD-10 list: choose from the list.") % {
