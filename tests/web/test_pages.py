@@ -27,20 +27,29 @@ NOT_WALKED = ("/lang/", "/logout", "/fhir", "/api/", "/static/", "/auth/")
 #: Latin words a Chinese page may show: units, code systems, the language switch, usernames.
 LATIN_ALLOWED = {
     "English", "ICD", "mmHg", "mmol", "kg", "cm", "min", "jin", "Cel", "degF", "mg", "dL",
-    "village", "doctor", "township", "specialist", "analyst", "admin", "hostile", "outsider",
     "IU", "maxiulan", "mxl", "gxy", "hypertension",
 }  # fmt: skip
 
 
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+NOT_READ = {"script", "style", "code", "svg", "datalist"}
+
+
 class PageParser(HTMLParser):
-    """Links, assets, and the text a person reads (outside script, style and code)."""
+    """Links, assets, and the text a person reads: outside script, style and code, and
+    outside elements marked ``translate="no"`` (usernames, codes: data, not the page's
+    words)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.links: list[str] = []
         self.assets: list[str] = []
         self.text: list[str] = []
-        self._skip = 0
+        self._open: list[tuple[str, bool]] = []  # (tag, whether its text is not read)
+
+    @property
+    def _skipping(self) -> bool:
+        return any(skip for _tag, skip in self._open)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -50,21 +59,25 @@ class PageParser(HTMLParser):
             self.assets.append(values["href"])
         if tag in ("script", "img") and values.get("src"):
             self.assets.append(values["src"])
-        for name in ("placeholder", "aria-label", "title", "alt"):
-            if values.get(name):
-                self.text.append(values[name])
-        for name, value in values.items():
-            if name.startswith("data-msg") or name in ("data-remove", "data-none"):
-                self.text.append(value)
-        if tag in ("script", "style", "code", "svg", "datalist"):
-            self._skip += 1
+        skip = tag in NOT_READ or values.get("translate") == "no"
+        if not skip and not self._skipping:
+            for name in ("placeholder", "aria-label", "title", "alt"):
+                if values.get(name):
+                    self.text.append(values[name])
+            for name, value in values.items():
+                if name.startswith("data-msg") or name in ("data-remove", "data-none"):
+                    self.text.append(value)
+        if tag not in VOID:
+            self._open.append((tag, skip))
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "code", "svg", "datalist") and self._skip:
-            self._skip -= 1
+        for index in range(len(self._open) - 1, -1, -1):
+            if self._open[index][0] == tag:
+                del self._open[index:]
+                break
 
     def handle_data(self, data: str) -> None:
-        if not self._skip and data.strip():
+        if not self._skipping and data.strip():
             self.text.append(data.strip())
 
 
