@@ -44,7 +44,14 @@ from health.web.display import (
     resident_id_of,
     today,
 )
-from health.web.signed_in import Resource, SignedIn, created_id, field_errors, signed_in
+from health.web.signed_in import (
+    PageRefused,
+    Resource,
+    SignedIn,
+    created_id,
+    field_errors,
+    signed_in,
+)
 from records.outcome import FhirError
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, ResidentIdError, parse_resident_id
 
@@ -639,8 +646,6 @@ async def household_of(me: SignedIn, patient_id: str) -> HouseholdView | None:
 
 
 async def _patient_or_404(me: SignedIn, patient_id: str) -> Resource:
-    from health.web.signed_in import PageRefused
-
     patient = await me.read("Patient", patient_id)
     if patient is None:
         _ = me.gettext

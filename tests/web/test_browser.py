@@ -69,6 +69,11 @@ def test_find_a_patient_by_pinyin_initials(browser_page: Page, web: WebApp) -> N
     expect(page.locator("h1")).to_have_text(name)
     expect(page.locator("main")).to_contain_text("现患疾病")
     screenshot(page, web, "chart")
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    assert page.evaluate(fits)  # nothing sticks out sideways at 1024×768
+    page.set_viewport_size({"width": 800, "height": 1280})  # a 10-inch tablet, upright
+    assert page.evaluate(fits)
+    screenshot(page, web, "chart-tablet")
 
 
 def fill_registration(page: Page, name: str, resident_id: str) -> None:

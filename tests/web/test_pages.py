@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -239,3 +239,25 @@ def test_every_page_is_valid_html(walks: dict[str, Walk], tmp_path: Path) -> Non
     ]
     assert len(files) > 30
     assert sorted(set(errors)) == []
+
+
+def test_the_chart_with_the_most_visits_is_light_too(web: WebApp) -> None:
+    """The chart of the patient with the longest record (a demo patient's three years), the
+    heaviest page a township doctor opens, with its assets, compressed."""
+    found = web.system.get("/Encounter", params={"_count": "1000", "_elements": "subject"})
+    subjects = Counter(
+        e["resource"]["subject"]["reference"].split("/")[-1] for e in found.json()["entry"]
+    )
+    patient, visits = subjects.most_common(1)[0]
+    session = Session(web, "township-doctor")
+    try:
+        page = session.http.get(f"/patients/{patient}", headers={"Accept-Encoding": "gzip"})
+        assert page.status_code == 200 and page.text.count('class="encounter"') >= min(visits, 15)
+        weight = page.num_bytes_downloaded + sum(
+            session.http.get(asset, headers={"Accept-Encoding": "gzip"}).num_bytes_downloaded
+            for asset in ("/static/app.css", "/static/app.js")
+        )
+    finally:
+        session.close()
+    print(f"chart of {visits} visits: {weight / 1024:.1f} KB compressed, {len(page.content)} B")
+    assert weight <= MAX_FIRST_LOAD
