@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +28,7 @@ from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
 from health.poverty.listener import start_flag_listener
 from health.web.pages import router as pages_router
+from health.web.routes import install_pages
 from health.web.security_headers import SecurityHeaders
 from records.api.responses import fhir_response
 from records.api.routes import router as fhir_router
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The SMART configuration under /fhir must be routed before the FHIR catch-all.
     app.include_router(auth_router)
     app.include_router(pages_router)
+    install_pages(app)
     app.include_router(fhir_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins.strip():
@@ -103,6 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer"],
             expose_headers=["ETag", "Location", "Last-Modified"],
         )
+    # Pages, assets and API answers compressed for the villages' thin links (gzip only
+    # when the client asks for it; small answers are not worth it).
+    app.add_middleware(GZipMiddleware, minimum_size=500)
     app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", include_in_schema=False)

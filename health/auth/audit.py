@@ -270,6 +270,48 @@ def break_glass_event(
     return audit
 
 
+#: What an administrator did to an account (AuditEvent.subtype in SECURITY_EVENT_SYSTEM).
+ACCOUNT_CHANGES = {
+    "user-create": ("C", "创建用户 user created"),
+    "user-update": ("U", "修改用户 user changed"),
+    "user-disable": ("U", "停用用户 user disabled"),
+    "user-enable": ("U", "启用用户 user enabled"),
+    "user-password": ("U", "重置密码 password reset"),
+}
+
+
+def account_event(
+    actor: Actor, *, change: str, username: str, now: dt.datetime, description: str
+) -> dict[str, Any]:
+    """An administrator changed a user account: who, which account, what (never a password).
+
+    The account is the event's entity, by its login name (``USERNAME_SYSTEM``), so an
+    account's history is ``AuditEvent?entity-role=...`` or a search by its identifier.
+    """
+    action, display = ACCOUNT_CHANGES[change]
+    audit = _base(
+        actor,
+        type_={"system": DICOM, "code": "110136", "display": "Security Roles Changed"},
+        subtype={"system": SECURITY_EVENT_SYSTEM, "code": change, "display": display},
+        action=action,
+        status=200,
+        now=now,
+        description=description[:1000],
+    )
+    audit["entity"] = [
+        {
+            "what": {
+                "identifier": {"system": USERNAME_SYSTEM, "value": username},
+                "display": username,
+            },
+            "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+            "role": {"system": OBJECT_ROLE, "code": "11", "display": "Security User Entity"},
+            "description": description[:1000],
+        }
+    ]
+    return audit
+
+
 # -- the chain -----------------------------------------------------------------------------
 
 

@@ -28,6 +28,8 @@ from health.core.clock import fhir_instant, utcnow
 from health.core.problems import Problem
 from health.web.i18n import LANGUAGE_COOKIE, LANGUAGES, gettext_for
 from health.web.rendering import render
+from health.web.signed_in import SignedIn
+from health.web.worklists import worklist
 from records.outcome import FhirError
 from records.store import ResourceStore
 
@@ -239,6 +241,7 @@ async def home(request: Request) -> Response:
     openings: list[dict[str, Any]] = []
     if web.user.role == "admin":
         openings = await break_glass_report_rows(gate, days=30)
+    work = await worklist(SignedIn(request, web, gate.web_caller(web, request)))
     return render(
         request,
         "home.html",
@@ -246,6 +249,7 @@ async def home(request: Request) -> Response:
         csrf_token=web.csrf_token,
         organization=await _organization_name(gate, web.user.organization_id),
         openings=openings,
+        worklist=work,
     )
 
 
