@@ -20,10 +20,10 @@ from sqlalchemy.sql import FromClause
 
 
 class RecordAccess(Protocol):
-    async def prepare(self, session: AsyncSession) -> None:
-        """Look up, once per read, whatever the policy's conditions need, as of now (optional:
-        the conditions hold without it, only slower; a write must not use it, since what it
-        writes can change who is in care)."""
+    async def prepare(self, session: AsyncSession) -> RecordAccess:
+        """This access for one read, with whatever its conditions need looked up once, as of
+        now (optional: the conditions hold without it, only slower; not for a write, since
+        what it writes can change who is in care)."""
         ...
 
     def require(self, res_type: str, interaction: str) -> None:
@@ -42,8 +42,8 @@ class RecordAccess(Protocol):
 class FullAccess:
     """No restriction: the service itself (imports, seeding, reindexing, the CLI)."""
 
-    async def prepare(self, session: AsyncSession) -> None:
-        return None
+    async def prepare(self, session: AsyncSession) -> FullAccess:
+        return self
 
     def require(self, res_type: str, interaction: str) -> None:
         return None

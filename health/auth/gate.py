@@ -12,7 +12,10 @@ A web session may call the API from its own pages (the cookie is ``SameSite=Lax`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,29 @@ CSRF_HEADER = "x-csrf-token"
 #: What a person may ask for at most; the role's policy narrows it further.
 USER_SCOPES = "user/*.cruds"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def mask_csrf(token: str) -> str:
+    """The CSRF token as a page carries it: XORed with a fresh random pad, pad in front.
+
+    Every response shows it differently, so a compressed page cannot leak it byte by byte
+    (BREACH) however often an attacker makes the browser fetch it.
+    """
+    raw = token.encode()
+    pad = secrets.token_bytes(len(raw))
+    masked = bytes(a ^ b for a, b in zip(raw, pad, strict=True))
+    return base64.urlsafe_b64encode(pad + masked).decode().rstrip("=")
+
+
+def unmask_csrf(sent: str) -> str:
+    try:
+        data = base64.urlsafe_b64decode(sent + "=" * (-len(sent) % 4))
+    except (ValueError, binascii.Error):
+        return ""
+    half = len(data) // 2
+    if not half or len(data) != 2 * half:
+        return ""
+    return bytes(a ^ b for a, b in zip(data[:half], data[half:], strict=True)).decode("latin-1")
 
 
 def client_address(request: Request) -> str | None:
@@ -136,7 +162,8 @@ class Gate:
 
     @staticmethod
     def csrf_matches(web: WebSession, sent: str | None) -> bool:
-        return bool(sent) and hmac.compare_digest(web.csrf_token, sent or "")
+        """Whether ``sent`` is the session's CSRF token, in the masked form pages carry."""
+        return hmac.compare_digest(web.csrf_token, unmask_csrf(sent or ""))
 
     async def authenticate(self, request: Request) -> RequestCaller:
         """The caller of an API request, or a 401 FhirError (invalid tokens are audited)."""

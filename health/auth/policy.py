@@ -212,15 +212,16 @@ class AccessPolicy:
         )
         return or_(shared, in_care, about_household)
 
-    async def prepare(self, session: AsyncSession) -> None:
-        """Find the patients in care and their households once, for the whole request.
+    async def prepare(self, session: AsyncSession) -> AccessPolicy:
+        """This policy for one read: the patients in care and their households found once,
+        as of now, so every statement of the read names their ids (a few hundred for a
+        township) instead of working them out again, and the planner sees how few they are.
 
-        Every statement then names their ids (a few hundred for a township) instead of
-        working them out again, and the planner sees how few they are. A caller with more
-        than :data:`MAX_LISTED` keeps the CTEs.
+        A copy, for that read only: a later write can change who is in care. A caller with
+        more than :data:`MAX_LISTED` keeps the CTEs.
         """
-        if self._listed is not None or self.visible_to_all():
-            return
+        if self.visible_to_all():
+            return self
         patients, households = self._in_care()
         patient_ids = list(
             (await session.execute(select(patients.c.id).limit(MAX_LISTED + 1))).scalars()
@@ -228,8 +229,13 @@ class AccessPolicy:
         household_ids = list(
             (await session.execute(select(households.c.id).limit(MAX_LISTED + 1))).scalars()
         )
-        if len(patient_ids) <= MAX_LISTED and len(household_ids) <= MAX_LISTED:
-            self._listed = (patient_ids, household_ids)
+        if len(patient_ids) > MAX_LISTED or len(household_ids) > MAX_LISTED:
+            return self
+        prepared = AccessPolicy(
+            self.subject, now=self.now, consent_grace_seconds=int(self.grace.total_seconds())
+        )
+        prepared._listed = (patient_ids, household_ids)
+        return prepared
 
     def visible_to_all(self) -> bool:
         """Whether no row condition applies (a system without a patient, or an admin)."""

@@ -27,13 +27,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from health.core.naming import HOUSEHOLD_NUMBER_SYSTEM
-from health.demo.households import (
+from health.core.naming import (
+    HOUSEHOLD_NUMBER_SYSTEM,
     HOUSEHOLD_RELATIONSHIP_URL,
     REGISTRY_STATUSES,
-    RELATIONSHIPS,
-    registry_status_characteristic,
 )
+from health.demo.households import RELATIONSHIPS
 from health.web.display import (
     age_on,
     masked_id,
@@ -52,6 +51,10 @@ from health.web.signed_in import (
     field_errors,
     signed_in,
 )
+from integrations.household_registry import (
+    registry_status_characteristic,
+)
+from integrations.household_registry import relationship_extension as registry_relationship
 from records.outcome import FhirError
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, ResidentIdError, parse_resident_id
 
@@ -60,7 +63,6 @@ router = APIRouter(include_in_schema=False)
 DOCTORS = ("village_doctor", "township_doctor", "specialist")
 #: Who registers patients and keeps households: the clinics that manage them.
 CLINIC_DOCTORS = ("village_doctor", "township_doctor")
-_ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 _HL7_ORGANIZATION_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 COMPOUND_SURNAMES = (
     "欧阳 司马 上官 诸葛 东方 皇甫 尉迟 公孙 慕容 长孙 宇文 司徒 夏侯 轩辕 令狐 钟离 "
@@ -366,14 +368,8 @@ async def _household(me: SignedIn, number: str) -> Resource | None:
 
 
 def relationship_extension(relationship: str) -> dict[str, Any]:
-    code, display, text = RELATIONSHIPS[relationship]
-    return {
-        "url": HOUSEHOLD_RELATIONSHIP_URL,
-        "valueCodeableConcept": {
-            "coding": [{"system": _ROLE_CODE_SYSTEM, "code": code, "display": display}],
-            "text": text,
-        },
-    }
+    code, _display, text = RELATIONSHIPS[relationship]
+    return registry_relationship(code, text)
 
 
 def new_household(

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from health.core.naming import ILLNESS_POVERTY_TAG
+from health.core.naming import (
+    ILLNESS_POVERTY_FLAG_KINDS,
+    ILLNESS_POVERTY_FLAG_SYSTEM,
+    ILLNESS_POVERTY_RULE_SYSTEM,
+    ILLNESS_POVERTY_TAG,
+)
+from health.poverty.rules import RULE_NAMES
 from health.web.display import concept_text, local_time, reference_id, today
+from health.web.i18n import language_of
 from health.web.signed_in import SignedIn
 
 
@@ -63,14 +70,31 @@ async def worklist(me: SignedIn) -> list[dict[str, Any]]:
                 ("_count", "50"),
             ],
         )
+        english = language_of(me.request) == "en"
         return [
             {
                 "patient": reference_id(f.get("subject"), "Patient"),
                 "name": str((f.get("subject") or {}).get("display") or ""),
                 "when": str((f.get("period") or {}).get("start") or "")[:10],
-                "what": concept_text(f.get("code")),
+                "what": _flag_label(f, english=english),
             }
             for f in flags
             if f.get("resourceType") == "Flag" and f.get("status") == "active"
         ]
     return []
+
+
+def _flag_label(flag: dict[str, Any], *, english: bool) -> str:
+    """What an illness-poverty flag says, in the page's language: the kind and the rule by
+    their codes (the stored text carries both languages)."""
+    names = []
+    for coding in (flag.get("code") or {}).get("coding") or []:
+        table = {
+            ILLNESS_POVERTY_FLAG_SYSTEM: ILLNESS_POVERTY_FLAG_KINDS,
+            ILLNESS_POVERTY_RULE_SYSTEM: RULE_NAMES,
+        }.get(coding.get("system"))
+        if table and coding.get("code") in table:
+            names.append(table[coding["code"]][1 if english else 0])
+    if not names:
+        return concept_text(flag.get("code"))
+    return (": " if english else "：").join(names)

@@ -97,10 +97,9 @@ class RecordsContext:
     ) -> FhirResult:
         is_write = request.method != "GET"
         async with self.database.transaction(write=is_write) as session:
-            if not is_write:
-                # A write's own changes decide what is in care afterwards: no snapshot for it.
-                await caller.access.prepare(session)
-            store = ResourceStore(session, self.indexer, access=caller.access)
+            # A write's own changes decide what is in care afterwards: no snapshot for it.
+            access = caller.access if is_write else await caller.access.prepare(session)
+            store = ResourceStore(session, self.indexer, access=access)
             interactions = Interactions(
                 store,
                 base_url=base_url,
