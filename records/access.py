@@ -20,12 +20,6 @@ from sqlalchemy.sql import FromClause
 
 
 class RecordAccess(Protocol):
-    async def prepare(self, session: AsyncSession) -> RecordAccess:
-        """This access for one read, with whatever its conditions need looked up once, as of
-        now (optional: the conditions hold without it, only slower; not for a write, since
-        what it writes can change who is in care)."""
-        ...
-
     def require(self, res_type: str, interaction: str) -> None:
         """Raise a 403 FhirError unless the caller may do ``interaction`` on ``res_type``."""
         ...
@@ -41,9 +35,6 @@ class RecordAccess(Protocol):
 
 class FullAccess:
     """No restriction: the service itself (imports, seeding, reindexing, the CLI)."""
-
-    async def prepare(self, session: AsyncSession) -> FullAccess:
-        return self
 
     def require(self, res_type: str, interaction: str) -> None:
         return None

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, exists, false, literal, or_, select, union
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import FromClause
 
 from health.auth.scopes import ScopeSet
@@ -43,9 +42,6 @@ from records.tables import (
     search_reference,
     search_token,
 )
-
-#: Most ids a prepared policy names in its statements; past it, they stay subqueries.
-MAX_LISTED = 5000
 
 ROLES = ("village_doctor", "township_doctor", "specialist", "commission_analyst", "admin")
 #: The role of an API client authenticated with client_credentials: its scopes decide.
@@ -130,7 +126,6 @@ class AccessPolicy:
         self.now = now
         self.grace = dt.timedelta(seconds=consent_grace_seconds)
         self._ctes: tuple[Any, Any] | None = None
-        self._listed: tuple[list[str], list[str]] | None = None
 
     # -- interactions ----------------------------------------------------------------------
 
@@ -194,11 +189,11 @@ class AccessPolicy:
         shared = r.c.res_type.in_(SHARED_TYPES)
         if role == "admin":
             return or_(shared, r.c.res_type == AUDIT_TYPE)
-        patients, households = self._membership()
+        patients, households = self._in_care()
         in_care = exists().where(
             search_compartment.c.rid == r.c.rid,
             search_compartment.c.param == "Patient",
-            search_compartment.c.owner_id.in_(patients),
+            search_compartment.c.owner_id.in_(select(patients.c.id)),
         )
         about = search_reference.alias()
         # The official Patient compartment holds a Group through its members, but not what
@@ -208,47 +203,9 @@ class AccessPolicy:
             about.c.rid == r.c.rid,
             about.c.param == "subject",
             about.c.target_type == "Group",
-            about.c.target_id.in_(households),
+            about.c.target_id.in_(select(households.c.id)),
         )
         return or_(shared, in_care, about_household)
-
-    async def prepare(self, session: AsyncSession) -> AccessPolicy:
-        """This policy for one read: the patients in care and their households found once,
-        as of now, so every statement of the read names their ids (a few hundred for a
-        township) instead of working them out again, and the planner sees how few they are.
-
-        A copy, for that read only: a later write can change who is in care. A caller with
-        more than :data:`MAX_LISTED` keeps the CTEs.
-        """
-        if self.visible_to_all():
-            return self
-        patients, households = self._in_care()
-        patient_ids = list(
-            (await session.execute(select(patients.c.id).limit(MAX_LISTED + 1))).scalars()
-        )
-        household_ids = list(
-            (await session.execute(select(households.c.id).limit(MAX_LISTED + 1))).scalars()
-        )
-        if len(patient_ids) > MAX_LISTED or len(household_ids) > MAX_LISTED:
-            return self
-        prepared = AccessPolicy(
-            self.subject, now=self.now, consent_grace_seconds=int(self.grace.total_seconds())
-        )
-        prepared._listed = (patient_ids, household_ids)
-        return prepared
-
-    def visible_to_all(self) -> bool:
-        """Whether no row condition applies (a system without a patient, or an admin)."""
-        role = self.subject.role
-        return (role == SYSTEM_ROLE and self.subject.patient is None) or role == "admin"
-
-    def _membership(self) -> tuple[Any, Any]:
-        """What ``owner_id`` and a household reference must be in: the prepared ids, or
-        SELECTs from the CTEs."""
-        if self._listed is not None:
-            return self._listed
-        patients, households = self._in_care()
-        return select(patients.c.id), select(households.c.id)
 
     def _in_care(self) -> tuple[Any, Any]:
         """The patients in care and their households, as CTEs made once per policy.

@@ -97,9 +97,7 @@ class RecordsContext:
     ) -> FhirResult:
         is_write = request.method != "GET"
         async with self.database.transaction(write=is_write) as session:
-            # A write's own changes decide what is in care afterwards: no snapshot for it.
-            access = caller.access if is_write else await caller.access.prepare(session)
-            store = ResourceStore(session, self.indexer, access=access)
+            store = ResourceStore(session, self.indexer, access=caller.access)
             interactions = Interactions(
                 store,
                 base_url=base_url,
