@@ -92,6 +92,11 @@ class WriteContext:
             return None
         return orjson.loads(found.content) if found.content else None
 
+    async def patients_of(self, res_type: str, res_id: str) -> set[str]:
+        """The patients in whose records (Patient compartments) a resource is."""
+        owners = await self._service.owners_of([(res_type, res_id)])
+        return owners.get((res_type, res_id), set())
+
     async def search(self, res_type: str, query: str) -> list[dict[str, Any]]:
         """The current content of the resources matching a FHIR search query, whoever's."""
         ids = await Criteria.parse(res_type, query, self.store.indexer).find_ids(

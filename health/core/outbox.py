@@ -135,6 +135,10 @@ class Deliverer(Protocol):
 
     async def deliver(self, message: OutboxMessage) -> None: ...
 
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""
+        ...
+
 
 def _aware(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

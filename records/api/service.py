@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.requests import HTTPConnection
 
 from health.core.bus import MessageBus
 from health.core.database import Database
@@ -47,8 +48,9 @@ class RecordsContext:
     max_page_size: int
     default_page_size: int
     max_body_bytes: int
-    #: Who is asking: the caller of a request, or a FhirError (401) if nobody we know.
-    authenticate: Callable[[Request], Awaitable[Caller]]
+    #: Who is asking: the caller of a request (or a WebSocket), or a FhirError (401) if
+    #: nobody we know.
+    authenticate: Callable[[HTTPConnection], Awaitable[Caller]]
     #: ``CapabilityStatement.rest.security`` for a request (how clients get their tokens).
     security: Callable[[Request], dict[str, Any]] | None = None
     #: Rules run inside every write's transaction, in order (see ``records.hooks``).

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +30,12 @@ from consult.rooms import ConsultRooms
 from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
 from health.core.settings import Settings
+from tests.conftest import BACKENDS
+from tests.consult.network import ConsultNetwork, consult_receiver, make_network
+from tests.receivers import Receiver
 from tests.services import PROJECT_ROOT, free_port
+
+__all__ = ["consult_receiver"]
 
 DEADLINE = 30.0
 VILLAGE_DOCTOR = Participant("pract-village-1", "马秀兰", "village-doctor")
@@ -199,3 +204,18 @@ class WorkerProcess:
         if self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def consult_network(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    consult_receiver: Receiver,
+) -> Iterator[ConsultNetwork]:
+    """The consult network (``tests.consult.network``) on SQLite and on PostgreSQL."""
+    network = make_network(request, tmp_path_factory, request.param, consult_receiver)
+    try:
+        yield network
+    finally:
+        network.system.close()
+        network.server.stop()
