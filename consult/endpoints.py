@@ -292,7 +292,7 @@ async def consult_socket(websocket: WebSocket, consult_id: str) -> None:
         consult = await context.service.load(caller, consult_id, base_url=_base(websocket))
     except FhirError as error:
         logger.info("consult %s signalling refused: %s", consult_id, error.status)
-        await websocket.close(code=NOT_ALLOWED)
+        await _refuse_socket(websocket, caller, consult_id, "not-a-participant")
         return
     participant = context.service.participant(consult, party)
     if participant is None:
