@@ -271,6 +271,44 @@ class TestRefusals:
             waiting = {c["id"] for c in api.get("/api/consults/queue").json()["waiting"]}
         assert cid not in waiting
 
+    def test_the_specialist_may_give_back_an_accepted_consult_and_the_record_closes(
+        self, consult_network: ConsultNetwork
+    ) -> None:
+        net = consult_network
+        patient = net.fresh_patient()
+        cid = net.request_consult(patient)["id"]
+        net.act("specialist", cid, "accept", start=in_minutes(45))
+        problem_of(net.act("colleague", cid, "cancel"), 403)
+        cancelled = net.act("specialist", cid, "cancel", reason="临时手术，无法会诊")
+        assert cancelled.json()["state"] == "cancelled"
+        wait_for_notification(net, cid, "cancelled")
+        appointments = fhir_get(
+            net, "village-doctor", "/Appointment", **{"based-on": f"ServiceRequest/{cid}"}
+        ).json()
+        assert [a["status"] for a in entries(appointments)] == ["cancelled"]
+        (consent,) = entries(
+            fhir_get(net, "village-doctor", "/Consent", patient=f"Patient/{patient}").json()
+        )
+        assert consent["provision"]["period"]["end"]
+
+    def test_the_patients_clinic_withdraws_the_share_at_once(
+        self, consult_network: ConsultNetwork
+    ) -> None:
+        net = consult_network
+        patient = net.fresh_patient()
+        cid = net.request_consult(patient)["id"]
+        net.act("specialist", cid, "accept")
+        assert fhir_get(net, "specialist", f"/Patient/{patient}").status_code == 200
+        (consent,) = entries(
+            fhir_get(net, "village-doctor", "/Consent", patient=f"Patient/{patient}").json()
+        )
+        with net.as_user("village-doctor") as fhir:
+            widened = {**consent, "provision": {**consent["provision"], "period": {}}}
+            assert fhir.put(f"/Consent/{consent['id']}", json=widened).status_code == 422
+            withdrawn = {**consent, "status": "inactive"}
+            assert fhir.put(f"/Consent/{consent['id']}", json=withdrawn).status_code == 200
+        assert fhir_get(net, "specialist", f"/Patient/{patient}").status_code == 404
+
     def test_a_no_show_and_a_new_time(self, consult_network: ConsultNetwork) -> None:
         net = consult_network
         patient = net.fresh_patient()

@@ -23,6 +23,7 @@ from health.core.outbox import (
 from integrations.http_delivery import HttpDelivery, signature
 from integrations.notifications import SmsGateway, WeChatGateway
 from tests.receivers import Receiver
+from tests.services import AppServer
 
 
 @pytest.fixture
@@ -284,3 +285,31 @@ async def test_gateways_shape_notifications_and_refuse_recipients_without_an_add
     assert wechat["touser"] == "13995112233"
     assert wechat["text"] == {"content": "您申请的会诊已被接受"}
     assert len(bodies) == 2  # the recipient without a number was never sent
+
+
+async def test_an_operator_sees_dead_letters_and_sends_them_again(
+    database: Database, database_url: str, receiver: Receiver, topic: str
+) -> None:
+    key = f"consult/{uuid.uuid4()}"
+    receiver.fail_with = [400]
+    async with database.transaction(write=True) as session:
+        await enqueue(session, topic=topic, key=key, payload={"n": 1})
+    worker = delivery(database, receiver, topic)
+    worker.start()
+    try:
+        await until_status(database, key, [DEAD])
+    finally:
+        await worker.close()
+    operator = AppServer(database_url)
+    dead = await asyncio.to_thread(operator.cli, "outbox", "dead", "--topic", topic)
+    (line,) = dead.strip().splitlines()
+    message_id, listed_topic, listed_key, attempts, error = line.split("\t")
+    assert (listed_topic, listed_key, attempts) == (topic, key, "1 attempts")
+    assert "HTTP 400" in error
+    status = await asyncio.to_thread(operator.cli, "outbox", "status")
+    assert any(line.split() == [topic, DEAD, "1"] for line in status.splitlines())
+    again = await asyncio.to_thread(operator.cli, "outbox", "retry", message_id)
+    assert again.strip() == f"{message_id}: queued again"
+    assert await status_of(database, key) == [PENDING]
+    refused = await asyncio.to_thread(operator.run, "outbox", "retry", message_id)
+    assert refused.returncode == 1 and "not a dead letter" in refused.stdout
