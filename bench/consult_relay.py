@@ -255,7 +255,8 @@ def report(result: dict[str, Any]) -> None:
         print(
             f"{'':>11}  late joiner (the last of a room, the others already streaming): "
             f"first picture of each after join median {result['late_joiner_median']:.2f} s, "
-            f"max {result['late_joiner_max']:.2f} s (the hub relays its keyframe request)"
+            f"max {result['late_joiner_max']:.2f} s"
+            + (" (the hub relays its keyframe request)" if result["mode"] == "hub" else "")
         )
 
 

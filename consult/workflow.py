@@ -164,9 +164,13 @@ class ConsultWorkflow:
             return
         consults: dict[str, list[_Item]] = {}
         for change in relevant:
+            # Most writes of these types are not a consult's: find out from the new content
+            # first, and read the version before only when it can matter.
             after = await write.content(change)
-            before = await write.previous(change)
-            consult_id = await self._consult_of(write, change, before, after)
+            consult_id = await self._consult_of(write, change, None, after)
+            before = await write.previous(change) if change.version > 1 else None
+            if consult_id is None and before is not None:
+                consult_id = await self._consult_of(write, change, before, None)
             if consult_id is not None:
                 consults.setdefault(consult_id, []).append(_Item(change, before, after))
         if not consults:

@@ -2,13 +2,16 @@
 microphone): a village doctor asks from the request form, a specialist takes it from his
 queue, both join the call from their pages and each decodes the other's video and hears
 the other's sound; a township doctor invited late sees a picture at once (the hub relays
-his keyframe request to the senders); leaving is seen; the opinion lands in the record."""
+his keyframe request to the senders); leaving is seen; the opinion lands in the record.
+Once with one server, once with two workers behind Redis where the village doctor's
+browser and the specialists' talk to different processes."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,16 +60,42 @@ async def browser() -> AsyncIterator[Any]:
         await instance.close()
 
 
-async def signed_in(browser: Any, net: ConsultNetwork, username: str, password: str) -> Any:
+@dataclass
+class Setup:
+    """The network, and which server each person's browser talks to."""
+
+    net: ConsultNetwork
+    servers: dict[str, str]
+
+
+@pytest.fixture(params=["one server", "two workers behind Redis"])
+def setup(request: pytest.FixtureRequest) -> Setup:
+    if request.param == "one server":
+        net = request.getfixturevalue("browser_network")
+        return Setup(net, {name: net.server.url for name in PEOPLE})
+    net, second = request.getfixturevalue("two_workers")
+    # The village doctor's browser talks to one worker, the specialists' to the other: her
+    # signalling and theirs land on different processes, which share one room over Redis.
+    return Setup(
+        net,
+        {"village-doctor": net.server.url, "specialist": second.url, "township-doctor": second.url},
+    )
+
+
+PEOPLE = ("village-doctor", "specialist", "township-doctor")
+
+
+async def signed_in(browser: Any, setup: Setup, username: str) -> Any:
     """A page of a browser of the user's own (its own cookies), logged in."""
-    context = await browser.new_context(locale="zh-CN")
-    await context.grant_permissions(["camera", "microphone"], origin=net.server.url)
+    base = setup.servers[username]
+    context = await browser.new_context(locale="zh-CN", base_url=base)
+    await context.grant_permissions(["camera", "microphone"], origin=base)
     page = await context.new_page()
-    await page.goto(f"{net.server.url}/login?next=/consult")
+    await page.goto("/login?next=/consult")
     await page.fill("#username", username)
-    await page.fill("#password", password)
+    await page.fill("#password", DEMO_PASSWORD)
     await page.click("button[type=submit]")
-    await page.wait_for_url(f"{net.server.url}/consult")
+    await page.wait_for_url(f"{base}/consult")
     return page
 
 
@@ -102,8 +131,8 @@ async def sent(page: Any) -> dict[str, int]:
     return stats
 
 
-async def join_call(page: Any, net: ConsultNetwork, consult: str) -> None:
-    await page.goto(f"{net.server.url}/consult/{consult}/call")
+async def join_call(page: Any, consult: str) -> None:
+    await page.goto(f"/consult/{consult}/call")
     join = page.locator("#join")
     await join.wait_for()
     await eventually(join.is_enabled, "the camera and microphone check")
@@ -111,38 +140,38 @@ async def join_call(page: Any, net: ConsultNetwork, consult: str) -> None:
 
 
 async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
-    browser: Any, browser_network: ConsultNetwork
+    browser: Any, setup: Setup
 ) -> None:
-    net = browser_network
+    net = setup.net
     patient = await asyncio.to_thread(net.fresh_patient, VILLAGE_A)
-    village = await signed_in(browser, net, "village-doctor", DEMO_PASSWORD)
-    specialist = await signed_in(browser, net, "specialist", DEMO_PASSWORD)
-    township = await signed_in(browser, net, "township-doctor", DEMO_PASSWORD)
+    village = await signed_in(browser, setup, "village-doctor")
+    specialist = await signed_in(browser, setup, "specialist")
+    township = await signed_in(browser, setup, "township-doctor")
 
     # The village doctor asks, from the patient's chart link.
-    await village.goto(f"{net.server.url}/consult/new?patient={patient}")
+    await village.goto(f"/consult/new?patient={patient}")
     await village.select_option("#target", f"department:{net.departments[CARDIOLOGY]}")
     await village.check("input[name=priority][value=urgent]")
     await village.fill("#reason", "反复胸闷一周，心电图ST段压低")
     await village.check("input[name=agreed]")
     await village.click("button[type=submit].primary")
-    await village.wait_for_url(f"{net.server.url}/consult/*")
+    await village.wait_for_url(f"{setup.servers['village-doctor']}/consult/*")
     consult = village.url.rsplit("/", 1)[1]
     assert await village.text_content("#state") == "等待专家接受"
 
     # The specialist finds it in his queue and takes it; her page follows by itself.
-    await specialist.goto(f"{net.server.url}/consult/queue")
+    await specialist.goto("/consult/queue")
     await specialist.click(f"#waiting a[href='/consult/{consult}']")
     await specialist.click("#accept")
-    await specialist.wait_for_url(f"{net.server.url}/consult/{consult}")
+    await specialist.wait_for_url(f"{setup.servers['specialist']}/consult/{consult}")
     assert await specialist.text_content("#state") == "已接受"
     await eventually(
         lambda: _text_is(village, "#state", "已接受"), "the village doctor's page updating"
     )
 
     # Both join the call; each decodes the other's video and hears the other.
-    await join_call(village, net, consult)
-    await join_call(specialist, net, consult)
+    await join_call(village, consult)
+    await join_call(specialist, consult)
     await eventually(lambda: decodes(village, "specialist"), "village decodes specialist")
     await eventually(lambda: decodes(specialist, "village-doctor"), "specialist decodes village")
     await eventually(lambda: hears(village, "specialist"), "village hears specialist")
@@ -162,7 +191,7 @@ async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
     )
     assert invited.status_code == 200, invited.text
     before = {"village": await sent(village), "specialist": await sent(specialist)}
-    await join_call(township, net, consult)
+    await join_call(township, consult)
     await eventually(lambda: decodes(township, "village-doctor", 5), "late joiner sees village")
     await eventually(lambda: decodes(township, "specialist", 5), "late joiner sees specialist")
     after = {"village": await sent(village), "specialist": await sent(specialist)}
@@ -179,13 +208,13 @@ async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
     assert await village.locator("figure[data-participant='township-doctor']").count() == 0
 
     # The specialist writes his opinion; it is in the record the village doctor keeps.
-    await specialist.goto(f"{net.server.url}/consult/{consult}/report")
+    await specialist.goto(f"/consult/{consult}/report")
     await specialist.fill("#conclusion", "考虑不稳定型心绞痛")
     await specialist.fill("#recommendations", "阿司匹林100mg每日一次，尽快转诊行冠脉造影")
     await specialist.click("button[type=submit].primary")
-    await specialist.wait_for_url(f"{net.server.url}/consult/{consult}")
+    await specialist.wait_for_url(f"{setup.servers['specialist']}/consult/{consult}")
     assert await specialist.text_content("#state") == "已完成"
-    await village.goto(f"{net.server.url}/consult/{consult}")
+    await village.goto(f"/consult/{consult}")
     assert "考虑不稳定型心绞痛" in (await village.text_content("#report") or "")
     for page in (village, specialist, township):
         await page.context.close()

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import orjson
 import pytest
@@ -17,12 +15,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from consult.client import ConsultClient, consult_socket_url
-from tests.auth.conftest import VILLAGE_A, fhir_client
-from tests.consult.network import CARDIOLOGY, ConsultNetwork, settings
+from tests.consult.network import ConsultNetwork
 from tests.consult.test_call import sees
 from tests.consult.test_client_command import health
-from tests.receivers import Receiver
-from tests.services import AppServer, PostgresServer, RedisServer
+from tests.services import AppServer
 
 DEADLINE = 60.0
 
@@ -156,43 +152,6 @@ async def test_the_join_command_against_the_app(consult_network: ConsultNetwork)
         "1",
     )
     assert code == 1 and "could not join" in json.loads(out)["errors"][0]["message"]
-
-
-@pytest.fixture(scope="module")
-def two_workers(
-    request: pytest.FixtureRequest,
-    postgres: PostgresServer,
-    redis_server: RedisServer,
-    consult_receiver: Receiver,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ConsultNetwork, AppServer]]:
-    """Two ``health serve`` processes on one PostgreSQL database and one Redis: what
-    ``--workers 2`` behind a load balancer amounts to."""
-    from health.core.naming import ORGANIZATION_CODE_SYSTEM
-    from tests.conftest import fresh_database
-
-    url = fresh_database(request, "postgresql", tmp_path_factory.mktemp("two-workers"))
-    first = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
-    first.cli("seed", "--demo", "--patients", "0")
-    first.start()
-    second = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
-    second.secret = first.secret
-    second.start()
-    system = fhir_client(first, first.system_token())
-    organizations: dict[str, Any] = {}
-    for code in (VILLAGE_A, CARDIOLOGY):
-        found = system.get(
-            "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{code}"}
-        ).json()
-        organizations[code] = found["entry"][0]["resource"]["id"]
-    net = ConsultNetwork(first, "postgresql", organizations, system, receiver=consult_receiver)
-    net.departments = {CARDIOLOGY: organizations[CARDIOLOGY]}
-    try:
-        yield net, second
-    finally:
-        system.close()
-        second.stop()
-        first.stop()
 
 
 async def test_two_workers_behind_redis_carry_one_call(
