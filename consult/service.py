@@ -578,13 +578,10 @@ class ConsultService:
         return await self.load(caller, consult_id, base_url=base_url)
 
     def _people(self, consult: Consult, owner: str | None) -> list[str]:
-        practitioner, organization = consult.requester()
-        people = [
-            f"Practitioner/{p}" for p in (owner or consult.owner_practitioner, practitioner) if p
-        ]
-        if not practitioner and organization:
-            people.append(f"Organization/{organization}")
-        return people
+        """The practitioners of a booked call: the specialist and the requesting doctor."""
+        practitioner, _organization = consult.requester()
+        people = (owner or consult.owner_practitioner, practitioner)
+        return [f"Practitioner/{p}" for p in people if p]
 
     async def reject(
         self, caller: Caller, party: Party, consult_id: str, *, reason: str, base_url: str

@@ -31,6 +31,24 @@ cancelling revokes the ServiceRequest and any Appointment. Each transition, new 
 schedule, no-show and invitation puts a notification for the other side in the outbox
 (``integrations.notifications``) and, after the commit, announces the change on the bus
 channel ``consult.events.<consult id>`` for the live status page.
+
+Choices where the issue is silent, as a telehealth service for these clinics needs them:
+
+- the record is shared with the one specialist who accepts, from acceptance (so that he can
+  prepare) until the consult ends plus the policy's grace; invited people (a township
+  doctor, an interpreter, a second specialist) join the call but are not shared the record
+  — whoever needs it sees it already or is sent a consult of their own;
+- the call may be joined while the consult is accepted or in progress; the accepting
+  specialist's joining starts it (and opens the Encounter); the Encounter stays open until
+  his report completes the consult, so the opinion written after the call still belongs
+  to it, and a consult without video ("review the record and write") is started and
+  reported the same way;
+- a new Task's ``authoredOn`` must be now (±5 minutes): the queue orders by waiting time,
+  which a back-dated request would cheat;
+- a call is booked from an hour ago on (a call being held now), a no-show needs its time to
+  have come, and a consult holds one live Appointment (rescheduling changes it);
+- notifications go to the side that did not act, to the practitioner's own mobile when the
+  directory has one, else to their clinic's telephone; SMS carry no patient data.
 """
 
 from __future__ import annotations

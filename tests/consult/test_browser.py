@@ -153,6 +153,8 @@ async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
     await village.select_option("#target", f"department:{net.departments[CARDIOLOGY]}")
     await village.check("input[name=priority][value=urgent]")
     await village.fill("#reason", "反复胸闷一周，心电图ST段压低")
+    record = next(r for r in net.patients.values() if r.id == patient)
+    await village.check(f"input[name=supporting][value='Observation/{record.observation}']")
     await village.check("input[name=agreed]")
     await village.click("button[type=submit].primary")
     await village.wait_for_url(f"{setup.servers['village-doctor']}/consult/*")
@@ -168,6 +170,10 @@ async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
     await eventually(
         lambda: _text_is(village, "#state", "已接受"), "the village doctor's page updating"
     )
+    # He reviews the shared record; what she pointed to comes first, marked.
+    await specialist.goto(f"/consult/{consult}/record")
+    pointed = specialist.locator(f"li.attached[data-reference='Observation/{record.observation}']")
+    assert "150 mmHg" in (await pointed.text_content() or "")
 
     # Both join the call; each decodes the other's video and hears the other.
     await join_call(village, consult)
