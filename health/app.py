@@ -33,6 +33,7 @@ from health.core.database import Database
 from health.core.outbox import OutboxDelivery
 from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
+from health.poverty.listener import start_flag_listener
 from health.web.consult_pages import router as consult_pages_router
 from health.web.pages import router as pages_router
 from health.web.security_headers import SecurityHeaders
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         delivery.start()
         app.state.outbox = delivery
+        flags = await start_flag_listener(database, records.indexer, bus, settings)
         try:
             yield
         finally:
@@ -136,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await notifications.close()
             await audit.close()
             await app.state.consult_rooms.close()
+            if flags is not None:
+                await flags.stop()
             await bus.close()
             await database.dispose()
 

@@ -144,18 +144,22 @@ search_uri = _index_table(
 
 search_composite = _index_table(
     "search_composite",
-    # The first component, a token (code, combo-code...).
+    # The first component: a token (code, combo-code...) in system and code, or a reference
+    # (DocumentReference relationship) in code, as Type/id or its absolute URL.
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
     # The second component, in the columns its type needs: token (value_system, value_code),
     # quantity (value_number, value_system, value_code, value_text as unit), date (value_start,
-    # value_end), string (value_text, normalised).
+    # value_end), string (value_text, normalised), number (value_number).
     Column("value_system", String(255), nullable=True),
     Column("value_code", String(255), nullable=True),
     Column("value_number", Numeric(precision=38, scale=10), nullable=True),
     Column("value_start", DateTime(timezone=True), nullable=True),
     Column("value_end", DateTime(timezone=True), nullable=True),
     Column("value_text", String(255), nullable=True),
+    # The third component of MolecularSequence's coordinates (the end; the start is in
+    # value_number).
+    Column("third_number", Numeric(precision=38, scale=10), nullable=True),
     indexes=(("res_type", "param", "code", "system"),),
 )
 

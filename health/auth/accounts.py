@@ -76,7 +76,8 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def _resource_exists(session: AsyncSession, res_type: str, res_id: str) -> bool:
+async def resource_exists(session: AsyncSession, res_type: str, res_id: str) -> bool:
+    """Whether the resource is in the store and not deleted (whoever may see it)."""
     found = await session.execute(
         select(resources.c.rid).where(
             resources.c.res_type == res_type,
@@ -110,9 +111,9 @@ async def add_user(
         raise AccountError(f"role: one of {', '.join(ROLES)}")
     if role in ROLES_AT_AN_ORGANIZATION and not organization_id:
         raise AccountError(f"organization: a {role} works at an Organization; give its id")
-    if organization_id and not await _resource_exists(session, "Organization", organization_id):
+    if organization_id and not await resource_exists(session, "Organization", organization_id):
         raise AccountError(f"organization: Organization/{organization_id} is not in the directory")
-    if practitioner_id and not await _resource_exists(session, "Practitioner", practitioner_id):
+    if practitioner_id and not await resource_exists(session, "Practitioner", practitioner_id):
         raise AccountError(f"practitioner: Practitioner/{practitioner_id} is not in the directory")
     if role == "specialist" and not practitioner_id:
         raise AccountError("practitioner: a specialist is shared records as a Practitioner")

@@ -34,7 +34,6 @@ from health.core.bus import MessageBus
 from health.core.clock import fhir_instant, utcnow
 from health.core.problems import Problem
 from records.outcome import FhirError
-from records.tables import resources
 
 router = APIRouter()
 
@@ -156,10 +155,10 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
             raise OAuthError("invalid_client", "Malformed Basic credentials", 401) from None
         client_id, _, secret = decoded.partition(":")
         return unquote(client_id), unquote(secret)
-    client_id = form.get("client_id")
-    if not client_id:
+    given = form.get("client_id")
+    if not given:
         raise OAuthError("invalid_client", "Authenticate the client (client_id)", 401)
-    return client_id, form.get("client_secret")
+    return given, form.get("client_secret")
 
 
 def _requested_scope(form: dict[str, str], granted: ScopeSet) -> ScopeSet:
@@ -365,16 +364,7 @@ async def break_glass(
     now = utcnow()
     expires = now + dt.timedelta(seconds=gate.settings.break_glass_seconds)
     async with gate.database.transaction(write=True) as session:
-        exists = (
-            await session.execute(
-                select(resources.c.rid).where(
-                    resources.c.res_type == "Patient",
-                    resources.c.res_id == patient,
-                    resources.c.deleted.is_(False),
-                )
-            )
-        ).first()
-        if exists is None:
+        if not await accounts.resource_exists(session, "Patient", patient):
             raise Problem(
                 404, "No such patient", f"Patient/{patient} is not known", field="patient"
             )

@@ -106,7 +106,7 @@ class RequestCaller:
         if session is not None:
             await append(session, self.gate.indexer, self.gate.audit.key, records)
         else:
-            await self.gate.audit.record(*records)
+            await self.gate.audit.record(*records, wait=self.gate.settings.audit_reads_wait)
 
 
 @dataclass

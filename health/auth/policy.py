@@ -351,7 +351,7 @@ class AccessPolicy:
                     access_grants.c.expires_at > self.now,
                 )
             )
-        patients = union(*sources) if len(sources) > 1 else sources[0]
+        patients: Any = union(*sources) if len(sources) > 1 else sources[0]
         if subject.patient is not None:
             # A patient launch context narrows the role's patients to that one.
             inner = patients.subquery()

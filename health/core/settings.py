@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     refresh_token_ttl: int = 7 * 24 * 60 * 60
     #: How long a specialist keeps seeing a shared record after the consult's Consent ends.
     consent_grace_seconds: int = 24 * 60 * 60
+    #: Whether a read waits for its audit records to commit before it answers. Off: they
+    #: commit with the audit writer's next batch (a crash can lose the batch in flight);
+    #: writes, logins refused at the token endpoint and break-glass always commit with theirs.
+    audit_reads_wait: bool = False
     #: How long a break-glass opening lasts.
     break_glass_seconds: int = 60 * 60
     #: Failed logins before an account is locked, and for how long.
@@ -81,6 +85,8 @@ class Settings(BaseSettings):
     #: per-participant credentials that expire after ``turn_credential_seconds``.
     turn_secret: str | None = None
     turn_credential_seconds: int = 12 * 60 * 60
+    #: The illness-poverty rule file (TOML); unset: the defaults shipped in health/poverty.
+    poverty_rules: Path | None = None
 
     #: Who tells people about their consults: ``log`` (the service's log only: the embedded
     #: default, nothing leaves the machine), ``sms`` or ``wechat`` (an HTTP gateway).

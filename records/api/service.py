@@ -5,7 +5,7 @@ every other part of the application (pages, consult workflow) that reads or writ
 database transaction (a write transaction for anything but GET) under the caller's access
 policy; puts what it showed or wrote — or why it was refused — on the caller's audit trail
 before returning (a write's record in the write's own transaction); and after the commit
-announces each change on the bus channel :data:`CHANGES_CHANNEL`.
+announces each change on the change feed (:mod:`records.feed`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from health.core.bus import MessageBus
 from health.core.database import Database
 from health.core.ids import is_valid_resource_id
 from records.access import AccessEvent, Caller
+from records.feed import announce
 from records.hooks import AfterCommit, WriteHook, run_after_commit, run_hooks
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest, FhirResult, Interactions
@@ -32,9 +33,6 @@ from records.store import ResourceStore
 from records.transactions import BundleProcessor
 
 logger = logging.getLogger(__name__)
-
-#: Bus channel announcing each committed change: {"type", "id", "versionId", "method"}.
-CHANGES_CHANNEL = "records.changes"
 
 
 @dataclass
@@ -143,7 +141,7 @@ class RecordsContext:
                 await caller.audit(event, session=session)
         if not is_write:
             await caller.audit(event)
-        await self._publish(store)
+        await announce(self.bus, store.changes)
         await run_after_commit(after_commit)
         return result
 
@@ -165,23 +163,6 @@ class RecordsContext:
         await caller.audit(
             access_event(request, error.status, resources=named, owners=owners, problem=codes)
         )
-
-    async def _publish(self, store: ResourceStore) -> None:
-        for change in store.changes:
-            try:
-                await self.bus.publish(
-                    CHANGES_CHANNEL,
-                    {
-                        "type": change.res_type,
-                        "id": change.res_id,
-                        "versionId": change.version,
-                        "method": change.method,
-                    },
-                )
-            except Exception:  # committed; a listener that missed it can re-read history
-                logger.exception(
-                    "could not announce %s/%s on the bus", change.res_type, change.res_id
-                )
 
 
 def resources_of(result: FhirResult) -> list[dict[str, Any]]:
