@@ -24,7 +24,8 @@ from health.auth.tokens import TokenSigner
 from health.core.bus import InProcessBus
 from health.core.database import Database
 from health.core.settings import Settings
-from records.api.service import CHANGES_CHANNEL, RecordsContext, resources_of
+from records.api.service import RecordsContext, resources_of
+from records.feed import CHANGES_CHANNEL
 from records.hooks import WriteContext
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest
