@@ -527,6 +527,58 @@ def audit_verify() -> None:
 
 
 @main.group()
+def outbox() -> None:
+    """Messages to other systems (notifications, registry feeds) and their delivery."""
+
+
+@outbox.command(name="status")
+def outbox_status() -> None:
+    """How many messages of each topic are pending, delivered and dead."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.counts(session)
+
+    counts = _in_transaction(work)
+    if not counts:
+        click.echo("the outbox is empty")
+    for (topic, status), count in sorted(counts.items()):
+        click.echo(f"{topic:24} {status:10} {count}")
+
+
+@outbox.command(name="dead")
+@click.option("--topic", default=None, help="only this topic")
+def outbox_dead(topic: str | None) -> None:
+    """The dead letters: messages given up on, with their last error."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.messages(session, topic=topic, status=messages.DEAD, limit=1000)
+
+    for message in _in_transaction(work):
+        click.echo(
+            f"{message.id}\t{message.topic}\t{message.key}\t{message.attempts} attempts\t"
+            f"{message.last_error}"
+        )
+
+
+@outbox.command(name="retry")
+@click.argument("message_ids", nargs=-1, required=True, type=int)
+def outbox_retry(message_ids: tuple[int, ...]) -> None:
+    """Send dead letters again (after fixing what refused them)."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return [await messages.send_again(session, message_id=i) for i in message_ids]
+
+    done = _in_transaction(work)
+    for message_id, again in zip(message_ids, done, strict=True):
+        click.echo(f"{message_id}: {'queued again' if again else 'not a dead letter'}")
+    if not all(done):
+        sys.exit(1)
+
+
+@main.group()
 def consult() -> None:
     """Video consults."""
 
