@@ -137,8 +137,10 @@ class Session:
         self.http.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """Chromium through Playwright's sync API, for one module: while it runs, its event loop
+    holds the main thread, which asyncio tests of other folders need after these."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -242,7 +242,7 @@ def test_every_page_is_valid_html(walks: dict[str, Walk], tmp_path: Path) -> Non
         )
     ]
     assert len(files) > 30
-    assert sorted(set(errors)) == []
+    assert sorted(set(errors)) == [], "\n".join(sorted(set(errors)))
 
 
 def test_the_chart_with_the_most_visits_is_light_too(web: WebApp) -> None:
