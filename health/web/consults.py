@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -19,12 +18,9 @@ from consult.endpoints import ConsultContext, parse_local_time
 from consult.resources import PRIORITIES, reference_text, split_reference
 from consult.service import Consult, ConsultInputError, NewConsult
 from consult.workflow import Party
-from health.auth.accounts import WebSession
-from health.auth.gate import Gate, RequestCaller
+from health.auth.gate import RequestCaller
 from health.core.naming import ORGANIZATION_KIND_SYSTEM, SPECIALTY_SYSTEM
-from health.web.i18n import gettext_for
-from health.web.pages import _csrf_ok, _form, _login_redirect, _refuse_csrf
-from health.web.rendering import render
+from health.web.signed_in import SignedIn, signed_in
 from records.api.service import RecordsContext, resources_of
 from records.interactions import FhirRequest
 from records.outcome import FhirError
@@ -61,60 +57,28 @@ def local_time(value: str | None) -> str:
     return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M")
 
 
-def _gate(request: Request) -> Gate:
-    gate: Gate = request.app.state.gate
-    return gate
-
-
 def _context(request: Request) -> ConsultContext:
     context: ConsultContext = request.app.state.consult
     return context
 
 
-def _records(request: Request) -> RecordsContext:
-    records: RecordsContext = request.app.state.records
-    return records
-
-
 def _base(request: Request) -> str:
-    return _records(request).fhir_base(request)
+    records: RecordsContext = request.app.state.records
+    return records.fhir_base(request)
 
 
-async def _signed_in(request: Request) -> tuple[WebSession, RequestCaller, Party] | None:
-    gate = _gate(request)
-    web = await gate.web_session(request)
-    if web is None:
-        return None
-    caller = gate.web_caller(web, request)
-    return web, caller, await _context(request).identify(caller)
+async def _signed_in(request: Request) -> tuple[SignedIn, Party]:
+    """The page's signed-in person (a login redirect if nobody is) and their consult party."""
+    me = await signed_in(request)
+    return me, await _context(request).identify(me.caller)
 
 
-def _page(request: Request, web: WebSession, template: str, **context: Any) -> Response:
-    return render(
-        request,
-        template,
-        user=web.user,
-        csrf_token=web.csrf_token,
-        local_time=local_time,
-        **context,
-    )
+def _page(me: SignedIn, template: str, **context: Any) -> Response:
+    return me.render(template, local_time=local_time, **context)
 
 
-def _error_page(
-    request: Request, web: WebSession, status: int, message: str, back: str
-) -> Response:
-    _ = gettext_for(request).gettext
-    return render(
-        request,
-        "message.html",
-        status=status,
-        user=web.user,
-        csrf_token=web.csrf_token,
-        heading=_("That did not work"),
-        message=message,
-        error=True,
-        back=back,
-    )
+def _error_page(me: SignedIn, status: int, message: str, back: str) -> Response:
+    return me.message(me.gettext("That did not work"), message, status=status, back=back)
 
 
 def _message_of(error: FhirError | ConsultInputError) -> tuple[int, str]:
@@ -123,37 +87,24 @@ def _message_of(error: FhirError | ConsultInputError) -> tuple[int, str]:
     return error.status, str(error)
 
 
-async def _search(
-    request: Request, caller: RequestCaller, res_type: str, params: list[tuple[str, str]]
-) -> list[dict[str, Any]]:
-    result = await _records(request).perform(
-        caller, FhirRequest("GET", res_type, query=urlencode(params)), base_url=_base(request)
-    )
-    return resources_of(result)
-
-
 # -- lists ---------------------------------------------------------------------------------
 
 
 @router.get("/consult")
 async def consult_list(request: Request) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, _party = who
+    me, _party = await _signed_in(request)
+    caller = me.caller
     consults = await _context(request).service.list_visible(caller, base_url=_base(request))
-    return _page(request, web, "consult/list.html", consults=[c.summary() for c in consults])
+    return _page(me, "consult/list.html", consults=[c.summary() for c in consults])
 
 
 @router.get("/consult/queue")
 async def consult_queue(request: Request) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, party = who
-    _ = gettext_for(request).gettext
+    me, party = await _signed_in(request)
+    caller = me.caller
+    _ = me.gettext
     if party.role != "specialist":
-        return _error_page(request, web, 403, _("The queue is for specialists."), "/")
+        return _error_page(me, 403, _("The queue is for specialists."), "/")
     queue = await _context(request).service.queue(caller, party, base_url=_base(request))
     now = dt.datetime.now(dt.UTC)
 
@@ -166,8 +117,7 @@ async def consult_queue(request: Request) -> Response:
         return max(0, int((now - moment).total_seconds() // 60))
 
     return _page(
-        request,
-        web,
+        me,
         "consult/queue.html",
         waiting=[{**c.summary(), "waited": waited(c)} for c in queue["waiting"]],
         mine=[c.summary() for c in queue["mine"]],
@@ -177,10 +127,8 @@ async def consult_queue(request: Request) -> Response:
 # -- the request form ----------------------------------------------------------------------
 
 
-async def _departments(request: Request, caller: RequestCaller) -> list[dict[str, str]]:
-    found = await _search(
-        request,
-        caller,
+async def _departments(me: SignedIn) -> list[dict[str, str]]:
+    found = await me.search(
         "Organization",
         [
             ("type", f"{ORGANIZATION_KIND_SYSTEM}|department"),
@@ -204,10 +152,8 @@ async def _departments(request: Request, caller: RequestCaller) -> list[dict[str
     return sorted(departments, key=lambda d: (d["hospital"], d["name"]))
 
 
-async def _specialists(request: Request, caller: RequestCaller) -> list[dict[str, str]]:
-    roles = await _search(
-        request,
-        caller,
+async def _specialists(me: SignedIn) -> list[dict[str, str]]:
+    roles = await me.search(
         "PractitionerRole",
         [
             ("specialty:not", f"{SPECIALTY_SYSTEM}|general-practice"),
@@ -234,7 +180,7 @@ async def _specialists(request: Request, caller: RequestCaller) -> list[dict[str
     return sorted(people, key=lambda p: (p["department"], p["name"]))
 
 
-async def _shareable(request: Request, caller: RequestCaller, patient: str) -> list[dict[str, str]]:
+async def _shareable(me: SignedIn, patient: str) -> list[dict[str, str]]:
     """The patient's recent records the doctor may attach to the request."""
     items = []
     for res_type, label_of in (
@@ -243,9 +189,7 @@ async def _shareable(request: Request, caller: RequestCaller, patient: str) -> l
         ("DiagnosticReport", lambda r: _concept(r.get("code")) + " " + r.get("conclusion", "")),
         ("MedicationRequest", lambda r: _concept(r.get("medicationCodeableConcept"))),
     ):
-        found = await _search(
-            request,
-            caller,
+        found = await me.search(
             res_type,
             [("patient", f"Patient/{patient}"), ("_count", "20"), ("_sort", "-_lastUpdated")],
         )
@@ -274,17 +218,11 @@ def _observation_text(observation: dict[str, Any]) -> str:
 
 @router.get("/consult/new")
 async def new_consult_form(request: Request, patient: str = "") -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, _party = who
-    return await _new_form(request, web, caller, patient=patient)
+    return await _new_form(await signed_in(request), patient=patient)
 
 
 async def _new_form(
-    request: Request,
-    web: WebSession,
-    caller: RequestCaller,
+    me: SignedIn,
     *,
     patient: str,
     error: str | None = None,
@@ -292,24 +230,19 @@ async def _new_form(
     status: int = 200,
     values: dict[str, Any] | None = None,
 ) -> Response:
-    _ = gettext_for(request).gettext
+    _ = me.gettext
     record = None
     if patient:
         try:
-            read = await _records(request).perform(
-                caller, FhirRequest("GET", f"Patient/{patient}"), base_url=_base(request)
-            )
+            read = await me.perform(FhirRequest("GET", f"Patient/{patient}"))
             record = resources_of(read)[0]
         except FhirError:
             record = None
     if record is None:
-        return _error_page(
-            request, web, 404, _("Open the request form from a patient in your care."), "/"
-        )
+        return _error_page(me, 404, _("Open the request form from a patient in your care."), "/")
     names = record.get("name") or [{}]
     return _page(
-        request,
-        web,
+        me,
         "consult/new.html",
         status=status,
         patient={
@@ -318,9 +251,9 @@ async def _new_form(
             "gender": record.get("gender"),
             "birthDate": record.get("birthDate"),
         },
-        departments=await _departments(request, caller),
-        specialists=await _specialists(request, caller),
-        shareable=await _shareable(request, caller, patient),
+        departments=await _departments(me),
+        specialists=await _specialists(me),
+        shareable=await _shareable(me, patient),
         priorities=PRIORITIES,
         error=error,
         error_field=error_field,
@@ -330,14 +263,10 @@ async def _new_form(
 
 @router.post("/consult/new")
 async def new_consult(request: Request) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, party = who
-    form = await _form(request)
-    if not _csrf_ok(web, form):
-        return _refuse_csrf(request, web)
-    _ = gettext_for(request).gettext
+    me, party = await _signed_in(request)
+    caller = me.caller
+    form = await me.form()
+    _ = me.gettext
     patient = str(form.get("patient") or "")
     target = str(form.get("target") or "")
     values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
@@ -365,9 +294,7 @@ async def new_consult(request: Request) -> Response:
     except ValueError as error:
         field = error.field if isinstance(error, ConsultInputError) else "preferred_time"
         return await _new_form(
-            request,
-            web,
-            caller,
+            me,
             patient=patient,
             error=str(error),
             error_field=field,
@@ -376,9 +303,7 @@ async def new_consult(request: Request) -> Response:
         )
     except FhirError as error:
         return await _new_form(
-            request,
-            web,
-            caller,
+            me,
             patient=patient,
             error=str(error),
             status=error.status,
@@ -399,14 +324,12 @@ async def _load(request: Request, caller: RequestCaller, consult_id: str) -> Con
 
 @router.get("/consult/{consult_id}")
 async def consult_page(request: Request, consult_id: str) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, party = who
-    _ = gettext_for(request).gettext
+    me, party = await _signed_in(request)
+    caller = me.caller
+    _ = me.gettext
     consult = await _load(request, caller, consult_id)
     if consult is None:
-        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
+        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
     service = _context(request).service
     summary = consult.summary()
     requester_practitioner, requester_org = consult.requester()
@@ -422,13 +345,11 @@ async def consult_page(request: Request, consult_id: str) -> Response:
     if consult.status in ("accepted", "in-progress") and (requests or owns):
         invitable = [
             p
-            for p in await _specialists(request, caller)
-            + await _township_doctors(request, caller, consult)
+            for p in await _specialists(me) + await _township_doctors(me, consult)
             if p["id"] not in consult.invited and p["id"] != consult.owner_practitioner
         ]
     return _page(
-        request,
-        web,
+        me,
         "consult/consult.html",
         consult=summary,
         can={
@@ -447,27 +368,23 @@ async def consult_page(request: Request, consult_id: str) -> Response:
     )
 
 
-async def _township_doctors(
-    request: Request, caller: RequestCaller, consult: Consult
-) -> list[dict[str, str]]:
+async def _township_doctors(me: SignedIn, consult: Consult) -> list[dict[str, str]]:
     """The doctors of the requesting clinic's township centre (to invite into the call)."""
     _practitioner, clinic = consult.requester()
     if clinic is None:
         return []
-    found = await _search(request, caller, "Organization", [("_id", clinic)])
+    found = await me.search("Organization", [("_id", clinic)])
     parent = split_reference((found[0] if found else {}).get("partOf"))
     if parent is None:
         return []
-    roles = await _search(
-        request,
-        caller,
+    roles = await me.search(
         "PractitionerRole",
         [
             ("organization", f"Organization/{parent[1]}"),
             ("_include", "PractitionerRole:practitioner"),
         ],
     )
-    centre = await _search(request, caller, "Organization", [("_id", parent[1])])
+    centre = await me.search("Organization", [("_id", parent[1])])
     where = centre[0].get("name", "") if centre else ""
     return [
         {
@@ -482,14 +399,10 @@ async def _township_doctors(
 
 @router.post("/consult/{consult_id}/{action}")
 async def consult_action(request: Request, consult_id: str, action: str) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, party = who
-    form = await _form(request)
-    if not _csrf_ok(web, form):
-        return _refuse_csrf(request, web)
-    _ = gettext_for(request).gettext
+    me, party = await _signed_in(request)
+    caller = me.caller
+    form = await me.form()
+    _ = me.gettext
     service = _context(request).service
     base = _base(request)
     back = f"/consult/{consult_id}"
@@ -534,19 +447,19 @@ async def consult_action(request: Request, consult_id: str, action: str) -> Resp
                 base_url=base,
             )
         else:
-            return _error_page(request, web, 404, _("There is no such step."), back)
+            return _error_page(me, 404, _("There is no such step."), back)
     except ValueError as error:
         status, message = (
             (error.status, error.message)
             if isinstance(error, ConsultInputError)
             else (400, str(error))
         )
-        return _error_page(request, web, status, message, back)
+        return _error_page(me, status, message, back)
     except FhirError as error:
         status, message = _message_of(error)
         if status == 412:
             message = _("Someone acted on this consult at the same moment; look again and retry.")
-        return _error_page(request, web, status, message, back)
+        return _error_page(me, status, message, back)
     return RedirectResponse(back, status_code=303)
 
 
@@ -562,24 +475,19 @@ def _minutes(form: Any) -> int:
 
 @router.get("/consult/{consult_id}/record")
 async def shared_record(request: Request, consult_id: str) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, _party = who
-    _ = gettext_for(request).gettext
+    me, _party = await _signed_in(request)
+    caller = me.caller
+    _ = me.gettext
     consult = await _load(request, caller, consult_id)
     if consult is None:
-        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
+        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
     try:
-        result = await _records(request).perform(
-            caller,
-            FhirRequest("GET", f"Patient/{consult.patient_id}/$everything", query="_count=500"),
-            base_url=_base(request),
+        result = await me.perform(
+            FhirRequest("GET", f"Patient/{consult.patient_id}/$everything", query="_count=500")
         )
     except FhirError:
         return _error_page(
-            request,
-            web,
+            me,
             403,
             _("The record is shared with the specialist who accepted the consult, while it lasts."),
             f"/consult/{consult_id}",
@@ -603,8 +511,7 @@ async def shared_record(request: Request, consult_id: str) -> Response:
         if items:
             sections.append({"type": res_type, "items": items})
     return _page(
-        request,
-        web,
+        me,
         "consult/record.html",
         consult=consult.summary(),
         patient={
@@ -649,33 +556,28 @@ def _describe(resource: dict[str, Any]) -> str:
 
 @router.get("/consult/{consult_id}/report")
 async def report_form(request: Request, consult_id: str) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, _party = who
-    _ = gettext_for(request).gettext
+    me, _party = await _signed_in(request)
+    caller = me.caller
+    _ = me.gettext
     consult = await _load(request, caller, consult_id)
     if consult is None:
-        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
-    return _page(request, web, "consult/report.html", consult=consult.summary())
+        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
+    return _page(me, "consult/report.html", consult=consult.summary())
 
 
 @router.get("/consult/{consult_id}/call")
 async def call_page(request: Request, consult_id: str) -> Response:
-    who = await _signed_in(request)
-    if who is None:
-        return _login_redirect(request)
-    web, caller, party = who
-    _ = gettext_for(request).gettext
+    me, party = await _signed_in(request)
+    caller = me.caller
+    _ = me.gettext
     consult = await _load(request, caller, consult_id)
     if consult is None or _context(request).service.participant(consult, party) is None:
         return _error_page(
-            request,
-            web,
+            me,
             403,
             _(
                 "This call is for the consult's doctors and the people they invited, once it is accepted."  # noqa: E501
             ),
             f"/consult/{consult_id}",
         )
-    return _page(request, web, "consult/call.html", consult=consult.summary(), me=party.username)
+    return _page(me, "consult/call.html", consult=consult.summary(), me=party.username)
