@@ -73,8 +73,8 @@ async def _signed_in(request: Request) -> tuple[SignedIn, Party]:
     return me, await _context(request).identify(me.caller)
 
 
-def _page(me: SignedIn, template: str, **context: Any) -> Response:
-    return me.render(template, local_time=local_time, **context)
+def _page(person: SignedIn, template: str, /, **context: Any) -> Response:
+    return person.render(template, local_time=local_time, **context)
 
 
 def _error_page(me: SignedIn, status: int, message: str, back: str) -> Response:
