@@ -20,7 +20,7 @@ from consult.service import Consult, ConsultInputError, NewConsult
 from consult.workflow import Party
 from health.auth.gate import RequestCaller
 from health.core.naming import ORGANIZATION_KIND_SYSTEM, SPECIALTY_SYSTEM
-from health.web.signed_in import SignedIn, signed_in
+from health.web.signed_in import PageRefused, SignedIn, signed_in
 from records.api.service import RecordsContext, resources_of
 from records.interactions import FhirRequest
 from records.outcome import FhirError
@@ -322,14 +322,20 @@ async def _load(request: Request, caller: RequestCaller, consult_id: str) -> Con
         return None
 
 
+async def _consult_of(me: SignedIn, consult_id: str) -> Consult:
+    """The consult, or PageRefused with a 404 page if it is none of the person's."""
+    consult = await _load(me.request, me.caller, consult_id)
+    if consult is None:
+        message = me.gettext("No consult of yours has this number.")
+        raise PageRefused(_error_page(me, 404, message, "/consult"))
+    return consult
+
+
 @router.get("/consult/{consult_id}")
 async def consult_page(request: Request, consult_id: str) -> Response:
     me, party = await _signed_in(request)
-    caller = me.caller
     _ = me.gettext
-    consult = await _load(request, caller, consult_id)
-    if consult is None:
-        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
+    consult = await _consult_of(me, consult_id)
     service = _context(request).service
     summary = consult.summary()
     requester_practitioner, requester_org = consult.requester()
@@ -476,11 +482,8 @@ def _minutes(form: Any) -> int:
 @router.get("/consult/{consult_id}/record")
 async def shared_record(request: Request, consult_id: str) -> Response:
     me, _party = await _signed_in(request)
-    caller = me.caller
     _ = me.gettext
-    consult = await _load(request, caller, consult_id)
-    if consult is None:
-        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
+    consult = await _consult_of(me, consult_id)
     try:
         result = await me.perform(
             FhirRequest("GET", f"Patient/{consult.patient_id}/$everything", query="_count=500")
@@ -557,11 +560,8 @@ def _describe(resource: dict[str, Any]) -> str:
 @router.get("/consult/{consult_id}/report")
 async def report_form(request: Request, consult_id: str) -> Response:
     me, _party = await _signed_in(request)
-    caller = me.caller
     _ = me.gettext
-    consult = await _load(request, caller, consult_id)
-    if consult is None:
-        return _error_page(me, 404, _("No consult of yours has this number."), "/consult")
+    consult = await _consult_of(me, consult_id)
     return _page(me, "consult/report.html", consult=consult.summary())
 
 
