@@ -31,7 +31,7 @@ from health.auth.policy import ROLES
 from health.core.clock import utcnow
 from health.core.naming import ORGANIZATION_CODE_SYSTEM, ORGANIZATION_KIND_SYSTEM
 from health.web.display import coding_of, name_of
-from health.web.signed_in import PageRefused, Resource, SignedIn, field_errors, signed_in
+from health.web.signed_in import Resource, SignedIn, field_errors, signed_in
 from integrations.directory_csv import KINDS, DirectoryRecord, directory_record_entries
 from records.outcome import FhirError
 
@@ -243,13 +243,8 @@ async def _organization_or_404(me: SignedIn, organization_id: str) -> Resource:
     organization = await me.read("Organization", organization_id)
     if organization is None:
         _ = me.gettext
-        raise PageRefused(
-            me.message(
-                _("No such organisation"),
-                _("It is not in the directory."),
-                status=404,
-                back="/admin/directory",
-            )
+        raise me.not_found(
+            _("No such organisation"), _("It is not in the directory."), "/admin/directory"
         )
     return organization
 
@@ -517,13 +512,8 @@ async def _user_or_404(me: SignedIn, username: str) -> User:
         user = await accounts.get_user(session, username=username)
     if user is None:
         _ = me.gettext
-        raise PageRefused(
-            me.message(
-                _("No such user"),
-                _("There is no account with this username."),
-                status=404,
-                back="/admin/users",
-            )
+        raise me.not_found(
+            _("No such user"), _("There is no account with this username."), "/admin/users"
         )
     return user
 

@@ -20,7 +20,7 @@ from consult.service import Consult, ConsultInputError, NewConsult
 from consult.workflow import Party
 from health.auth.gate import RequestCaller
 from health.core.naming import ORGANIZATION_KIND_SYSTEM, SPECIALTY_SYSTEM
-from health.web.signed_in import PageRefused, SignedIn, signed_in
+from health.web.signed_in import SignedIn, signed_in
 from records.api.service import RecordsContext, resources_of
 from records.interactions import FhirRequest
 from records.outcome import FhirError
@@ -326,8 +326,10 @@ async def _consult_of(me: SignedIn, consult_id: str) -> Consult:
     """The consult, or PageRefused with a 404 page if it is none of the person's."""
     consult = await _load(me.request, me.caller, consult_id)
     if consult is None:
-        message = me.gettext("No consult of yours has this number.")
-        raise PageRefused(_error_page(me, 404, message, "/consult"))
+        _ = me.gettext
+        raise me.not_found(
+            _("That did not work"), _("No consult of yours has this number."), "/consult"
+        )
     return consult
 
 

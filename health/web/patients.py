@@ -44,7 +44,6 @@ from health.web.display import (
     today,
 )
 from health.web.signed_in import (
-    PageRefused,
     Resource,
     SignedIn,
     created_id,
@@ -645,13 +644,10 @@ async def _patient_or_404(me: SignedIn, patient_id: str) -> Resource:
     patient = await me.read("Patient", patient_id)
     if patient is None:
         _ = me.gettext
-        raise PageRefused(
-            me.message(
-                _("No such patient in your care"),
-                _("The record does not exist, or it is not yours to see."),
-                status=404,
-                back="/patients",
-            )
+        raise me.not_found(
+            _("No such patient in your care"),
+            _("The record does not exist, or it is not yours to see."),
+            "/patients",
         )
     return patient
 

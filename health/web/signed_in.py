@@ -85,6 +85,10 @@ class SignedIn:
             back=back,
         )
 
+    def not_found(self, heading: str, text: str, back: str) -> PageRefused:
+        """A 404 page to raise: what the person looked for is not there, or not theirs."""
+        return PageRefused(self.message(heading, text, status=404, back=back))
+
     def require_role(self, *roles: str) -> None:
         """Refuse the page (403) unless the person has one of ``roles``."""
         if self.role not in roles:
