@@ -311,3 +311,26 @@ class TestAdmin:
             },
         )
         assert response.status_code == 400 and "科室须隶属于一家医院" in response.text
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "says"),
+    [
+        ("village-doctor", f"/patients/{uuid.uuid4()}", "没有"),
+        ("village-doctor", f"/consult/{uuid.uuid4()}", "会诊"),
+        ("admin", f"/admin/directory/{uuid.uuid4()}", "没有"),
+        ("admin", "/admin/users/nobody-here", "没有"),
+    ],
+)
+def test_what_is_not_there_is_a_404_page_in_chinese(
+    web: WebApp, who: str, path: str, says: str
+) -> None:
+    session = Session(web, who)
+    try:
+        response = session.http.get(path)
+    finally:
+        session.close()
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert says in response.text
+    assert 'lang="zh-CN"' in response.text
