@@ -8,7 +8,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import health.auth.tables  # noqa: F401  (declares its tables on the metadata)
+# Imported for their tables, which they declare on the metadata.
+import health.auth.tables
+import health.poverty.tables  # noqa: F401
 import records.tables  # noqa: F401
 from health.core.database import Database
 from health.core.schema import metadata
