@@ -574,6 +574,86 @@ def registry_import(file: Path) -> None:
     click.echo("\n".join(lines))
 
 
+@registry.command(name="export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--after",
+    type=int,
+    default=0,
+    show_default=True,
+    help="only changes after this 变更序号 (the last one the registry has)",
+)
+@click.option("--since", help="only changes from this day on (China time), e.g. 2026-10-01")
+@click.option("--until", help="only changes before this day (China time)")
+@click.option(
+    "--encoding",
+    type=click.Choice(["utf-8", "gb18030"]),
+    default="utf-8",
+    show_default=True,
+    help="of a CSV file",
+)
+def registry_export(
+    file: Path, after: int, since: str | None, until: str | None, encoding: str
+) -> None:
+    """Write the illness-poverty flag changes (raised, evidence updated, deactivated) as CSV
+    or XLSX (by FILE's suffix) with the registry's Chinese headers, in the order they were
+    made."""
+    import datetime as dt
+
+    from health.core.database import Database
+    from health.poverty.flag_changes import logged_changes
+    from integrations.registry_export import RegistryFlagChange, china_time, write_export
+    from integrations.spreadsheet import format_of
+
+    try:
+        format_of(file)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="FILE") from None
+    china = dt.timezone(dt.timedelta(hours=8))
+    start, end = _date(since), _date(until)
+
+    async def run() -> list[RegistryFlagChange]:
+        database = Database(get_settings().database_url)
+        try:
+            async with database.transaction(write=False) as session:
+                logged = await logged_changes(
+                    session,
+                    after_seq=after,
+                    since=dt.datetime.combine(start, dt.time(), china) if start else None,
+                    until=dt.datetime.combine(end, dt.time(), china) if end else None,
+                )
+        finally:
+            await database.dispose()
+        rows = []
+        for change in logged:
+            action, kind, rule = change.label
+            rows.append(
+                RegistryFlagChange(
+                    change.seq,
+                    china_time(change.changed_at),
+                    change.household_number or "",
+                    (change.household_name or "").removesuffix("户"),
+                    change.township or "",
+                    change.village or "",
+                    action,
+                    kind,
+                    rule,
+                    change.rules_version,
+                    f"Flag/{change.flag_id}",
+                )
+            )
+        return rows
+
+    rows = asyncio.run(run())
+    write_export(file, rows, encoding="utf-8-sig" if encoding == "utf-8" else "gb18030")
+    if rows:
+        click.echo(
+            f"wrote {len(rows)} flag changes (变更序号 {rows[0].seq}–{rows[-1].seq}) to {file}"
+        )
+    else:
+        click.echo(f"no flag changes after 变更序号 {after}; wrote the headers to {file}")
+
+
 class _Incomplete(Exception):
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
@@ -661,6 +741,33 @@ def poverty_household(number: str, as_of: str | None) -> None:
     if lines is None:
         raise click.ClickException(f"no household has 户编号 {number}")
     click.echo("\n".join(lines))
+
+
+@poverty.command(name="rebuild-costs")
+def poverty_rebuild_costs() -> None:
+    """Rebuild the table of bill amounts (poverty_costs) from the stored ExplanationOfBenefits,
+    Claims and Invoices, after the way they are read has changed; resumes after a crash."""
+    from tqdm import tqdm
+
+    from health.core.database import Database
+    from health.poverty.derived import BILL_AMOUNTS
+    from records.derived import rebuild
+
+    async def run() -> int:
+        database = Database(get_settings().database_url)
+        bar = tqdm(unit="bill", desc="bill amounts", file=sys.stderr)
+        try:
+            return await rebuild(
+                database,
+                BILL_AMOUNTS,
+                on_start=lambda total: setattr(bar, "total", total),
+                on_batch=bar.update,
+            )
+        finally:
+            bar.close()
+            await database.dispose()
+
+    click.echo(f"bill amounts rebuilt from {asyncio.run(run())} bills")
 
 
 @poverty.command(name="check-rules")
