@@ -232,6 +232,43 @@ def directory_import(csv_file: Path) -> None:
     click.echo(f"directory: {count} organisations and locations loaded from {csv_file}")
 
 
+@main.group()
+def icd10() -> None:
+    """The ICD-10 list (Chinese and English names) the diagnosis picker searches."""
+
+
+@icd10.command(name="import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--title", default=None, help="the edition's name, e.g. 国家临床版2.0")
+def icd10_import(csv_file: Path, title: str | None) -> None:
+    """Load a deployment's full ICD-10 edition from CSV (UTF-8 or GB18030), replacing the
+    village list shipped with the service; running servers pick it up at once."""
+    from health.core.database import Database
+    from health.terminology.icd10 import Icd10FileError, concepts_from_csv, import_bundle
+    from records.importer import process_bundle
+    from records.indexing import SearchIndexer
+    from records.outcome import FhirError
+
+    try:
+        concepts = concepts_from_csv(csv_file.read_bytes(), source=str(csv_file))
+    except Icd10FileError as error:
+        raise click.ClickException(str(error)) from None
+    bundle = import_bundle(concepts, title=title or csv_file.stem)
+
+    async def run() -> None:
+        database = Database(get_settings().database_url)
+        try:
+            await process_bundle(database, SearchIndexer(), bundle, scan_identifiers=False)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(run())
+    except FhirError as error:
+        raise click.ClickException(f"ICD-10 import failed: {error}") from None
+    click.echo(f"ICD-10: {len(concepts)} codes loaded from {csv_file}")
+
+
 # -- users, clients, audit -----------------------------------------------------------------
 
 
@@ -487,6 +524,58 @@ def audit_verify() -> None:
         err=True,
     )
     sys.exit(1)
+
+
+@main.group()
+def outbox() -> None:
+    """Messages to other systems (notifications, registry feeds) and their delivery."""
+
+
+@outbox.command(name="status")
+def outbox_status() -> None:
+    """How many messages of each topic are pending, delivered and dead."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.counts(session)
+
+    counts = _in_transaction(work)
+    if not counts:
+        click.echo("the outbox is empty")
+    for (topic, status), count in sorted(counts.items()):
+        click.echo(f"{topic:24} {status:10} {count}")
+
+
+@outbox.command(name="dead")
+@click.option("--topic", default=None, help="only this topic")
+def outbox_dead(topic: str | None) -> None:
+    """The dead letters: messages given up on, with their last error."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.messages(session, topic=topic, status=messages.DEAD, limit=1000)
+
+    for message in _in_transaction(work):
+        click.echo(
+            f"{message.id}\t{message.topic}\t{message.key}\t{message.attempts} attempts\t"
+            f"{message.last_error}"
+        )
+
+
+@outbox.command(name="retry")
+@click.argument("message_ids", nargs=-1, required=True, type=int)
+def outbox_retry(message_ids: tuple[int, ...]) -> None:
+    """Send dead letters again (after fixing what refused them)."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return [await messages.send_again(session, message_id=i) for i in message_ids]
+
+    done = _in_transaction(work)
+    for message_id, again in zip(message_ids, done, strict=True):
+        click.echo(f"{message_id}: {'queued again' if again else 'not a dead letter'}")
+    if not all(done):
+        sys.exit(1)
 
 
 @main.group()

@@ -303,23 +303,22 @@ def group_member(member: GroupMember) -> Resource:
     entity["identifier"] = {"system": RESIDENT_ID_SYSTEM, "value": member.resident_id}
     entity["display"] = member.name
     return {
-        "extension": [
-            {
-                "url": HOUSEHOLD_RELATIONSHIP_URL,
-                "valueCodeableConcept": {
-                    "coding": [
-                        {
-                            "system": _ROLE_CODE_SYSTEM,
-                            "code": member.relationship_code,
-                            "display": ROLE_CODES[member.relationship_code],
-                        }
-                    ],
-                    "text": member.relationship_text,
-                },
-            }
-        ],
+        "extension": [relationship_extension(member.relationship_code, member.relationship_text)],
         "entity": entity,
         "inactive": False,
+    }
+
+
+def relationship_extension(role_code: str, text: str) -> Resource:
+    """A member's relationship to the head of the household (a v3 RoleCode, and its words)."""
+    return {
+        "url": HOUSEHOLD_RELATIONSHIP_URL,
+        "valueCodeableConcept": {
+            "coding": [
+                {"system": _ROLE_CODE_SYSTEM, "code": role_code, "display": ROLE_CODES[role_code]}
+            ],
+            "text": text,
+        },
     }
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 # Imported for their tables, which they declare on the metadata.
 import health.auth.tables
+import health.core.outbox
 import health.poverty.tables  # noqa: F401
 import records.tables  # noqa: F401
 from health.core.database import Database

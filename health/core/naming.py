@@ -44,6 +44,30 @@ TEST_DATA_LABEL = {
 #: commission analysts see the persons and households under such a Flag while it is active.
 ILLNESS_POVERTY_TAG = {"system": TAG_SYSTEM, "code": "illness-poverty", "display": "因病致贫返贫"}
 
+#: Clinical specialties of hospital departments and practitioner roles (the project's own
+#: codes; the Chinese display is what the department signs read).
+SPECIALTY_SYSTEM = f"{NAMESPACE}/CodeSystem/specialty"
+SPECIALTIES: dict[str, str] = {
+    "general-practice": "全科医学科",
+    "cardiology": "心血管内科",
+    "endocrinology": "内分泌科",
+    "respiratory": "呼吸内科",
+    "neurology": "神经内科",
+    "paediatrics": "儿科",
+    "obstetrics-gynaecology": "妇产科",
+    "dermatology": "皮肤科",
+    "orthopaedics": "骨科",
+    "oncology": "肿瘤科",
+    "nephrology": "肾内科",
+    "gastroenterology": "消化内科",
+}
+
+#: A remote consult is a ServiceRequest of this category (SNOMED CT 11429006 "Consultation").
+SNOMED = "http://snomed.info/sct"
+CONSULTATION_CATEGORY = {"system": SNOMED, "code": "11429006", "display": "Consultation"}
+#: The consult (its ServiceRequest's id) that a Consent or CareTeam belongs to, as their
+#: identifier: ``{"system": CONSULT_SYSTEM, "value": "<ServiceRequest id>"}``.
+CONSULT_SYSTEM = f"{NAMESPACE}/sid/consult"
 # -- households and illness-poverty flags -------------------------------------------------
 
 #: Group.member extension: the member's relationship to the head (与户主关系), a v3 RoleCode.

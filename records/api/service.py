@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.requests import HTTPConnection
 
 from health.core.bus import MessageBus
 from health.core.database import Database
 from health.core.ids import is_valid_resource_id
 from records.access import AccessEvent, Caller
 from records.feed import announce
+from records.hooks import AfterCommit, WriteHook, run_after_commit, run_hooks
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest, FhirResult, Interactions
 from records.outcome import FhirError
@@ -44,10 +46,13 @@ class RecordsContext:
     max_page_size: int
     default_page_size: int
     max_body_bytes: int
-    #: Who is asking: the caller of a request, or a FhirError (401) if nobody we know.
-    authenticate: Callable[[Request], Awaitable[Caller]]
+    #: Who is asking: the caller of a request (or a WebSocket), or a FhirError (401) if
+    #: nobody we know.
+    authenticate: Callable[[HTTPConnection], Awaitable[Caller]]
     #: ``CapabilityStatement.rest.security`` for a request (how clients get their tokens).
     security: Callable[[Request], dict[str, Any]] | None = None
+    #: Rules run inside every write's transaction, in order (see ``records.hooks``).
+    write_hooks: list[WriteHook] = field(default_factory=list)
 
     def fhir_base(self, request: Request) -> str:
         if self.base_url:
@@ -96,6 +101,7 @@ class RecordsContext:
         self, caller: Caller, request: FhirRequest, base_url: str, return_resources: bool
     ) -> FhirResult:
         is_write = request.method != "GET"
+        after_commit: list[AfterCommit] = []
         async with self.database.transaction(write=is_write) as session:
             store = ResourceStore(session, self.indexer, access=caller.access)
             interactions = Interactions(
@@ -104,14 +110,29 @@ class RecordsContext:
                 max_page_size=self.max_page_size,
                 default_page_size=self.default_page_size,
             )
+
+            async def after_write(since: int) -> None:
+                await run_hooks(
+                    self.write_hooks,
+                    caller=caller,
+                    store=store,
+                    since=since,
+                    base_url=base_url,
+                    after_commit=after_commit,
+                )
+
             if request.path == "" and request.method == "POST":
-                processor = BundleProcessor(interactions, return_resources=return_resources)
+                processor = BundleProcessor(
+                    interactions, return_resources=return_resources, after_write=after_write
+                )
                 body = await processor.process(
                     request.body, scan_identifiers=request.scan_identifiers
                 )
                 result = FhirResult(200, body=body)
             else:
                 result = await interactions.perform(request)
+                if is_write:
+                    await after_write(0)
             touched = [*interactions.shown, *((c.res_type, c.res_id) for c in store.changes)]
             event = access_event(
                 request, result.status, resources=touched, owners=await store.owners_of(touched)
@@ -121,6 +142,7 @@ class RecordsContext:
         if not is_write:
             await caller.audit(event)
         await announce(self.bus, store.changes)
+        await run_after_commit(after_commit)
         return result
 
     async def audit_refusal(self, caller: Caller, request: FhirRequest, error: FhirError) -> None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +29,21 @@ from consult.protocol import Participant
 from consult.rooms import ConsultRooms
 from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
+from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.core.settings import Settings
-from tests.services import PROJECT_ROOT, free_port
+from tests.auth.conftest import VILLAGE_A, fhir_client
+from tests.conftest import BACKENDS, fresh_database
+from tests.consult.network import (
+    CARDIOLOGY,
+    ConsultNetwork,
+    consult_receiver,
+    make_network,
+    settings,
+)
+from tests.receivers import Receiver
+from tests.services import PROJECT_ROOT, AppServer, PostgresServer, RedisServer, free_port
+
+__all__ = ["consult_receiver"]
 
 DEADLINE = 30.0
 VILLAGE_DOCTOR = Participant("pract-village-1", "马秀兰", "village-doctor")
@@ -199,3 +212,52 @@ class WorkerProcess:
         if self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def consult_network(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    consult_receiver: Receiver,
+) -> Iterator[ConsultNetwork]:
+    """The consult network (``tests.consult.network``) on SQLite and on PostgreSQL."""
+    network = make_network(request, tmp_path_factory, request.param, consult_receiver)
+    try:
+        yield network
+    finally:
+        network.system.close()
+        network.server.stop()
+
+
+@pytest.fixture(scope="session")
+def two_workers(
+    request: pytest.FixtureRequest,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+    consult_receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ConsultNetwork, AppServer]]:
+    """Two ``health serve`` processes on one PostgreSQL database and one Redis: what
+    ``--workers 2`` behind a load balancer amounts to."""
+    url = fresh_database(request, "postgresql", tmp_path_factory.mktemp("two-workers"))
+    first = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
+    first.cli("seed", "--demo", "--patients", "0")
+    first.start()
+    second = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
+    second.secret = first.secret
+    second.start()
+    system = fhir_client(first, first.system_token())
+    organizations: dict[str, Any] = {}
+    for code in (VILLAGE_A, CARDIOLOGY):
+        found = system.get(
+            "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{code}"}
+        ).json()
+        organizations[code] = found["entry"][0]["resource"]["id"]
+    net = ConsultNetwork(first, "postgresql", organizations, system, receiver=consult_receiver)
+    net.departments = {CARDIOLOGY: organizations[CARDIOLOGY]}
+    try:
+        yield net, second
+    finally:
+        system.close()
+        second.stop()
+        first.stop()

@@ -9,8 +9,8 @@ The illness-poverty service's other tables (``health.poverty.tables``):
   registry feed send) and each followed-up household's figures and disease groups (which
   the next ``health poverty recompute`` fills).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-01 12:10:00
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

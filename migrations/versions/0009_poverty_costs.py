@@ -5,8 +5,8 @@ One row per bill (ExplanationOfBenefit, Claim, Invoice) with its amounts in 分,
 each bill (``records.derived``): the illness-poverty recompute sums a city's costs in SQL
 instead of parsing every bill's JSON. Filled here from the bills already stored.
 
-Revision ID: 0008
-Revises: 0005
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-01 12:00:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0005"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
