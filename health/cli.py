@@ -71,6 +71,38 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 @main.command()
+def worker() -> None:
+    """Deliver the outbox (notifications, the registry feed) until stopped, without serving
+    HTTP: production runs several beside ``health serve`` with HEALTH_DELIVER_IN_SERVE=false.
+    Workers share the work through the outbox table; none sends a message another holds."""
+    import signal
+
+    from health.app import outbox_delivery
+    from health.core.database import Database
+
+    async def run() -> None:
+        settings = get_settings()
+        database = Database(settings.database_url)
+        delivery = outbox_delivery(database, settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        delivery.start()
+        topics = ", ".join(sorted(delivery.deliverers))
+        click.echo(f"worker {delivery.worker_id} delivering {topics}", err=True)
+        try:
+            await stop.wait()
+        finally:
+            await delivery.close()
+            for deliverer in delivery.deliverers.values():
+                await deliverer.close()
+            await database.dispose()
+
+    asyncio.run(run())
+
+
+@main.command()
 @click.option(
     "--demo", is_flag=True, required=True, help="load the demo clinic network and patients"
 )

@@ -131,3 +131,7 @@ ILLNESS_POVERTY_STAGE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-case-sta
 ILLNESS_POVERTY_ASSISTANCE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-assistance"
 #: Task extension, repeated: one step of the follow-up (stage, time, who, note, help, reason).
 ILLNESS_POVERTY_STEP_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-case-step"
+
+#: Outbox topic of the registry feed: one message per illness-poverty flag change, keyed by
+#: household so that a household's changes reach the registry in order.
+REGISTRY_FLAG_TOPIC = "registry.flag"

@@ -5,8 +5,9 @@ batch's :class:`~health.poverty.flags.FlagChange` list, inside the batch's trans
 after the Flags are written. It
 
 * appends each change to ``poverty_flag_changes`` — the log that ``health registry export``
-  writes out for registries that take files, and that the registry feed's outbox
-  (issue 9, ``integrations/``) is to be filled from, here, in the same transaction;
+  writes out for registries that take files — and puts it in the outbox
+  (``health.core.outbox``, topic ``REGISTRY_FLAG_TOPIC``, keyed by household, idempotency
+  key ``registry.flag:<seq>``) for the registry feed (``integrations.registry_feed``);
 * opens a follow-up case (``health.poverty.cases``) for a household that has a flag raised
   and no open case, and ends the open case of a household that is gone.
 
@@ -18,13 +19,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.ids import new_resource_id
-from health.core.naming import ILLNESS_POVERTY_FLAG_KINDS, ILLNESS_POVERTY_TAG
+from health.core.naming import (
+    ILLNESS_POVERTY_FLAG_KINDS,
+    ILLNESS_POVERTY_TAG,
+    REGISTRY_FLAG_TOPIC,
+)
+from health.core.outbox import enqueue_many
 from health.poverty import repository
 from health.poverty.cases import SERVICE_NAME, ended_with_household, new_case
 from health.poverty.flags import FlagChange, flag_meta
@@ -69,26 +76,73 @@ async def record_flag_changes(
             labels[change.group_id] = households.get(change.group_id) or await _former(
                 session, change.group_id, at
             )
-    await session.execute(
-        insert(poverty_flag_changes),
-        [
-            {
-                "changed_at": at,
-                "action": change.action,
-                "group_id": change.group_id,
-                "household_number": _attr(labels[change.group_id], "number"),
-                "household_name": _attr(labels[change.group_id], "name"),
-                "township": _attr(labels[change.group_id], "township"),
-                "village": _attr(labels[change.group_id], "village"),
-                "rule": change.rule,
-                "kind": change.kind,
-                "flag_id": change.flag_id,
-                "rules_version": rules_version,
-            }
-            for change in changes
+    logged = [
+        {
+            "changed_at": at,
+            "action": change.action,
+            "group_id": change.group_id,
+            "household_number": _attr(labels[change.group_id], "number"),
+            "household_name": _attr(labels[change.group_id], "name"),
+            "township": _attr(labels[change.group_id], "township"),
+            "village": _attr(labels[change.group_id], "village"),
+            "rule": change.rule,
+            "kind": change.kind,
+            "flag_id": change.flag_id,
+            "rules_version": rules_version,
+        }
+        for change in changes
+    ]
+    seqs = (
+        await session.execute(
+            insert(poverty_flag_changes).returning(
+                poverty_flag_changes.c.seq, sort_by_parameter_order=True
+            ),
+            logged,
+        )
+    ).scalars()
+    await enqueue_many(
+        session,
+        topic=REGISTRY_FLAG_TOPIC,
+        items=[
+            (
+                f"household:{row['group_id']}",
+                f"{REGISTRY_FLAG_TOPIC}:{seq}",
+                registry_payload(seq, row),
+            )
+            for seq, row in zip(seqs, logged, strict=True)
         ],
     )
     await _follow_up(store, changes, households, at)
+
+
+def registry_payload(seq: int, change: Mapping[str, Any]) -> dict[str, Any]:
+    """What the registry feed sends for one logged change (``integrations.registry_feed``):
+    the change's number, time and kind, the household as the registry knows it, the flag."""
+    changed_at = change["changed_at"]
+    if changed_at.tzinfo is None:
+        changed_at = changed_at.replace(tzinfo=dt.UTC)
+    action, kind, rule = change["action"], change["kind"], change["rule"]
+    return {
+        "seq": seq,
+        "changedAt": changed_at.isoformat(),
+        "action": action,
+        "actionText": ACTIONS[action][0],
+        "household": {
+            "number": change["household_number"],
+            "name": change["household_name"],
+            "township": change["township"],
+            "village": change["village"],
+            "reference": f"Group/{change['group_id']}",
+        },
+        "flag": {
+            "reference": f"Flag/{change['flag_id']}",
+            "kind": kind,
+            "kindText": ILLNESS_POVERTY_FLAG_KINDS.get(kind, (kind, ""))[0],
+            "rule": rule,
+            "ruleText": RULE_NAMES.get(rule, (rule, ""))[0],
+            "rulesVersion": change["rules_version"],
+        },
+    }
 
 
 def _attr(household: Household | None, name: str) -> str | None:
