@@ -891,6 +891,103 @@ def poverty_rebuild_costs() -> None:
     click.echo(f"bill amounts rebuilt from {asyncio.run(run())} bills")
 
 
+@poverty.command(name="cases")
+@click.option("--all", "everything", is_flag=True, help="closed and rejected cases too")
+@click.option("--overdue", is_flag=True, help="only open cases whose next step is overdue")
+def poverty_cases(everything: bool, overdue: bool) -> None:
+    """The illness-poverty follow-up cases, the next due first: Task id, household, stage,
+    due date (逾期 when overdue), the township worker and the help given."""
+    import datetime as dt
+
+    from health.core.clock import utcnow
+    from health.poverty.cases import STAGES
+    from health.poverty.casework import CaseRow, list_cases
+
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> list[CaseRow]:
+        return await list_cases(
+            session, open_only=not everything, overdue_at=now if overdue else None
+        )
+
+    china = dt.timezone(dt.timedelta(hours=8))
+    rows = _in_transaction(work)
+    if not rows:
+        click.echo("no cases")
+    for row in rows:
+        due = row.due_at.astimezone(china).date().isoformat() if row.due_at else "-"
+        late = " 逾期 overdue" if row.overdue(now) and row.stage in STAGES else ""
+        click.echo(
+            f"{row.task_id}\t{row.household_number or '-'} {row.household_name or ''}\t"
+            f"{row.township or ''}{row.village or ''}\t{STAGES[row.stage][0]} {row.stage}\t"
+            f"due {due}{late}\t{row.owner_name or '未指派 unassigned'}\t{row.help or ''}"
+        )
+
+
+@poverty.command(name="case-step")
+@click.argument("task_id")
+@click.argument("stage")
+@click.option("--by", "author", required=True, help="who takes the step (a name)")
+@click.option("--practitioner", help="the Practitioner id of who takes the step")
+@click.option("--note", help="what was found or done (required for verified)")
+@click.option(
+    "--help-given",
+    "help_given",
+    multiple=True,
+    help="with assisted: medical-assistance, serious-illness-insurance, special-treatment, "
+    "family-doctor-contract, dibao-referral, temporary-assistance, other",
+)
+@click.option("--reason", help="with rejected: why")
+@click.option("--worker", help="with assigned: the township worker's Practitioner id")
+def poverty_case_step(
+    task_id: str,
+    stage: str,
+    author: str,
+    practitioner: str | None,
+    note: str | None,
+    help_given: tuple[str, ...],
+    reason: str | None,
+    worker: str | None,
+) -> None:
+    """Take one step on a case: STAGE is verified, assisted, monitoring, closed, rejected, or
+    assigned (with --worker)."""
+    from health.core.clock import utcnow
+    from health.core.database import Database
+    from health.poverty.cases import STAGES, CaseStepError, CaseView, Person
+    from health.poverty.casework import take_step
+    from records.indexing import SearchIndexer
+
+    options = {"stage": "STAGE", "task": "TASK_ID", "help": "--help-given"}
+
+    async def run() -> CaseView:
+        database = Database(get_settings().database_url)
+        try:
+            return await take_step(
+                database,
+                SearchIndexer(),
+                task_id,
+                stage=stage,
+                author=Person(f"Practitioner/{practitioner}" if practitioner else None, author),
+                at=utcnow(),
+                note=note,
+                help=help_given,
+                reason=reason,
+                worker=worker,
+            )
+        finally:
+            await database.dispose()
+
+    try:
+        case = asyncio.run(run())
+    except CaseStepError as error:
+        raise click.BadParameter(
+            str(error), param_hint=options.get(error.field, f"--{error.field}")
+        ) from None
+    label = STAGES[case.stage][0]
+    owner = case.owner.name if case.owner else "未指派 unassigned"
+    click.echo(f"Task/{task_id}: {label} {case.stage}, {owner}")
+
+
 @poverty.command(name="check-rules")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def poverty_check_rules(file: Path) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from health.core.database import Database
 from health.poverty.cases import is_case_task, read_case
+from health.poverty.casework import list_cases
 from health.poverty.rules import load_rules
 from health.poverty.service import IllnessPovertyService, RecomputeReport
 from health.poverty.tables import poverty_cases, poverty_costs, poverty_flag_changes
@@ -220,3 +221,106 @@ class TestFlagChangesAndCases:
         result = run_health(database_url, "registry", "export", str(tmp_path / "changes.pdf"))
         assert result.returncode == 2
         assert "FILE" in result.stderr and ".csv or .xlsx" in result.stderr
+
+
+class TestCaseSteps:
+    """A township worker's steps on a case, through ``health poverty case-step``."""
+
+    def test_a_case_goes_from_identified_to_closed_and_wrong_steps_are_named(
+        self, city: dict[str, Any], database_url: str
+    ) -> None:
+        poor: House = city["poor"]
+
+        async def case_and_worker() -> tuple[str, str]:
+            database = Database(database_url)
+            try:
+                ((task_id,),) = await rows(
+                    database,
+                    select(poverty_cases.c.task_id).where(poverty_cases.c.group_id == poor.id),
+                )
+                async with database.transaction(write=True) as session:
+                    worker = await ResourceStore(session, SearchIndexer()).create(
+                        {"resourceType": "Practitioner", "name": [{"text": "马小燕"}]}
+                    )
+                return task_id, worker.res_id
+            finally:
+                await database.dispose()
+
+        task_id, worker = asyncio.run(case_and_worker())
+
+        def step(*args: str) -> Any:
+            return run_health(database_url, "poverty", "case-step", task_id, *args)
+
+        refused = step("verified", "--by", "马小燕")
+        assert refused.returncode == 2 and "--note" in refused.stderr
+        refused = step("assigned", "--by", "乡镇干部", "--worker", "no-such-worker")
+        assert refused.returncode == 2 and "--worker" in refused.stderr
+        done = step("assigned", "--by", "乡镇干部", "--worker", worker)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "马小燕" in done.stdout
+        done = step(
+            "verified", "--by", "马小燕", "--practitioner", worker, "--note", "入户核实属实"
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        refused = step("assisted", "--by", "马小燕")
+        assert refused.returncode == 2 and "--help-given" in refused.stderr
+        refused = step("assisted", "--by", "马小燕", "--help-given", "cash")
+        assert refused.returncode == 2 and "'cash' is not a kind of help" in refused.stderr
+        done = step("assisted", "--by", "马小燕", "--help-given", "medical-assistance")
+        assert done.returncode == 0, done.stderr[-2000:]
+        refused = step("closed", "--by", "马小燕")
+        assert refused.returncode == 2 and "STAGE" in refused.stderr
+        assert "goes on to assisted, monitoring" in refused.stderr
+        for stage in ("monitoring", "closed"):
+            done = step(stage, "--by", "马小燕")
+            assert done.returncode == 0, done.stderr[-2000:]
+        assert "风险消除" in done.stdout
+
+        async def the_case() -> tuple[Any, Any]:
+            database = Database(database_url)
+            try:
+                (case,) = await rows(
+                    database, select(poverty_cases).where(poverty_cases.c.task_id == task_id)
+                )
+                async with database.transaction(write=False) as session:
+                    stored = await ResourceStore(session, SearchIndexer()).current("Task", task_id)
+                return case, stored
+            finally:
+                await database.dispose()
+
+        case, stored = asyncio.run(the_case())
+        assert (case.stage, case.open, case.owner_name) == ("closed", False, "马小燕")
+        assert case.first_assisted_at is not None and case.closed_at is not None
+        assert case.help == "medical-assistance"
+        task = orjson.loads(stored.content)
+        assert task["status"] == "completed" and task["owner"]["display"] == "马小燕"
+        assert [s.stage for s in read_case(task_id, task).steps] == [
+            "identified",
+            "assigned",
+            "verified",
+            "assisted",
+            "monitoring",
+            "closed",
+        ]
+        listed = run_health(database_url, "poverty", "cases", "--all")
+        assert listed.returncode == 0 and task_id in listed.stdout and "风险消除" in listed.stdout
+
+    async def test_overdue_cases_are_listed(self, database_url: str) -> None:
+        town = Town()
+        house = town.household("F92001", ["马玲"], status="monitored", income="5000")
+        town.eob(house.members[0], "2026-05-02", billed="9000", out_of_pocket="9000")
+        database = Database(database_url)
+        indexer = SearchIndexer()
+        try:
+            await town.write(database, indexer)
+            await recompute(database, indexer)
+            async with database.transaction(write=False) as session:
+                now = dt.datetime.now(dt.UTC)
+                soon = await list_cases(session, overdue_at=now)
+                later = await list_cases(session, overdue_at=now + dt.timedelta(days=16))
+        finally:
+            await database.dispose()
+        assert house.id not in {c.group_id for c in soon}
+        (case,) = [c for c in later if c.group_id == house.id]
+        assert case.stage == "identified" and case.household_number == "F92001"
+        assert case.overdue(now + dt.timedelta(days=16)) and not case.overdue(now)
