@@ -140,10 +140,25 @@ async def reset_flags(url: str) -> None:
     recompute is a first run again. A benchmark's reset, not something the service does."""
     connection = await asyncpg.connect(plain(url))
     try:
-        deleted = await connection.execute(
-            "DELETE FROM resources WHERE res_type IN ('Flag', 'RiskAssessment')"
+        async with connection.transaction():
+            cases = await connection.execute(
+                "DELETE FROM resources WHERE rid IN (SELECT rid FROM poverty_cases)"
+            )
+            deleted = await connection.execute(
+                "DELETE FROM resources WHERE res_type IN ('Flag', 'RiskAssessment')"
+            )
+            # What the recompute writes beside the flags: the change log, the registry feed's
+            # messages, the followed-up households' figures.
+            await connection.execute(
+                "TRUNCATE poverty_flag_changes, poverty_household_figures, "
+                "poverty_household_diseases"
+            )
+            await connection.execute("DELETE FROM outbox WHERE topic = 'registry.flag'")
+        print(
+            f"reset: {deleted.split()[-1]} Flags and RiskAssessments, {cases.split()[-1]} "
+            "case Tasks, the flag change log and its outbox messages removed",
+            flush=True,
         )
-        print(f"reset: {deleted.split()[-1]} Flags and RiskAssessments removed", flush=True)
     finally:
         await connection.close()
 

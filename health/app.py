@@ -31,7 +31,7 @@ from health.auth.policy import SYSTEM_ROLE
 from health.auth.tokens import TokenSigner, service_secret
 from health.core.bus import create_bus
 from health.core.database import Database
-from health.core.outbox import OutboxDelivery
+from health.core.outbox import Deliverer, OutboxDelivery
 from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
 from health.poverty.listener import start_flag_listener
@@ -39,6 +39,8 @@ from health.web.pages import router as pages_router
 from health.web.routes import install_pages
 from health.web.security_headers import SecurityHeaders
 from integrations.notifications import NOTIFICATION_TOPIC, notifier
+from integrations.registry_feed import TOPIC as REGISTRY_TOPIC
+from integrations.registry_feed import registry_feed
 from records.access import Caller
 from records.api.responses import fhir_response
 from records.api.routes import router as fhir_router
@@ -50,6 +52,25 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 CONSULT_STATIC_DIR = Path(__file__).parent.parent / "consult" / "static"
+
+
+def outbox_delivery(database: Database, settings: Settings) -> OutboxDelivery:
+    """The outbox's delivery with every deliverer the settings configure: the notifications
+    and, with ``HEALTH_REGISTRY_URL``, the registry feed. ``health serve`` runs it (unless
+    ``HEALTH_DELIVER_IN_SERVE=false``), and so does each ``health worker``."""
+    deliverers: dict[str, Deliverer] = {NOTIFICATION_TOPIC: notifier(settings)}
+    feed = registry_feed(settings)
+    if feed is not None:
+        deliverers[REGISTRY_TOPIC] = feed
+    return OutboxDelivery(
+        database,
+        deliverers,
+        max_attempts=settings.outbox_max_attempts,
+        retry_base_seconds=settings.outbox_retry_base_seconds,
+        retry_max_seconds=settings.outbox_retry_max_seconds,
+        poll_seconds=settings.outbox_poll_seconds,
+        lease_seconds=settings.outbox_lease_seconds,
+    )
 
 
 def consult_party(gate: Gate) -> Any:
@@ -120,23 +141,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rooms=app.state.consult_rooms,
             bus=bus,
         )
-        notifications = notifier(settings)
-        delivery = OutboxDelivery(
-            database,
-            {NOTIFICATION_TOPIC: notifications},
-            max_attempts=settings.outbox_max_attempts,
-            retry_base_seconds=settings.outbox_retry_base_seconds,
-            retry_max_seconds=settings.outbox_retry_max_seconds,
-            poll_seconds=settings.outbox_poll_seconds,
-        )
-        delivery.start()
+        delivery = outbox_delivery(database, settings)
+        if settings.deliver_in_serve:
+            delivery.start()
         app.state.outbox = delivery
         flags = await start_flag_listener(database, records.indexer, bus, settings)
         try:
             yield
         finally:
             await delivery.close()
-            await notifications.close()
+            for deliverer in delivery.deliverers.values():
+                await deliverer.close()
             await audit.close()
             await app.state.consult_rooms.close()
             if flags is not None:

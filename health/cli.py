@@ -71,6 +71,38 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 @main.command()
+def worker() -> None:
+    """Deliver the outbox (notifications, the registry feed) until stopped, without serving
+    HTTP: production runs several beside ``health serve`` with HEALTH_DELIVER_IN_SERVE=false.
+    Workers share the work through the outbox table; none sends a message another holds."""
+    import signal
+
+    from health.app import outbox_delivery
+    from health.core.database import Database
+
+    async def run() -> None:
+        settings = get_settings()
+        database = Database(settings.database_url)
+        delivery = outbox_delivery(database, settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        delivery.start()
+        topics = ", ".join(sorted(delivery.deliverers))
+        click.echo(f"worker {delivery.worker_id} delivering {topics}", err=True)
+        try:
+            await stop.wait()
+        finally:
+            await delivery.close()
+            for deliverer in delivery.deliverers.values():
+                await deliverer.close()
+            await database.dispose()
+
+    asyncio.run(run())
+
+
+@main.command()
 @click.option(
     "--demo", is_flag=True, required=True, help="load the demo clinic network and patients"
 )
@@ -663,6 +695,86 @@ def registry_import(file: Path) -> None:
     click.echo("\n".join(lines))
 
 
+@registry.command(name="export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--after",
+    type=int,
+    default=0,
+    show_default=True,
+    help="only changes after this 变更序号 (the last one the registry has)",
+)
+@click.option("--since", help="only changes from this day on (China time), e.g. 2026-10-01")
+@click.option("--until", help="only changes before this day (China time)")
+@click.option(
+    "--encoding",
+    type=click.Choice(["utf-8", "gb18030"]),
+    default="utf-8",
+    show_default=True,
+    help="of a CSV file",
+)
+def registry_export(
+    file: Path, after: int, since: str | None, until: str | None, encoding: str
+) -> None:
+    """Write the illness-poverty flag changes (raised, evidence updated, deactivated) as CSV
+    or XLSX (by FILE's suffix) with the registry's Chinese headers, in the order they were
+    made."""
+    import datetime as dt
+
+    from health.core.database import Database
+    from health.poverty.flag_changes import logged_changes
+    from integrations.registry_export import RegistryFlagChange, china_time, write_export
+    from integrations.spreadsheet import format_of
+
+    try:
+        format_of(file)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="FILE") from None
+    china = dt.timezone(dt.timedelta(hours=8))
+    start, end = _date(since), _date(until)
+
+    async def run() -> list[RegistryFlagChange]:
+        database = Database(get_settings().database_url)
+        try:
+            async with database.transaction(write=False) as session:
+                logged = await logged_changes(
+                    session,
+                    after_seq=after,
+                    since=dt.datetime.combine(start, dt.time(), china) if start else None,
+                    until=dt.datetime.combine(end, dt.time(), china) if end else None,
+                )
+        finally:
+            await database.dispose()
+        rows = []
+        for change in logged:
+            action, kind, rule = change.label
+            rows.append(
+                RegistryFlagChange(
+                    change.seq,
+                    china_time(change.changed_at),
+                    change.household_number or "",
+                    (change.household_name or "").removesuffix("户"),
+                    change.township or "",
+                    change.village or "",
+                    action,
+                    kind,
+                    rule,
+                    change.rules_version,
+                    f"Flag/{change.flag_id}",
+                )
+            )
+        return rows
+
+    rows = asyncio.run(run())
+    write_export(file, rows, encoding="utf-8-sig" if encoding == "utf-8" else "gb18030")
+    if rows:
+        click.echo(
+            f"wrote {len(rows)} flag changes (变更序号 {rows[0].seq}–{rows[-1].seq}) to {file}"
+        )
+    else:
+        click.echo(f"no flag changes after 变更序号 {after}; wrote the headers to {file}")
+
+
 class _Incomplete(Exception):
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
@@ -750,6 +862,130 @@ def poverty_household(number: str, as_of: str | None) -> None:
     if lines is None:
         raise click.ClickException(f"no household has 户编号 {number}")
     click.echo("\n".join(lines))
+
+
+@poverty.command(name="rebuild-costs")
+def poverty_rebuild_costs() -> None:
+    """Rebuild the table of bill amounts (poverty_costs) from the stored ExplanationOfBenefits,
+    Claims and Invoices, after the way they are read has changed; resumes after a crash."""
+    from tqdm import tqdm
+
+    from health.core.database import Database
+    from health.poverty.derived import BILL_AMOUNTS
+    from records.derived import rebuild
+
+    async def run() -> int:
+        database = Database(get_settings().database_url)
+        bar = tqdm(unit="bill", desc="bill amounts", file=sys.stderr)
+        try:
+            return await rebuild(
+                database,
+                BILL_AMOUNTS,
+                on_start=lambda total: setattr(bar, "total", total),
+                on_batch=bar.update,
+            )
+        finally:
+            bar.close()
+            await database.dispose()
+
+    click.echo(f"bill amounts rebuilt from {asyncio.run(run())} bills")
+
+
+@poverty.command(name="cases")
+@click.option("--all", "everything", is_flag=True, help="closed and rejected cases too")
+@click.option("--overdue", is_flag=True, help="only open cases whose next step is overdue")
+def poverty_cases(everything: bool, overdue: bool) -> None:
+    """The illness-poverty follow-up cases, the next due first: Task id, household, stage,
+    due date (逾期 when overdue), the township worker and the help given."""
+    import datetime as dt
+
+    from health.core.clock import utcnow
+    from health.poverty.cases import STAGES
+    from health.poverty.casework import CaseRow, list_cases
+
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> list[CaseRow]:
+        return await list_cases(
+            session, open_only=not everything, overdue_at=now if overdue else None
+        )
+
+    china = dt.timezone(dt.timedelta(hours=8))
+    rows = _in_transaction(work)
+    if not rows:
+        click.echo("no cases")
+    for row in rows:
+        due = row.due_at.astimezone(china).date().isoformat() if row.due_at else "-"
+        late = " 逾期 overdue" if row.overdue(now) and row.stage in STAGES else ""
+        click.echo(
+            f"{row.task_id}\t{row.household_number or '-'} {row.household_name or ''}\t"
+            f"{row.township or ''}{row.village or ''}\t{STAGES[row.stage][0]} {row.stage}\t"
+            f"due {due}{late}\t{row.owner_name or '未指派 unassigned'}\t{row.help or ''}"
+        )
+
+
+@poverty.command(name="case-step")
+@click.argument("task_id")
+@click.argument("stage")
+@click.option("--by", "author", required=True, help="who takes the step (a name)")
+@click.option("--practitioner", help="the Practitioner id of who takes the step")
+@click.option("--note", help="what was found or done (required for verified)")
+@click.option(
+    "--help-given",
+    "help_given",
+    multiple=True,
+    help="with assisted: medical-assistance, serious-illness-insurance, special-treatment, "
+    "family-doctor-contract, dibao-referral, temporary-assistance, other",
+)
+@click.option("--reason", help="with rejected: why")
+@click.option("--worker", help="with assigned: the township worker's Practitioner id")
+def poverty_case_step(
+    task_id: str,
+    stage: str,
+    author: str,
+    practitioner: str | None,
+    note: str | None,
+    help_given: tuple[str, ...],
+    reason: str | None,
+    worker: str | None,
+) -> None:
+    """Take one step on a case: STAGE is verified, assisted, monitoring, closed, rejected, or
+    assigned (with --worker)."""
+    from health.core.clock import utcnow
+    from health.core.database import Database
+    from health.poverty.cases import STAGES, CaseStepError, CaseView, Person
+    from health.poverty.casework import take_step
+    from records.indexing import SearchIndexer
+
+    options = {"stage": "STAGE", "task": "TASK_ID", "help": "--help-given"}
+
+    async def run() -> CaseView:
+        database = Database(get_settings().database_url)
+        try:
+            return await take_step(
+                database,
+                SearchIndexer(),
+                task_id,
+                stage=stage,
+                author=Person(f"Practitioner/{practitioner}" if practitioner else None, author),
+                at=utcnow(),
+                note=note,
+                help=help_given,
+                reason=reason,
+                worker=worker,
+            )
+        finally:
+            await database.dispose()
+
+    try:
+        case = asyncio.run(run())
+    except CaseStepError as error:
+        raise click.BadParameter(
+            str(error), param_hint=options.get(error.field, f"--{error.field}")
+        ) from None
+    label = STAGES[case.stage][0]
+    owner = case.owner.name if case.owner else "未指派 unassigned"
+    click.echo(f"Task/{task_id}: {label} {case.stage}, {owner}")
 
 
 @poverty.command(name="check-rules")

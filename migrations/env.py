@@ -8,8 +8,10 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+# Imported for their tables, which they declare on the metadata.
 import health.auth.tables
-import health.core.outbox  # noqa: F401  (these declare their tables on the metadata)
+import health.core.outbox
+import health.poverty.tables  # noqa: F401
 import records.tables  # noqa: F401
 from health.core.database import Database
 from health.core.schema import metadata

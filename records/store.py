@@ -2,7 +2,8 @@
 
 Each write stores the new version's JSON text once, with the server's ``meta.versionId`` and
 ``meta.lastUpdated``, updates the resource's current-version row, and rewrites its search
-index rows, all in the caller's transaction. Reads return the stored text unchanged.
+index rows and the rows of any derived table that follows its type (``records.derived``),
+all in the caller's transaction. Reads return the stored text unchanged.
 The caller owns the transaction (see :meth:`health.core.database.Database.transaction`).
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import is_valid_resource_id, new_resource_id
+from records import derived
 from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError, Issue
@@ -413,6 +415,7 @@ class ResourceStore:
                 (
                     rid,
                     item.res_type,
+                    item.res_id,
                     item.data
                     if item.data.get("id") == item.res_id
                     else {**item.data, "id": item.res_id},
@@ -478,7 +481,7 @@ class ResourceStore:
         stored = await self._append_version(
             rid, res_type, res_id, version + 1, now, method, content
         )
-        await self._write_index_rows([(rid, res_type, data)])
+        await self._write_index_rows([(rid, res_type, res_id, data)])
         return stored, deleted
 
     async def delete(
@@ -526,16 +529,19 @@ class ResourceStore:
                 content=content,
             )
         )
-        await self._delete_index_rows(rid)
+        await self._delete_index_rows(rid, res_type)
         self.changes.append(Change(res_type, res_id, version, method))
         return StoredVersion(res_type, res_id, version, now, method, content)
 
     async def reindex(self, rids_and_content: Sequence[tuple[int, str, str]]) -> None:
         """Rewrite the index rows of current versions: (rid, type, JSON text) each."""
-        for rid, _type, _content in rids_and_content:
-            await self._delete_index_rows(rid)
+        for rid, res_type, _content in rids_and_content:
+            await self._delete_index_rows(rid, res_type)
+        parsed = [
+            (rid, res_type, orjson.loads(content)) for rid, res_type, content in rids_and_content
+        ]
         await self._write_index_rows(
-            [(rid, res_type, orjson.loads(content)) for rid, res_type, content in rids_and_content]
+            [(rid, res_type, str(data.get("id", "")), data) for rid, res_type, data in parsed]
         )
 
     # -- internals -------------------------------------------------------------------------
@@ -637,17 +643,22 @@ class ResourceStore:
                 content=content,
             )
         )
-        await self._write_index_rows([(rid, res_type, {**data, "id": res_id})])
+        await self._write_index_rows([(rid, res_type, res_id, {**data, "id": res_id})])
         self.changes.append(Change(res_type, res_id, 1, method))
         return StoredVersion(res_type, res_id, 1, now, method, content)
 
-    async def _delete_index_rows(self, rid: int) -> None:
+    async def _delete_index_rows(self, rid: int, res_type: str) -> None:
         for table in SEARCH_TABLES.values():
             await self.session.execute(delete(table).where(table.c.rid == rid))
+        await derived.delete_rows(self.session, rid, res_type)
 
-    async def _write_index_rows(self, items: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+    async def _write_index_rows(
+        self, items: Sequence[tuple[int, str, str, dict[str, Any]]]
+    ) -> None:
+        """Search index rows and derived rows of new versions: (rid, type, id, content) each."""
+        await derived.write_rows(self.session, items)
         batches: dict[str, list[dict[str, Any]]] = {}
-        for rid, res_type, data in items:
+        for rid, res_type, _res_id, data in items:
             for kind, rows in self.indexer.extract(res_type, data).items():
                 batch = batches.setdefault(kind, [])
                 for row in rows:

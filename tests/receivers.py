@@ -3,6 +3,11 @@
 It records every request (headers, JSON body, when it came) and answers from a script of
 status codes (``fail_with``), then 200. Like a careful receiver it keeps the idempotency
 keys it has accepted, so a test can tell deliveries from repeats.
+
+Besides status codes, a script may hold two misbehaviours: :data:`CLOSE` (drop the
+connection without an answer, accepting nothing) and :data:`HANG` (accept the message, then
+answer only after ``hang_seconds``, past the sender's timeout: the acknowledgement is lost,
+and the sender's next attempt is a repeat the receiver acknowledges again).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+#: Script entries that are not status codes: drop the connection; accept, then answer late.
+CLOSE, HANG = -1, -2
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Receiver:
     #: Per-request override: a function of the body giving a status (or None for the rest).
     answer: Callable[[Any], int | None] | None = None
     accepted_keys: list[str] = field(default_factory=list)
+    hang_seconds: float = 3.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)
     _server: ThreadingHTTPServer | None = None
@@ -65,7 +74,7 @@ class Receiver:
                     if status is None:
                         status = receiver.fail_with.pop(0) if receiver.fail_with else 200
                     key = self.headers.get("Idempotency-Key") or ""
-                    if status == 200 and key not in receiver.accepted_keys:
+                    if status in (200, HANG) and key not in receiver.accepted_keys:
                         receiver.accepted_keys.append(key)
                     receiver.requests.append(
                         Received(
@@ -78,10 +87,19 @@ class Receiver:
                         )
                     )
                     receiver._changed.notify_all()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"ok": true}' if status == 200 else b'{"error": "no"}')
+                if status == CLOSE:
+                    self.close_connection = True
+                    return
+                if status == HANG:
+                    time.sleep(receiver.hang_seconds)
+                    status = 200
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"ok": true}' if status == 200 else b'{"error": "no"}')
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender gave up waiting (a HANG): its acknowledgement is lost
 
             def log_message(self, *args: Any) -> None:
                 return None

@@ -111,3 +111,27 @@ ILLNESS_POVERTY_MEASURE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-measur
 ILLNESS_POVERTY_MEASURE_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-measure"
 #: Extension on a RiskAssessment: the household's bills over the period, split by payer.
 ILLNESS_POVERTY_COSTS_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-costs"
+
+# -- follow-up of illness-poverty cases -----------------------------------------------------
+
+#: meta.tag of the Task that follows up an illness-poverty case (one Task a case: a household
+#: from its first flag to 风险消除 or rejection); the policy lets analysts see a household
+#: while such a Task is open, even after its flags have ended.
+ILLNESS_POVERTY_CASE_TAG = {
+    "system": TAG_SYSTEM,
+    "code": "illness-poverty-case",
+    "display": "因病致贫返贫帮扶跟进",
+}
+#: Task.code of a follow-up Task.
+ILLNESS_POVERTY_TASK_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-task"
+#: Task.businessStatus: the case's stage (identified, verified, assisted, monitoring, closed,
+#: rejected).
+ILLNESS_POVERTY_STAGE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-case-stage"
+#: The kinds of help a case records (medical assistance, serious-illness insurance...).
+ILLNESS_POVERTY_ASSISTANCE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-assistance"
+#: Task extension, repeated: one step of the follow-up (stage, time, who, note, help, reason).
+ILLNESS_POVERTY_STEP_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-case-step"
+
+#: Outbox topic of the registry feed: one message per illness-poverty flag change, keyed by
+#: household so that a household's changes reach the registry in order.
+REGISTRY_FLAG_TOPIC = "registry.flag"

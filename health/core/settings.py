@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     outbox_retry_base_seconds: float = 2.0
     outbox_retry_max_seconds: float = 3600.0
     outbox_poll_seconds: float = 1.0
+    #: How long a worker holds a message it is delivering; past it, another worker may take
+    #: the message over (the holder died). Keep it above the slowest receiver's timeout.
+    outbox_lease_seconds: float = 60.0
+    #: Whether ``health serve`` delivers the outbox itself (the embedded default); production
+    #: sets it false and runs ``health worker`` processes instead.
+    deliver_in_serve: bool = True
+
+    #: The poverty household registry's endpoint for illness-poverty flag changes (建档立卡 /
+    #: 防返贫监测 system); unset: the changes wait in the outbox (and ``health registry
+    #: export`` writes them as files).
+    registry_url: str | None = None
+    #: Signs every delivery (HMAC-SHA256 over timestamp and body, ``X-Signature``).
+    registry_secret: str | None = None
+    #: Seconds to wait for the registry's answer before trying again later.
+    registry_timeout_seconds: float = 10.0
 
     @field_validator("database_url")
     @classmethod

@@ -268,12 +268,17 @@ def _impoverishing(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Findin
     return finding
 
 
+def medical_bill_start(rules: RuleSet, as_of: dt.date) -> dt.date:
+    """The first day of the medical-bill alert's period: the insurance year, or 12 months."""
+    if rules.medical_bill.period == "calendar-year":
+        return dt.date(as_of.year, 1, 1)
+    return months_before(as_of, 12)
+
+
 def _medical_bill(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding:
     rule = rules.medical_bill
     household = evidence.household
-    start = (
-        dt.date(as_of.year, 1, 1) if rule.period == "calendar-year" else months_before(as_of, 12)
-    )
+    start = medical_bill_start(rules, as_of)
     span = "本医保年度" if rule.period == "calendar-year" else "近 12 个月"
     lines = _window(evidence.costs, start, as_of)
     finding = Finding(MEDICAL_BILL, "medical-bill-alert", "clear", period=(start, as_of))

@@ -40,3 +40,13 @@ def format_yuan(amount: Decimal) -> str:
 def format_share(share: Decimal) -> str:
     """0.4 -> 40.0%"""
     return f"{(share * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)}%"
+
+
+def to_fen(amount: Decimal) -> int:
+    """Yuan as whole 分 (fen, cents), the unit the tables keep: exact in any database."""
+    return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_fen(fen: int | None) -> Decimal:
+    """Whole 分 back as yuan with two places (None, as SQL's SUM of nothing gives, is 0)."""
+    return (Decimal(fen or 0) / 100).quantize(CENT)

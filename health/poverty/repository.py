@@ -10,12 +10,26 @@ of each resource and skip deleted ones.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.naming import (
@@ -25,9 +39,17 @@ from health.core.naming import (
     TAG_SYSTEM,
 )
 from health.poverty.assessment import Diagnosis
-from health.poverty.costs import CHINA_TIME, COST_TYPES
+from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
 from health.poverty.flags import StoredFlag, assessment_id_of
+from health.poverty.money import from_fen, to_fen
 from health.poverty.rules import normalize_icd10
+from health.poverty.tables import (
+    poverty_cases,
+    poverty_costs,
+    poverty_flags,
+    poverty_household_diseases,
+    poverty_household_figures,
+)
 from records.datetimes import LATEST
 from records.tables import (
     resource_versions,
@@ -473,3 +495,307 @@ async def refresh_statistics(session: AsyncSession) -> None:
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         names = ", ".join(table.name for table in _WRITTEN_TABLES)
         await session.execute(text(f"ANALYZE {names}"))
+
+
+# -- the derived tables (health.poverty.tables) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """What one patient's counted bills in one date range add up to, in 分."""
+
+    patient_id: str
+    bucket: int
+    bills: int
+    unsettled: int
+    billed: int
+    basic: int
+    serious: int
+    assistance: int
+    other: int
+    out_of_pocket: int
+
+
+def _counted(since: dt.date, until: dt.date, unsettled_claims: str) -> Any:
+    """The bills that count, from ``since`` to ``until``: settled ones, and Claims that no
+    ExplanationOfBenefit answers when the rule set counts those in full — the same test for
+    the aggregates and for the lines of the evidence, so the two always agree."""
+    answer = poverty_costs.alias("answer")
+    answered = exists().where(
+        answer.c.answers == literal("Claim/") + poverty_costs.c.res_id,
+        answer.c.counted.is_(True),
+        answer.c.settled_on >= since,
+    )
+    claims = not_(answered) if unsettled_claims == "count-in-full" else false()
+    return and_(
+        poverty_costs.c.counted.is_(True),
+        poverty_costs.c.settled_on >= since,
+        poverty_costs.c.settled_on <= until,
+        or_(poverty_costs.c.settled.is_(True), claims),
+    )
+
+
+async def cost_buckets(
+    session: AsyncSession,
+    patient_ids: Sequence[str],
+    starts: Sequence[dt.date],
+    until: dt.date,
+    unsettled_claims: str,
+) -> list[Bucket]:
+    """Per patient, the counted bills summed in ranges: bucket k runs from ``starts[k]`` to
+    the day before ``starts[k + 1]`` (the last to ``until``). ``starts`` ascending."""
+    bucket: Any = literal(0)
+    if len(starts) > 1:
+        bucket = case(
+            *[
+                (poverty_costs.c.settled_on >= start, literal(index))
+                for index, start in reversed(list(enumerate(starts)))
+                if index > 0
+            ],
+            else_=literal(0),
+        )
+    bucket = bucket.label("bucket")
+    c = poverty_costs.c
+    found: list[Bucket] = []
+    for chunk in _chunks(sorted(set(patient_ids))):
+        rows = await session.execute(
+            select(
+                c.patient_id,
+                bucket,
+                func.count(),
+                func.sum(case((c.settled.is_(False), 1), else_=0)),
+                func.sum(c.billed),
+                func.sum(c.basic),
+                func.sum(c.serious),
+                func.sum(c.assistance),
+                func.sum(c.other),
+                func.sum(c.out_of_pocket),
+            )
+            .where(c.patient_id.in_(chunk), _counted(starts[0], until, unsettled_claims))
+            .group_by(c.patient_id, bucket)
+        )
+        found.extend(Bucket(row[0], *(int(v or 0) for v in row[1:])) for row in rows)
+    return found
+
+
+async def cost_lines(
+    session: AsyncSession,
+    patient_ids: Sequence[str],
+    since: dt.date,
+    until: dt.date,
+    unsettled_claims: str,
+) -> list[CostLine]:
+    """The counted bills of these patients from ``since`` to ``until``, read from their rows."""
+    c = poverty_costs.c
+    found: list[CostLine] = []
+    for chunk in _chunks(sorted(set(patient_ids))):
+        rows = await session.execute(
+            select(
+                c.res_type,
+                c.res_id,
+                c.patient_id,
+                c.settled_on,
+                c.provider,
+                c.billed,
+                c.basic,
+                c.serious,
+                c.assistance,
+                c.other,
+                c.out_of_pocket,
+                c.settled,
+                c.answers,
+            )
+            .where(c.patient_id.in_(chunk), _counted(since, until, unsettled_claims))
+            .order_by(c.settled_on, c.rid)
+        )
+        found.extend(
+            CostLine(
+                f"{row.res_type}/{row.res_id}",
+                row.patient_id,
+                row.settled_on,
+                row.provider,
+                from_fen(row.billed),
+                from_fen(row.basic),
+                from_fen(row.serious),
+                from_fen(row.assistance),
+                from_fen(row.other),
+                from_fen(row.out_of_pocket),
+                bool(row.settled),
+                row.answers,
+            )
+            for row in rows
+        )
+    return found
+
+
+async def bills_not_counted(
+    session: AsyncSession, patient_ids: Sequence[str], since: dt.date
+) -> Counter[str]:
+    """ "<type> <reason>" -> how many of these patients' bills since ``since`` do not count."""
+    c = poverty_costs.c
+    found: Counter[str] = Counter()
+    for chunk in _chunks(sorted(set(patient_ids))):
+        rows = await session.execute(
+            select(c.res_type, c.not_counted, func.count())
+            .where(c.patient_id.in_(chunk), c.counted.is_(False), c.settled_on >= since)
+            .group_by(c.res_type, c.not_counted)
+        )
+        for res_type, reason, count in rows:
+            found[f"{res_type} {reason}"] += count
+    return found
+
+
+async def groups_with_active_flags_among(
+    session: AsyncSession, group_ids: Sequence[str]
+) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(group_ids))):
+        rows = await session.execute(
+            select(poverty_flags.c.group_id)
+            .where(poverty_flags.c.group_id.in_(chunk), poverty_flags.c.active.is_(True))
+            .distinct()
+        )
+        found.update(row.group_id for row in rows)
+    return found
+
+
+async def open_cases_of(session: AsyncSession, group_ids: Sequence[str]) -> dict[str, str]:
+    """group id -> the id of its open follow-up Task."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(sorted(set(group_ids))):
+        rows = await session.execute(
+            select(poverty_cases.c.group_id, poverty_cases.c.task_id)
+            .where(poverty_cases.c.group_id.in_(chunk), poverty_cases.c.open.is_(True))
+            .order_by(poverty_cases.c.opened_at)
+        )
+        for row in rows:
+            found.setdefault(row.group_id, row.task_id)
+    return found
+
+
+async def groups_ever_followed(session: AsyncSession, group_ids: Sequence[str]) -> set[str]:
+    """The households among these that have had a follow-up case, open or not."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(group_ids))):
+        rows = await session.execute(
+            select(poverty_cases.c.group_id).where(poverty_cases.c.group_id.in_(chunk)).distinct()
+        )
+        found.update(row.group_id for row in rows)
+    return found
+
+
+async def active_flags_of_groups(
+    session: AsyncSession, group_ids: Sequence[str]
+) -> dict[str, list[StoredFlag]]:
+    """group id -> its active illness-poverty Flags, each with its RiskAssessment: all that
+    deciding a household's writes needs (an inactive flag never changes again)."""
+    found: dict[str, list[StoredFlag]] = {}
+    flags: list[StoredFlag] = []
+    for chunk in _chunks(sorted(set(group_ids))):
+        rows = await session.execute(
+            select(poverty_flags.c.group_id, resources.c.res_id, resource_versions.c.content)
+            .select_from(poverty_flags)
+            .join(resources, resources.c.rid == poverty_flags.c.rid)
+            .join(
+                resource_versions,
+                and_(
+                    resource_versions.c.rid == resources.c.rid,
+                    resource_versions.c.version == resources.c.version,
+                ),
+            )
+            .where(poverty_flags.c.group_id.in_(chunk), poverty_flags.c.active.is_(True))
+        )
+        for row in rows:
+            data = orjson.loads(row.content)
+            stored = StoredFlag(row.res_id, data, assessment_id_of(data))
+            found.setdefault(row.group_id, []).append(stored)
+            flags.append(stored)
+    wanted = sorted({f.assessment_id for f in flags if f.assessment_id})
+    assessments: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(wanted):
+        rows = await session.execute(
+            _current().where(
+                resources.c.res_type == "RiskAssessment", resources.c.res_id.in_(chunk)
+            )
+        )
+        assessments.update((row.res_id, orjson.loads(row.content)) for row in rows)
+    for stored in flags:
+        if stored.assessment_id:
+            stored.assessment = assessments.get(stored.assessment_id)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """The last assessment's twelve-month figures of a household under follow-up."""
+
+    group_id: str
+    as_of: dt.date
+    window_start: dt.date
+    totals: CostTotals
+    disease_groups: frozenset[str]
+
+
+async def save_figures(
+    session: AsyncSession,
+    assessed: Sequence[str],
+    figures: Sequence[Figures],
+    at: dt.datetime,
+) -> None:
+    """Replace the figures of the households ``assessed``: ``figures`` for those followed up,
+    none for the rest."""
+    for chunk in _chunks(sorted(set(assessed))):
+        await session.execute(
+            delete(poverty_household_diseases).where(
+                poverty_household_diseases.c.group_id.in_(chunk)
+            )
+        )
+        await session.execute(
+            delete(poverty_household_figures).where(poverty_household_figures.c.group_id.in_(chunk))
+        )
+    if not figures:
+        return
+    await session.execute(
+        insert(poverty_household_figures),
+        [
+            {
+                "group_id": f.group_id,
+                "assessed_at": at,
+                "as_of": f.as_of,
+                "window_start": f.window_start,
+                "bills": len(f.totals.sources),
+                "billed": to_fen(f.totals.billed),
+                "basic": to_fen(f.totals.basic),
+                "serious": to_fen(f.totals.serious),
+                "assistance": to_fen(f.totals.assistance),
+                "other": to_fen(f.totals.other),
+                "out_of_pocket": to_fen(f.totals.out_of_pocket),
+            }
+            for f in figures
+        ],
+    )
+    diseases = [
+        {"group_id": f.group_id, "disease_group": group}
+        for f in figures
+        for group in sorted(f.disease_groups)
+    ]
+    if diseases:
+        await session.execute(insert(poverty_household_diseases), diseases)
+
+
+async def last_group_content(session: AsyncSession, group_id: str) -> dict[str, Any] | None:
+    """The last content a Group had, deleted or not (what a gone household was)."""
+    content = (
+        await session.execute(
+            select(resource_versions.c.content)
+            .join(resources, resources.c.rid == resource_versions.c.rid)
+            .where(
+                resources.c.res_type == "Group",
+                resources.c.res_id == group_id,
+                resource_versions.c.content.is_not(None),
+            )
+            .order_by(resource_versions.c.version.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return orjson.loads(content) if content else None

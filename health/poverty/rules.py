@@ -12,7 +12,7 @@ import datetime as dt
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -165,13 +165,22 @@ class DiseaseRule:
     statuses: frozenset[str]  # empty: every household
     diseases: tuple[Disease, ...]
     mitigation: str
+    #: code -> the diseases whose codes it matches: a city has few distinct codes, and the
+    #: full recompute asked every range of every disease for each diagnosis of each person.
+    _matching: dict[str, tuple[Disease, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def applies_to(self, status: str) -> bool:
         return not self.statuses or status in self.statuses
 
     def disease_of(self, code: str, person_codes: Sequence[str]) -> Disease | None:
-        for disease in self.diseases:
-            if disease.matches(code) and disease.confirmed_by(person_codes):
+        matching = self._matching.get(code)
+        if matching is None:
+            matching = tuple(d for d in self.diseases if d.matches(code))
+            self._matching[code] = matching
+        for disease in matching:
+            if disease.confirmed_by(person_codes):
                 return disease
         return None
 

@@ -9,8 +9,15 @@ changes are announced on the change feed. Locking the Groups makes a full recomp
 incremental listener take turns on a household, so neither writes from what it read before
 the other's commit.
 
-Issue 9's registry feed hooks in where :meth:`IllnessPovertyService._recompute_batch` has
-the batch's :class:`~health.poverty.flags.FlagChange` list inside the transaction.
+The costs come from the bill table the store keeps beside the bills
+(``health.poverty.tables.poverty_costs``): a batch sums them in SQL, applies the rules to
+the sums, and goes back to the bills one by one — rows, never the stored JSON — only for the
+households where a rule fires, a flag is active or a case is open; only theirs are compared
+with the stored flags and evidence.
+
+Every batch hands its :class:`~health.poverty.flags.FlagChange` list, inside its transaction,
+to :func:`health.poverty.flag_changes.record_flag_changes`: the change log, the follow-up
+cases, and the registry feed's outbox (issue 9) go there.
 """
 
 from __future__ import annotations
@@ -25,24 +32,28 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from health.core.bus import MessageBus, create_bus
 from health.core.clock import utcnow
 from health.core.database import Database
 from health.poverty import repository
-from health.poverty.assessment import Diagnosis, Evidence, assess
-from health.poverty.costs import (
-    CHINA_TIME,
-    COST_TYPES,
-    CostLine,
-    CostTotals,
-    NotCounted,
-    cost_line,
-    counted_lines,
+from health.poverty.assessment import (
+    Diagnosis,
+    Evidence,
+    assess,
+    medical_bill_start,
+    totals_in,
 )
+from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
+from health.poverty.derived import BILL_AMOUNTS
+from health.poverty.disease_groups import chapter_of
+from health.poverty.flag_changes import record_flag_changes
 from health.poverty.flags import FlagChange, StoredFlag, Write, plan
 from health.poverty.households import Household, household_from_group, is_household
-from health.poverty.money import format_yuan
+from health.poverty.money import format_yuan, from_fen
 from health.poverty.rules import RULE_NAMES, RuleSet, months_before
+from records.derived import derived_tables
 from records.feed import announce
 from records.indexing import SearchIndexer
 from records.store import NewResource, ResourceStore
@@ -197,6 +208,12 @@ class IllnessPovertyService:
         *,
         bus: MessageBus | None = None,
     ) -> None:
+        if BILL_AMOUNTS not in derived_tables():
+            # Without it the store writes no bill rows, and every bill would seem gone.
+            raise RuntimeError(
+                "the illness-poverty bill table is not registered with the record store: "
+                "reinstall the package (pip install -e .) so its entry points are known"
+            )
         self.database = database
         self.indexer = indexer
         self.rules = rules
@@ -260,17 +277,9 @@ class IllnessPovertyService:
                 return None
             household = household_from_group(group_id, data, as_of)
             start = months_before(as_of, self.rules.catastrophic.window_months)
-            lines = []
-            for row in await repository.cost_resources(session, household.patient_ids, start):
-                try:
-                    lines.append(cost_line(row.res_type, row.res_id, row.data))
-                except NotCounted:
-                    continue
-            counted = [
-                line
-                for line in counted_lines(lines, unsettled_claims=self.rules.unsettled_claims)
-                if start <= line.on <= as_of
-            ]
+            counted = await repository.cost_lines(
+                session, household.patient_ids, start, as_of, self.rules.unsettled_claims
+            )
             flags = (await repository.flags_of_groups(session, [group_id])).get(group_id, [])
         per_person = {
             patient_id: CostTotals.of(line for line in counted if line.patient_id == patient_id)
@@ -321,7 +330,12 @@ class IllnessPovertyService:
     async def _recompute_batch(
         self, group_ids: Sequence[str], as_of: dt.date, now: dt.datetime, report: RecomputeReport
     ) -> None:
+        """One batch in one transaction: the households' costs summed in SQL from the bill
+        table, the rules applied to the sums; only the households where a rule fires, a flag
+        is active or a case is open are assessed again from their bills one by one, and only
+        their stored flags and evidence are read and compared."""
         rules = self.rules
+        since = rules.window_start(as_of)
         async with self.database.transaction(write=True) as session:
             store = ResourceStore(session, self.indexer)
             groups = await repository.lock_and_read_groups(session, group_ids)
@@ -331,59 +345,120 @@ class IllnessPovertyService:
                 if data is not None and is_household(data)
             }
             patients = sorted({p for h in households.values() for p in h.patient_ids})
-            lines: dict[str, list[CostLine]] = defaultdict(list)
-            for row in await repository.cost_resources(
-                session, patients, rules.window_start(as_of)
+            starts = window_starts(rules, as_of)
+            sums: dict[str, list[CostLine]] = defaultdict(list)
+            for bucket in await repository.cost_buckets(
+                session, patients, starts, as_of, rules.unsettled_claims
             ):
-                try:
-                    line = cost_line(row.res_type, row.res_id, row.data)
-                except NotCounted as reason:
-                    report.bills_not_counted[f"{row.res_type} {reason}"] += 1
-                    continue
-                lines[line.patient_id].append(line)
-                report.bills += 1
+                sums[bucket.patient_id].append(bucket_line(bucket, starts))
+                report.bills += bucket.bills
+            report.bills_not_counted.update(
+                await repository.bills_not_counted(session, patients, since)
+            )
             diagnoses: dict[str, list[Diagnosis]] = defaultdict(list)
             for diagnosis in await repository.diagnoses(
                 session, patients, rules.condition_categories
             ):
                 diagnoses[diagnosis.patient_id].append(diagnosis)
             contracts = await repository.contracts(session, patients, as_of)
-            existing = await repository.flags_of_groups(session, list(groups))
-            writes: list[Write] = []
-            changes: list[FlagChange] = []
-            for group_id in group_ids:
-                household = households.get(group_id)
-                flags = existing.get(group_id, [])
-                if household is None:
-                    if any(f.active for f in flags):
-                        decided = plan(None, group_id, [], flags, rules, now)
-                        writes += decided.writes
-                        changes += decided.changes
-                    continue
-                members = set(household.patient_ids)
-                evidence = Evidence(
+            flagged = await repository.groups_with_active_flags_among(session, list(groups))
+            followed = await repository.open_cases_of(session, list(households))
+
+            def evidence(household: Household, costs: Sequence[CostLine]) -> Evidence:
+                members = household.patient_ids
+                return Evidence(
                     household,
-                    counted_lines(
-                        (line for p in household.patient_ids for line in lines.get(p, ())),
-                        unsettled_claims=rules.unsettled_claims,
-                    ),
-                    [d for p in household.patient_ids for d in diagnoses.get(p, ())],
+                    costs,
+                    [d for p in members for d in diagnoses.get(p, ())],
                     {p: contracts[p] for p in members if p in contracts},
                     {m.patient_id: m.name for m in household.members if m.patient_id and m.name},
                 )
-                findings = assess(evidence, rules, as_of)
+
+            candidates: list[str] = []
+            for group_id in group_ids:
+                household = households.get(group_id)
+                if household is None:
+                    if group_id in flagged:
+                        candidates.append(group_id)
+                    continue
+                findings = assess(
+                    evidence(household, [s for p in household.patient_ids for s in sums[p]]),
+                    rules,
+                    as_of,
+                )
                 for finding in findings:
                     if finding.state == "unknown":
                         report.not_assessed[finding.rule] += 1
+                if group_id in flagged or group_id in followed or any(f.fires for f in findings):
+                    candidates.append(group_id)
+
+            lines: dict[str, list[CostLine]] = defaultdict(list)
+            for line in await repository.cost_lines(
+                session,
+                sorted(
+                    {p for g in candidates if g in households for p in households[g].patient_ids}
+                ),
+                since,
+                as_of,
+                rules.unsettled_claims,
+            ):
+                lines[line.patient_id].append(line)
+            existing = await repository.active_flags_of_groups(session, candidates)
+            writes: list[Write] = []
+            changes: list[FlagChange] = []
+            figures: list[repository.Figures] = []
+            for group_id in candidates:
+                household = households.get(group_id)
+                flags = existing.get(group_id, [])
+                if household is None:
+                    decided = plan(None, group_id, [], flags, rules, now)
+                    writes += decided.writes
+                    changes += decided.changes
+                    continue
+                found = evidence(household, [x for p in household.patient_ids for x in lines[p]])
+                findings = assess(found, rules, as_of)
                 decided = plan(household, group_id, findings, flags, rules, now)
                 writes += decided.writes
                 changes += decided.changes
+                figures.append(household_figures(found, rules, as_of))
             await self._write(store, writes)
+            await record_flag_changes(
+                store,
+                changes,
+                households=households,
+                at=now,
+                rules_version=rules.version,
+                unfollowed=await self._unfollowed(session, existing, changes, followed),
+            )
+            await repository.save_figures(session, list(groups), figures, now)
         report.households += len(households)
         for change in changes:
             report.count(change)
         if self.bus is not None and store.changes:
             await announce(self.bus, store.changes)
+
+    @staticmethod
+    async def _unfollowed(
+        session: AsyncSession,
+        existing: dict[str, list[StoredFlag]],
+        changes: Sequence[FlagChange],
+        followed: dict[str, str],
+    ) -> dict[str, str]:
+        """Households whose flags stay active and that never had a case (flags raised before
+        cases were followed up): group id -> the flag to open one with."""
+        ended = {c.flag_id for c in changes if c.action == "deactivated"}
+        raised = {c.group_id for c in changes if c.action == "raised"}
+        staying: dict[str, str] = {}
+        for group_id, flags in existing.items():
+            if group_id in followed or group_id in raised:
+                continue
+            for flag in sorted(flags, key=lambda f: (f.start, f.flag_id)):
+                if flag.flag_id not in ended:
+                    staying.setdefault(group_id, flag.flag_id)
+        if not staying:
+            return {}
+        ever = await repository.groups_ever_followed(session, list(staying))
+        return {g: f for g, f in staying.items() if g not in ever}
 
     async def _write(self, store: ResourceStore, writes: Sequence[Write]) -> None:
         for write in writes:
@@ -394,6 +469,58 @@ class IllnessPovertyService:
         for write in writes:
             if not write.create:
                 await store.update(write.res_type, write.res_id, write.data)
+
+
+def window_starts(rules: RuleSet, as_of: dt.date) -> list[dt.date]:
+    """The first days of the rules' windows, ascending: the bills' sums are kept per range
+    between them, so that every window's sum is a sum of whole ranges."""
+    return sorted(
+        {
+            rules.window_start(as_of),
+            months_before(as_of, rules.catastrophic.window_months),
+            months_before(as_of, rules.impoverishing.window_months),
+            medical_bill_start(rules, as_of),
+        }
+    )
+
+
+def bucket_line(bucket: repository.Bucket, starts: Sequence[dt.date]) -> CostLine:
+    """A patient's bills in one range as one line dated the range's first day: the rules see
+    the same sums in every window, so they fire or not exactly as on the bills themselves."""
+    return CostLine(
+        f"sum:{bucket.patient_id}:{bucket.bucket}",
+        bucket.patient_id,
+        starts[bucket.bucket],
+        None,
+        from_fen(bucket.billed),
+        from_fen(bucket.basic),
+        from_fen(bucket.serious),
+        from_fen(bucket.assistance),
+        from_fen(bucket.other),
+        from_fen(bucket.out_of_pocket),
+        bucket.unsettled == 0,
+    )
+
+
+def household_figures(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> repository.Figures:
+    """The household's twelve-month costs and the disease groups of its listed diagnoses."""
+    start = months_before(as_of, rules.catastrophic.window_months)
+    groups: set[str] = set()
+    for diagnosis in evidence.diagnoses:
+        codes = [d.code for d in evidence.diagnoses if d.patient_id == diagnosis.patient_id]
+        listed = rules.serious_illness.disease_of(diagnosis.code, codes) or (
+            rules.chronic_burden.disease_of(diagnosis.code, codes)
+        )
+        chapter = chapter_of(diagnosis.code) if listed else None
+        if chapter:
+            groups.add(chapter)
+    return repository.Figures(
+        evidence.household.group_id,
+        as_of,
+        start,
+        totals_in(evidence.costs, start, as_of),
+        frozenset(groups),
+    )
 
 
 def _patient_of(res_type: str, data: dict[str, Any]) -> str | None:
