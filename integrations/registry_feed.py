@@ -40,7 +40,13 @@ TOPIC = REGISTRY_FLAG_TOPIC
 
 
 class RegistryFeed(HttpDelivery):
-    """Flag changes to the registry's endpoint, signed."""
+    """Flag changes to the registry's endpoint, signed.
+
+    The registry keeps each household's state, so a household's later change never overtakes
+    one that became a dead letter: the household waits until an operator sends it again.
+    """
+
+    holds_key_when_dead = True
 
     def body(self, message: OutboxMessage) -> dict[str, Any]:
         return {**message.payload, "idempotencyKey": message.idempotency_key}

@@ -19,7 +19,10 @@ registry...) and records the outcome:
 - a **dead-letter** state: a message that fails permanently (the receiver said it is wrong)
   or ``max_attempts`` times stops being tried; it stays in the table, with its last error,
   for an operator (``health outbox``) to look at and send again. A later message of the
-  same key is then delivered (the dead one no longer holds its key up).
+  same key is then delivered (the dead one no longer holds its key up) — unless the topic's
+  deliverer says ``holds_key_when_dead``: for a receiver that keeps state per key (the
+  poverty registry per household), a later change must not overtake one that never
+  arrived, so the key waits until the operator sends the dead letter again.
 
 Workers claim a message for ``lease_seconds`` before delivering it; a worker that dies
 mid-delivery leaves its claim to lapse and another worker tries again.
@@ -131,7 +134,11 @@ class DeliveryFailed(Exception):
 
 class Deliverer(Protocol):
     """Delivers the messages of one topic. Returning means delivered; raising
-    :class:`DeliveryFailed` (or anything else: a retry) means not."""
+    :class:`DeliveryFailed` (or anything else: a retry) means not.
+
+    A deliverer may also say ``holds_key_when_dead = True`` (read with ``getattr``; off when
+    absent): then a dead letter of its topic holds up the later messages of its key.
+    """
 
     async def deliver(self, message: OutboxMessage) -> None: ...
 
@@ -275,6 +282,12 @@ class OutboxDelivery:
     ) -> None:
         self.database = database
         self.deliverers = dict(deliverers)
+        #: Topics whose dead letters hold up their key (see :class:`Deliverer`).
+        self.held_by_dead = sorted(
+            topic
+            for topic, deliverer in self.deliverers.items()
+            if getattr(deliverer, "holds_key_when_dead", False)
+        )
         self.worker_id = worker_id or uuid.uuid4().hex
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
@@ -323,6 +336,12 @@ class OutboxDelivery:
     async def _claim(self) -> list[OutboxMessage]:
         now = utcnow()
         earlier = outbox.alias("earlier")
+        holding = earlier.c.status == PENDING
+        if self.held_by_dead:
+            holding = or_(
+                holding,
+                and_(earlier.c.status == DEAD, earlier.c.topic.in_(self.held_by_dead)),
+            )
         due = (
             select(outbox.c.id)
             .where(
@@ -333,7 +352,7 @@ class OutboxDelivery:
                 # The first pending message of its key: ordering per key.
                 ~exists().where(
                     earlier.c.key == outbox.c.key,
-                    earlier.c.status == PENDING,
+                    holding,
                     earlier.c.id < outbox.c.id,
                 ),
             )

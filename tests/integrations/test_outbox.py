@@ -201,6 +201,47 @@ async def test_messages_of_one_key_arrive_in_order_while_other_keys_go_ahead(
     assert delivered.index("other") < delivered.index("first")
 
 
+class StatefulReceiver(HttpDelivery):
+    """A receiver that keeps state per key (as the poverty registry does per household)."""
+
+    holds_key_when_dead = True
+
+
+@pytest.mark.parametrize("holds", [False, True], ids=["notifications", "per-key state"])
+async def test_a_dead_letter_holds_its_key_up_only_where_the_receiver_keeps_state(
+    database: Database, receiver: Receiver, topic: str, holds: bool
+) -> None:
+    key = f"household/{uuid.uuid4()}"
+    receiver.answer = lambda body: 422 if body["n"] == "raised" and not receiver.requests else 200
+    async with database.transaction(write=True) as session:
+        for n in ("raised", "deactivated"):
+            await enqueue(session, topic=topic, key=key, payload={"key": key, "n": n})
+    kind = StatefulReceiver if holds else HttpDelivery
+    worker = OutboxDelivery(
+        database,
+        {topic: kind(receiver.url, token="gateway-token")},
+        retry_base_seconds=0.05,
+        poll_seconds=0.05,
+    )
+    worker.start()
+    try:
+        if holds:
+            await until_status(database, key, [DEAD, PENDING])
+            # Polls go by and the later change still waits behind the dead one.
+            for _ in range(10):
+                await worker.run_once()
+            assert await status_of(database, key) == [DEAD, PENDING]
+            async with database.transaction(write=True) as session:
+                dead, _later = await messages(session, key=key)
+                assert await send_again(session, message_id=dead.id)
+            worker.wake()
+        await until_status(database, key, [DELIVERED, DELIVERED] if holds else [DEAD, DELIVERED])
+    finally:
+        await worker.close()
+    delivered = [r.body["n"] for r in receiver.requests if r.status == 200]
+    assert delivered == (["raised", "deactivated"] if holds else ["deactivated"])
+
+
 async def test_a_worker_that_died_mid_delivery_leaves_the_message_to_another(
     database: Database, receiver: Receiver, topic: str
 ) -> None:
