@@ -294,6 +294,7 @@ def watch_receiver_feedback(
         await own(packet)
 
     receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    receiver._unwatched_send_rtcp = own  # type: ignore[attr-defined]
 
 
 async def send_bitrate_limit(receiver: RTCRtpReceiver, bitrate: int, ssrcs: list[int]) -> None:
@@ -301,7 +302,9 @@ async def send_bitrate_limit(receiver: RTCRtpReceiver, bitrate: int, ssrcs: list
     rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
     if rtcp_ssrc is None or not ssrcs:
         return  # not started yet: the next round will send it
-    await receiver._send_rtcp(
+    # Past watch_receiver_feedback, if any: this limit is not the estimator's estimate.
+    send = getattr(receiver, "_unwatched_send_rtcp", receiver._send_rtcp)
+    await send(
         RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP,
             ssrc=rtcp_ssrc,

@@ -13,15 +13,19 @@ connection in both directions, once a second:
 From that :class:`LinkSupervisor` does four things:
 
 1. **Caps what each participant sends.** Every second it sends the participant a REMB of
-   ``min(its send limit, the uplink estimate, what each viewer of its video can take)``
-   and caps aiortc's own REMB the same way; the answer SDP carries the send limit as
-   ``b=AS``/``b=TIAS`` for browsers. A viewer can take its own REMB estimate of the stream
-   and its receive limit shared among the videos it receives. Limits come from
+   ``min(its send limit, the uplink estimate, each viewer's receive limit shared among the
+   videos that viewer receives)`` and caps aiortc's own REMB the same way; the answer SDP
+   carries the send limit as ``b=AS``/``b=TIAS`` for browsers. Limits come from
    :class:`LinkPolicy` by role (the village uplink is the constraint) and can only be
-   lowered by the participant (``link-limits``).
+   lowered by the participant (``link-limits``). Viewers' own REMB estimates are *not*
+   passed on to the sender: without simulcast that would hold everyone's picture to the
+   weakest viewer's, and aiortc's estimators only follow the rate that arrives, so the
+   sender's rate would sink to the floor; a viewer whose link cannot carry the video goes
+   audio only instead (2).
 2. **Switches a participant to audio only** when, over the last :attr:`LinkPolicy.window_seconds`,
-   loss either way reaches :attr:`LinkPolicy.audio_only_loss` or a bandwidth estimate falls
-   below :attr:`LinkPolicy.min_video_kbps`, on two samples running: the hub stops
+   loss either way reaches :attr:`LinkPolicy.audio_only_loss`, or a bandwidth estimator
+   holds a direction below :attr:`LinkPolicy.min_video_kbps` while more is offered, on two
+   samples running: the hub stops
    forwarding that participant's video and stops sending it the others', and tells
    everyone (``media-mode``), so the participant's client stops sending video and the
    voice has the link to itself. It switches back once loss both ways has stayed at or
@@ -163,6 +167,7 @@ class LinkSample:
     down_expected: int = 0
     down_lost: int = 0
     up_bytes: int = 0
+    up_video_bytes: int = 0
     down_bytes: int = 0
     up_video_frames: int = 0
 
@@ -289,10 +294,7 @@ class LinkMonitor:
         loss_down = _loss(samples, "down", self.policy.min_packets)
         losses = [x for x in (loss_up, loss_down) if x is not None]
         if self.mode == "video":
-            estimates = [e for e in (self.recent_estimate_up(), self._estimate_down()) if e]
-            weak = any(x >= self.policy.audio_only_loss for x in losses) or any(
-                e < self.policy.min_video_kbps * 1000 for e in estimates
-            )
+            weak = any(x >= self.policy.audio_only_loss for x in losses) or self._congested(samples)
             self.weak_samples = self.weak_samples + 1 if weak else 0
             if self.returned_at is not None and now - self.returned_at > STABLE_SECONDS:
                 self.recover_wait = self.policy.recover_seconds
@@ -324,6 +326,19 @@ class LinkMonitor:
         self.good_since = None
         return True
 
+    def _congested(self, samples: list[LinkSample]) -> bool:
+        """Whether the hub's estimator holds the participant's uplink below what video needs
+        while the participant sends more: a link too thin for video.
+
+        Only the uplink's: aiortc's estimators, like any delay-based estimator, follow what
+        arrives until they detect overuse, so a viewer's estimate of a stream that is small
+        for other reasons says nothing about its link. A downlink too thin shows as loss.
+        """
+        seconds = sum(s.seconds for s in samples) or 1.0
+        up = self.recent_estimate_up()
+        sent = 8 * sum(s.up_video_bytes for s in samples) / seconds
+        return up is not None and up < self.policy.min_video_kbps * 1000 and sent > 1.2 * up
+
     def _estimate_down(self) -> int | None:
         now = self._now()
         shares = [_recent(e, now) for e in self.estimates_down.values()]
@@ -349,8 +364,10 @@ class LinkMonitor:
                 self.last_heard is None or source.last_frame_at > self.last_heard
             ):
                 self.last_heard = source.last_frame_at
-            sample.up_bytes += self._delta(id(source), source.bytes_received)
+            received = self._delta(id(source), source.bytes_received)
+            sample.up_bytes += received
             if source.kind == "video":
+                sample.up_video_bytes += received
                 sample.up_video_frames += self._delta(-id(source), source.frames_received)
         self.samples.append(sample)
         return sample
@@ -579,7 +596,8 @@ class LinkSupervisor:
         peers = [p for p in room.peers.values() if not p.closing]
         forwarded: dict[tuple[str, str], float] = {}
         for peer in peers:
-            down_bytes, rtts = 0, []
+            down_bytes = 0
+            rtts: dict[str, list[float]] = {"audio": [], "video": []}
             for kind in ("audio", "video"):
                 for slot in peer.slots[kind]:
                     stats = await slot.transceiver.sender.getStats()
@@ -589,12 +607,15 @@ class LinkSupervisor:
                                 id(slot.transceiver.sender), stat.bytesSent
                             )
                         elif stat.type == "remote-inbound-rtp" and stat.roundTripTime:
-                            rtts.append(stat.roundTripTime)
+                            rtts[kind].append(stat.roundTripTime)
                     if kind == "video" and slot.participant_id is not None:
                         frames = peer.link.forwarded_delta(id(slot), slot.track.frames_forwarded)
                         forwarded[(peer.participant_id, slot.participant_id)] = frames / seconds
-            if rtts:
-                peer.link.rtt_ms = 1000 * statistics.median(rtts)
+            # Audio's RTT first: aiortc dates a sender report by its last RTP packet, so a
+            # paused video stream's reports give round trips that are too short.
+            measured = rtts["audio"] or rtts["video"]
+            if measured:
+                peer.link.rtt_ms = 1000 * statistics.median(measured)
             peer.link.take_sample(seconds, list(peer.sources.values()), down_bytes)
             change = peer.link.check_stall()
             if change is not None:
@@ -660,10 +681,7 @@ class LinkSupervisor:
                 continue
             active = [s for s in viewer.slots["video"] if not s.track.paused and s.participant_id]
             for slot in active:
-                if slot.participant_id != publisher.participant_id:
-                    continue
-                limits.append(viewer.link.recent_estimate_down(slot.transceiver.sender._ssrc))
-                if viewer.link.receive_kbps is not None:
+                if slot.participant_id == publisher.participant_id and viewer.link.receive_kbps:
                     limits.append(viewer.link.receive_kbps * 1000 // len(active))
         known = [x for x in limits if x]
         link.cap_bps = max(FLOOR_KBPS * 1000, min(known)) if known else None

@@ -215,6 +215,10 @@ class FileVideoTrack(MediaStreamTrack):
         else:
             await asyncio.sleep(max(0.0, self._start + seconds - now))
         item.pts = (item.pts or 0) + self._shift
+        if isinstance(item, av.VideoFrame):
+            # aiortc's encoders keep their rate only for frames in the 90 kHz clock.
+            item.pts = int(item.pts * self._time_base / VIDEO_TIME_BASE)
+            item.time_base = VIDEO_TIME_BASE
         return item
 
     def stop(self) -> None:
