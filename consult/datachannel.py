@@ -351,8 +351,11 @@ class CallData:
         records = self._records()
         by = self.participant(handler)
         line = ChatLine(message_id=message_id, text=text, sent=utcnow())
+        room = self.hub.rooms.get(handler.room_id)
         others = [
-            self.participant(h) for h in self._room(handler).channels.values() if h is not handler
+            peer.participant or Participant(peer.participant_id, peer.participant_id, "")
+            for peer in (room.peers.values() if room else [])
+            if peer.participant_id != handler.participant_id
         ]
         ref = await self._keep(
             handler, "chat", message_id, lambda: records.chat(handler.room_id, by, line, others)

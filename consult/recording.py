@@ -68,6 +68,11 @@ _MS = Fraction(1, 1000)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def consult_folder(directory: Path, consult_id: str) -> Path:
+    """Where a consult's recordings are kept, under the recording directory."""
+    return Path(directory) / _UNSAFE.sub("_", consult_id)
+
+
 def recording_url(recording: Recording, file: RecordedFile) -> str:
     """Where the app serves a recorded file (``consult.recordings_api``)."""
     return f"/consult/recordings/{recording.recording_id}/{file.path.name}"
@@ -259,7 +264,7 @@ class RoomRecording:
         self.recording = Recording(
             recording_id=uuid.uuid4().hex, started=utcnow(), started_by=started_by
         )
-        self.folder = Path(directory) / _UNSAFE.sub("_", consult_id) / self.recording.recording_id
+        self.folder = consult_folder(directory, consult_id) / self.recording.recording_id
         self.document: str | None = None
         self._records = records
         self._hub = hub
@@ -476,7 +481,7 @@ async def finish_abandoned(directory: Path, consult_id: str, records: ConsultRec
     Call it only while holding the consult's room (its lease): then nobody else is writing
     them. Returns how many were completed.
     """
-    folder = Path(directory) / _UNSAFE.sub("_", consult_id)
+    folder = consult_folder(directory, consult_id)
     sidecars = await asyncio.to_thread(lambda: sorted(folder.glob(f"*/{SIDECAR}")))
     done = 0
     for sidecar in sidecars:
@@ -509,6 +514,7 @@ async def finish_abandoned(directory: Path, consult_id: str, records: ConsultRec
 
 __all__ = [
     "RoomRecording",
+    "consult_folder",
     "finish_abandoned",
     "media_seconds",
     "recording_url",

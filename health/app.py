@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consult.recordings_api import router as recordings_router
 from consult.rooms import ConsultRooms
 from health.auth.audit import AuditWriter, chain_key
 from health.auth.endpoints import capability_security
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit=audit,
         )
         app.state.gate = gate
+        app.state.settings = settings
         app.state.bus = bus
         app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
         # This worker's consult rooms and media hub: the consult signalling route hands each
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(pages_router)
     app.include_router(fhir_router)
+    # Recorded consult files, for those the records let read the recording's DocumentReference.
+    app.include_router(recordings_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins.strip():
         app.add_middleware(

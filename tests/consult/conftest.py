@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +30,7 @@ from consult.rooms import ConsultRooms
 from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
 from health.core.settings import Settings
+from tests.conftest import BACKENDS
 from tests.services import PROJECT_ROOT, free_port
 
 DEADLINE = 30.0
@@ -199,3 +200,26 @@ class WorkerProcess:
         if self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def consult_network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The clinic network's app (``tests.consult.on_record``), on SQLite and PostgreSQL."""
+    from tests.consult.on_record import network_with_recordings
+
+    backend = request.param
+    with network_with_recordings(
+        request, tmp_path_factory.mktemp(f"consults-{backend}"), backend
+    ) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+async def on_record(consult_network: Any) -> AsyncIterator[Any]:
+    """Consults on record: the app, its database, and workers whose hubs keep to it."""
+    from tests.consult.on_record import consults_on_record
+
+    async with consults_on_record(*consult_network) as consults:
+        yield consults
