@@ -470,6 +470,7 @@ def recording_document(
         description += f". Cut short: {recording.cut_short}"
     return {
         "resourceType": "DocumentReference",
+        "identifier": [{"system": RECORDING_ID_SYSTEM, "value": recording.recording_id}],
         "status": "current",
         "docStatus": "final" if recording.ended is not None else "preliminary",
         "type": {"text": "Remote consult video recording"},

@@ -165,7 +165,10 @@ async def eventually(check: Callable[[], bool], what: str, within: float = DEADL
 class WorkerProcess:
     """A worker in a subprocess (``tests/consult/worker_process.py``), to be killed."""
 
-    def __init__(self, redis_url: str, *, lease_seconds: float) -> None:
+    def __init__(
+        self, redis_url: str, *, lease_seconds: float, on_record: tuple[str, ...] = ()
+    ) -> None:
+        """``on_record``: (database URL, secret, recording folder) to keep calls' records."""
         self.port = free_port()
         self._process = subprocess.Popen(
             [
@@ -175,6 +178,7 @@ class WorkerProcess:
                 redis_url,
                 str(self.port),
                 str(lease_seconds),
+                *on_record,
             ],
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
@@ -185,7 +189,17 @@ class WorkerProcess:
         assert self._process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self._process.stdout.readline), DEADLINE)
         assert line.strip() == b"ready", line
-        return self
+        # "ready" comes from the app's start-up, a moment before uvicorn listens.
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline, "the worker never listened"
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return self
 
     def url(self, consult_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/consult/{consult_id}/ws"

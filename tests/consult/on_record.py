@@ -50,6 +50,70 @@ for _participant in (VILLAGE, SPECIALIST_ON_RECORD, OUTSIDER):
 
 
 @dataclass
+class AccountCallers:
+    """The assembly's ``callers`` for these tests: a participant's id is their username."""
+
+    database: Database
+    gate: Gate
+
+    async def __call__(self, participant: Participant) -> ParticipantOnRecord:
+        async with self.database.transaction(write=False) as session:
+            user = await accounts.get_user(session, username=participant.id)
+        if user is None or user.disabled:
+            raise RecordsRefused(f"{participant.id} has no account here")
+        subject = user_subject(user, parse_scopes(USER_SCOPES))
+        caller = RequestCaller(
+            subject, self.gate.policy(subject), actor_of(subject, None), self.gate
+        )
+        reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
+        return ParticipantOnRecord(caller=caller, reference=reference)
+
+
+@dataclass
+class RecordsParts:
+    database: Database
+    gate: Gate
+    records: RecordsContext
+
+    def call_records(self) -> FhirCallRecords:
+        return FhirCallRecords(self.records, callers=AccountCallers(self.database, self.gate))
+
+
+@asynccontextmanager
+async def records_on(
+    database_url: str, secret_hex: str, base_url: str
+) -> AsyncIterator[RecordsParts]:
+    """A records context on an app's database, with the app's signing and audit keys."""
+    database = Database(database_url)
+    indexer = SearchIndexer()
+    secret = bytes.fromhex(secret_hex)
+    audit = AuditWriter(database, indexer, chain_key(secret))
+    app_settings = Settings(database_url=database_url)
+    gate = Gate(
+        settings=app_settings,
+        database=database,
+        indexer=indexer,
+        signer=TokenSigner(secret, issuer=app_settings.issuer),
+        audit=audit,
+    )
+    records = RecordsContext(
+        database=database,
+        indexer=indexer,
+        bus=InProcessBus(),
+        base_url=base_url,
+        max_page_size=app_settings.max_page_size,
+        default_page_size=app_settings.default_page_size,
+        max_body_bytes=app_settings.max_body_bytes,
+        authenticate=gate.authenticate,
+    )
+    try:
+        yield RecordsParts(database, gate, records)
+    finally:
+        await audit.close()
+        await database.dispose()
+
+
+@dataclass
 class ConsultsOnRecord:
     network: Network
     records: RecordsContext
@@ -229,34 +293,9 @@ def network_with_recordings(
 
 @asynccontextmanager
 async def consults_on_record(net: Network, recording_dir: Path) -> AsyncIterator[ConsultsOnRecord]:
-    """A records context on the app's database, with the app's signing and audit keys."""
-    database = Database(net.server.database_url)
-    indexer = SearchIndexer()
-    secret = bytes.fromhex(net.server.secret)
-    audit = AuditWriter(database, indexer, chain_key(secret))
-    app_settings = Settings(database_url=net.server.database_url)
-    gate = Gate(
-        settings=app_settings,
-        database=database,
-        indexer=indexer,
-        signer=TokenSigner(secret, issuer=app_settings.issuer),
-        audit=audit,
-    )
-    records = RecordsContext(
-        database=database,
-        indexer=indexer,
-        bus=InProcessBus(),
-        base_url=f"{net.server.url}/fhir",
-        max_page_size=app_settings.max_page_size,
-        default_page_size=app_settings.default_page_size,
-        max_body_bytes=app_settings.max_body_bytes,
-        authenticate=gate.authenticate,
-    )
-    try:
-        yield ConsultsOnRecord(net, records, gate, database, recording_dir)
-    finally:
-        await audit.close()
-        await database.dispose()
+    server = net.server
+    async with records_on(server.database_url, server.secret, f"{server.url}/fhir") as parts:
+        yield ConsultsOnRecord(net, parts.records, parts.gate, parts.database, recording_dir)
 
 
 def new_id() -> str:
