@@ -820,18 +820,57 @@ def consult_socket_url(server: str, consult_id: str) -> str:
     return f"{base}/consult/{consult_id}/ws"
 
 
+def read_vitals(path: Path) -> list[dict[str, Any]]:
+    """Readings to send, one JSON object a line (``consult.vitals``), blank lines skipped.
+
+    A reading may say ``"afterSeconds"``: when to send it, counted from joining; otherwise
+    it goes a second after the one before. A line that is not a JSON object is refused
+    with its number.
+    """
+    readings = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            reading = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not JSON: {error}") from None
+        if not isinstance(reading, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object")
+        readings.append(reading)
+    return readings
+
+
 async def run_client(
     url: str,
     *,
     token: str | None,
     seconds: float,
     video_file: Path | None = None,
+    vitals: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Join, stay ``seconds``, leave; what was received (see :meth:`ConsultClient.summary`)."""
+    """Join, stay ``seconds``, leave; what was received (see :meth:`ConsultClient.summary`).
+
+    ``vitals`` are sent over the call's data channel as a device gateway would (see
+    :func:`read_vitals`); the summary's ``replies`` say where each was kept, or why not.
+    """
     client = ConsultClient(url, token=token, video_file=video_file)
+    loop = asyncio.get_running_loop()
     try:
         await client.join()
-        await asyncio.sleep(seconds)
+        joined = loop.time()
+        sent: list[str] = []
+        due = 0.0
+        for reading in vitals or []:
+            reading = dict(reading)
+            due = float(reading.pop("afterSeconds", due + 1.0))
+            await asyncio.sleep(max(0.0, joined + due - loop.time()))
+            sent.append(client.send_reading(reading))
+        left = max(0.0, joined + seconds - loop.time())
+        if sent:
+            with contextlib.suppress(TimeoutError):
+                await client.wait_for(lambda c: set(sent) <= set(c.replies), left)
+        await asyncio.sleep(max(0.0, joined + seconds - loop.time()))
     except (ConsultClientError, OSError, InvalidHandshake) as error:
         client.errors.append(Error("client", f"could not join: {error}"))
     finally:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import av
+import orjson
 
 from tests.consult.conftest import DEADLINE
 from tests.consult.on_record import OUTSIDER, SPECIALIST_ON_RECORD, VILLAGE, ConsultsOnRecord
+from tests.consult.test_client_command import health
 
 LOINC = "http://loinc.org"
 
@@ -253,3 +256,61 @@ async def test_chat_and_shared_files_are_kept_and_only_those_allowed_see_them(
                 assert fhir.get(f"/{reference}").status_code == 404
     finally:
         await worker.stop()
+
+
+async def test_the_command_line_client_sends_a_device_gateways_readings(
+    on_record: ConsultsOnRecord, tmp_path: Path
+) -> None:
+    consult = on_record.open_consult()
+    readings = tmp_path / "readings.jsonl"
+    readings.write_text(
+        "\n".join(
+            [
+                '{"id": "gw-1", "kind": "blood-pressure", "systolic": 146, "diastolic": 91}',
+                "",
+                '{"id": "gw-2", "kind": "spo2", "value": 96, "unit": "%", "afterSeconds": 1.5}',
+                '{"id": "gw-3", "kind": "heart-rate", "value": 999, "unit": "/min"}',
+            ]
+        ),
+        encoding="utf-8",
+    )
+    worker = await on_record.worker()
+    try:
+        async with worker.client(consult, SPECIALIST_ON_RECORD) as specialist:
+            code, out, err = await health(
+                "consult",
+                "join",
+                consult,
+                "--token",
+                f"token-{VILLAGE.id}",
+                "--server",
+                f"http://127.0.0.1:{worker.port}",
+                "--duration",
+                "8",
+                "--vitals",
+                str(readings),
+            )
+            assert code == 0, err[-2000:]
+            summary = orjson.loads(out)
+            replies = {r["id"]: r for r in summary["replies"]}
+            assert replies["gw-1"]["type"] == replies["gw-2"]["type"] == "stored"
+            assert (replies["gw-3"]["code"], replies["gw-3"]["field"]) == (
+                "implausible-reading",
+                "value",
+            )
+            await specialist.wait_for(lambda c: len(c.readings) >= 2, DEADLINE)
+            assert [r["id"] for r in specialist.readings] == ["gw-1", "gw-2"]
+        with on_record.fhir("specialist") as fhir:
+            observation = fhir.get(f"/{replies['gw-2']['resource']}").json()
+            assert observation["valueQuantity"]["value"] == 96
+    finally:
+        await worker.stop()
+
+
+async def test_the_command_refuses_a_readings_file_that_is_not_json_lines(tmp_path: Path) -> None:
+    readings = tmp_path / "readings.jsonl"
+    readings.write_text('{"kind": "spo2", "value": 96}\nnot json\n', encoding="utf-8")
+    code, _, err = await health(
+        "consult", "join", "c-1", "--token", "t", "--vitals", str(readings), "--duration", "1"
+    )
+    assert code == 2 and "line 2 is not JSON" in err
