@@ -37,6 +37,7 @@ import queue
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -220,7 +221,7 @@ class _Muxer:
 class _SourceSink:
     """A participant's source as the recorder reads it (a :class:`~consult.tracks.FrameSink`)."""
 
-    def __init__(self, recording: RoomRecording, key: str, source: EncodedSource) -> None:
+    def __init__(self, recording: CallRecorder, key: str, source: EncodedSource) -> None:
         self._recording = recording
         self._key = key
         self._source = source
@@ -248,36 +249,30 @@ class _SourceSink:
         self._source.detach(self)
 
 
-class RoomRecording:
-    """One recording of one consult's call (see the module docstring)."""
+class CallRecorder:
+    """The media part of a recording: taps the room's sources, writes one file a participant.
 
-    def __init__(
-        self,
-        *,
-        consult_id: str,
-        started_by: Participant,
-        directory: Path,
-        records: ConsultRecords,
-        hub: MediaHub,
-    ) -> None:
+    :class:`RoomRecording` adds what the record needs; the benchmark uses this alone.
+    """
+
+    def __init__(self, *, consult_id: str, folder: Path, hub: MediaHub, recording: Recording):
         self.consult_id = consult_id
-        self.recording = Recording(
-            recording_id=uuid.uuid4().hex, started=utcnow(), started_by=started_by
-        )
-        self.folder = consult_folder(directory, consult_id) / self.recording.recording_id
-        self.document: str | None = None
-        self._records = records
+        self.folder = folder
+        self.recording = recording
+        #: Called (on the event loop) when a participant's file is added after the start.
+        self.on_new_file: Callable[[], None] | None = None
         self._hub = hub
         self._muxer: _Muxer | None = None
         self._sinks: list[_SourceSink] = []
         self._keys: dict[str, str] = {}
         self._t0 = 0.0
-        self._stopped = False
+        self.stopped = False
 
     def elapsed_ms(self) -> int:
         return int((asyncio.get_running_loop().time() - self._t0) * 1000)
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """Open the folder and the muxing thread; name a file for everyone sending now."""
         room = self._hub.rooms.get(self.consult_id)
         codec = (room.video_codec if room else None) or "video/VP8"
         senders = [p for p in room.peers.values() if p.sources] if room else []
@@ -288,31 +283,29 @@ class RoomRecording:
         self._t0 = asyncio.get_running_loop().time()
         for peer in senders:
             self._file_for(peer.participant_id, peer.participant)
-        await self._write_sidecar(finished=False)
-        self.document = await self._records.recording_started(
-            self.consult_id, self.recording, url_of=recording_url
-        )
-        await self._write_sidecar(finished=False)
+
+    def tap(self) -> None:
+        """Start taking the room's media (each source from its next keyframe)."""
         self._hub.add_tap(self.consult_id, self)
-        logger.info("recording consult %s in %s", self.consult_id, self.folder)
 
     def source_added(self, peer: Peer, source: EncodedSource) -> None:
-        if self._stopped:
+        if self.stopped:
             return
         is_new = peer.participant_id not in self._keys
         key = self._file_for(peer.participant_id, peer.participant)
         self._sinks.append(_SourceSink(self, key, source))
-        if is_new and self.document is not None:
-            asyncio.get_running_loop().create_task(self._note_new_file())
+        if is_new and self.on_new_file is not None:
+            self.on_new_file()
 
     def put(self, key: str, packet: _Packet) -> None:
-        if self._muxer is not None and not self._stopped:
+        if self._muxer is not None and not self.stopped:
             self._muxer.put(key, packet)
 
     async def stop(self) -> None:
-        if self._stopped:
+        """Close every file, then note each one's size, SHA-1 and duration."""
+        if self.stopped:
             return
-        self._stopped = True
+        self.stopped = True
         self._hub.remove_tap(self.consult_id, self)
         for sink in self._sinks:
             sink.detach()
@@ -321,22 +314,6 @@ class RoomRecording:
             await asyncio.to_thread(self._muxer.close)
         self.recording.ended = utcnow()
         await asyncio.to_thread(_describe_files, self.recording.files)
-        await self._write_sidecar(finished=True)
-        if self.document is not None:
-            await self._records.recording_changed(
-                self.consult_id, self.recording, self.document, url_of=recording_url
-            )
-        logger.info("recording of consult %s done: %s", self.consult_id, self.document)
-
-    def state(self) -> RecordingState:
-        if self._stopped:
-            return RecordingState("off", document=self.document)
-        return RecordingState(
-            "on",
-            started_by=self.recording.started_by,
-            since=self.recording.started.isoformat(),
-            document=self.document,
-        )
 
     def _file_for(self, participant_id: str, participant: Participant | None) -> str:
         key = self._keys.get(participant_id)
@@ -357,6 +334,66 @@ class RoomRecording:
             )
         )
         return key
+
+
+class RoomRecording:
+    """One recording of one consult's call, kept in the record (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        consult_id: str,
+        started_by: Participant,
+        directory: Path,
+        records: ConsultRecords,
+        hub: MediaHub,
+    ) -> None:
+        self.consult_id = consult_id
+        self.recording = Recording(
+            recording_id=uuid.uuid4().hex, started=utcnow(), started_by=started_by
+        )
+        self.folder = consult_folder(directory, consult_id) / self.recording.recording_id
+        self.document: str | None = None
+        self._records = records
+        self._recorder = CallRecorder(
+            consult_id=consult_id, folder=self.folder, hub=hub, recording=self.recording
+        )
+        self._recorder.on_new_file = self._new_file
+
+    async def start(self) -> None:
+        await self._recorder.prepare()
+        await self._write_sidecar(finished=False)
+        self.document = await self._records.recording_started(
+            self.consult_id, self.recording, url_of=recording_url
+        )
+        await self._write_sidecar(finished=False)
+        self._recorder.tap()
+        logger.info("recording consult %s in %s", self.consult_id, self.folder)
+
+    async def stop(self) -> None:
+        if self._recorder.stopped:
+            return
+        await self._recorder.stop()
+        await self._write_sidecar(finished=True)
+        if self.document is not None:
+            await self._records.recording_changed(
+                self.consult_id, self.recording, self.document, url_of=recording_url
+            )
+        logger.info("recording of consult %s done: %s", self.consult_id, self.document)
+
+    def state(self) -> RecordingState:
+        if self._recorder.stopped:
+            return RecordingState("off", document=self.document)
+        return RecordingState(
+            "on",
+            started_by=self.recording.started_by,
+            since=self.recording.started.isoformat(),
+            document=self.document,
+        )
+
+    def _new_file(self) -> None:
+        if self.document is not None:
+            asyncio.get_running_loop().create_task(self._note_new_file())
 
     async def _note_new_file(self) -> None:
         try:
@@ -513,6 +550,7 @@ async def finish_abandoned(directory: Path, consult_id: str, records: ConsultRec
 
 
 __all__ = [
+    "CallRecorder",
     "RoomRecording",
     "consult_folder",
     "finish_abandoned",
