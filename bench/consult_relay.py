@@ -163,6 +163,7 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
     try:
         await until_serving(port)
         first_frames: list[float] = []
+        late_frames: list[float] = []
         for room in range(rooms):
             members: list[ConsultClient] = []
             for n in range(participants):
@@ -174,10 +175,15 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
                 earlier = [m.participant.id for m in members if m.participant]
                 await client.wait_for(partial(sees_all, ids=earlier), 60)
                 assert client.joined_at is not None
-                first_frames += [
+                waits = [
                     client.received(p, "video").first_frame_at - client.joined_at  # type: ignore[operator]
                     for p in earlier
                 ]
+                first_frames += waits
+                if n == participants - 1 and n >= 2:
+                    # The last to join a room where the others have streamed for a while: its
+                    # first picture of each comes from the keyframe the hub asked for.
+                    late_frames += waits
                 members.append(client)
             clients.append(members)
         everyone = [c for members in clients for c in members]
@@ -218,6 +224,8 @@ async def measure(mode: str, rooms: int, participants: int, seconds: float) -> d
             "per_delivered_stream_percent": 100 * cpu / wall / streams * expected / max(1, got),
             "first_frame_median": statistics.median(first_frames),
             "first_frame_max": max(first_frames),
+            "late_joiner_median": statistics.median(late_frames) if late_frames else None,
+            "late_joiner_max": max(late_frames) if late_frames else None,
         }
     finally:
         for members in clients:
@@ -243,6 +251,13 @@ def report(result: dict[str, Any]) -> None:
         f"join -> first remote frame median {result['first_frame_median']:.2f} s, "
         f"max {result['first_frame_max']:.2f} s"
     )
+    if result["late_joiner_median"] is not None:
+        print(
+            f"{'':>11}  late joiner (the last of a room, the others already streaming): "
+            f"first picture of each after join median {result['late_joiner_median']:.2f} s, "
+            f"max {result['late_joiner_max']:.2f} s"
+            + (" (the hub relays its keyframe request)" if result["mode"] == "hub" else "")
+        )
 
 
 async def main(arguments: argparse.Namespace) -> None:

@@ -13,7 +13,8 @@ way in, with the participant's own access policy and audit trail:
 - a recording → a DocumentReference created when it starts (``docStatus`` preliminary),
   updated as each participant's file opens and when it ends (final), so that even a hub
   that dies mid-call leaves the recording findable; and only when a Consent for recording
-  is on file (:data:`RECORDING_CONSENT`).
+  is on file (:data:`consult.resources.RECORDING_CONSENT`, which the consult workflow
+  records for the patient's clinic).
 
 Every method names the participant on whose behalf it acts; it raises
 :class:`RecordsRefused` with a message for that participant when the record will not take
@@ -28,16 +29,9 @@ from pathlib import Path
 from typing import Protocol
 
 from consult.protocol import Participant
+from consult.resources import RECORDING_CONSENT
 from health.core.naming import NAMESPACE
 
-#: Consent.category of a patient's consent to the recording of their consults: an active
-#: Consent with it, provision ``permit``, whose period covers now, and either no
-#: ``provision.data`` or data naming this consult's ServiceRequest or Encounter.
-RECORDING_CONSENT = {
-    "system": f"{NAMESPACE}/CodeSystem/consent-category",
-    "code": "consult-recording",
-    "display": "远程会诊录像同意 consent to recording a remote consult",
-}
 #: Identifier systems of what a call writes: a repeated message (after a reconnection)
 #: finds the resource it wrote the first time instead of writing it again.
 READING_ID_SYSTEM = f"{NAMESPACE}/sid/consult-reading"

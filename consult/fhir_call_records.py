@@ -13,6 +13,9 @@ Two things come from outside, as the consult workflow knows them:
   default, :class:`FhirConsultDirectory`, reads them from the record itself: the consult id
   is its ServiceRequest's id, the patient that ServiceRequest's subject, and the Encounter
   the latest one ``basedOn`` it (class ``VR`` while the call runs);
+- the patient's consent to recording — the consult's own Consent of category
+  :data:`~consult.resources.RECORDING_CONSENT`, which the consult workflow lets the
+  requesting clinic record and which ends with the consult;
 - ``callers`` — the participant's :class:`records.access.Caller` and the reference that
   names them in a resource (``Practitioner/…``), which the assembly makes from who the
   signalling route authenticated.
@@ -48,6 +51,7 @@ from consult.call_records import (
 )
 from consult.protocol import Participant
 from health.core.clock import utcnow
+from health.core.naming import CONSULT_SYSTEM
 from records.access import Caller
 from records.api.service import RecordsContext, resources_of
 from records.interactions import FhirRequest
@@ -184,7 +188,8 @@ class FhirCallRecords:
                     "GET",
                     "Consent",
                     query=(
-                        f"patient={consult.patient}&status=active&category="
+                        f"identifier={CONSULT_SYSTEM}|{consult_id}&patient={consult.patient}"
+                        f"&status=active&category="
                         f"{RECORDING_CONSENT['system']}|{RECORDING_CONSENT['code']}"
                     ),
                 ),
@@ -198,8 +203,8 @@ class FhirCallRecords:
         if any(_consent_covers(c, consult, now) for c in resources_of(found)):
             return None
         return (
-            "no Consent to record this consult is on file for the patient: record the "
-            "patient's agreement (a Consent of category consult-recording) first"
+            "no Consent to record this consult is on file for the patient: the requesting "
+            "clinic records the patient's agreement on the consult's page first"
         )
 
     async def recording_started(

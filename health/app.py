@@ -6,28 +6,45 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consult.call_records import RecordsRefused
+from consult.endpoints import ConsultContext
+from consult.endpoints import router as consult_router
+from consult.fhir_call_records import Callers, FhirCallRecords, ParticipantOnRecord
+from consult.protocol import Participant
 from consult.recordings_api import router as recordings_router
 from consult.rooms import ConsultRooms
+from consult.service import ConsultService
+from consult.workflow import ConsultWorkflow, Party
+from health.auth import accounts
 from health.auth.audit import AuditWriter, chain_key
 from health.auth.endpoints import capability_security
 from health.auth.endpoints import router as auth_router
-from health.auth.gate import Gate
+from health.auth.gate import USER_SCOPES, Gate, RequestCaller, actor_of, user_subject
 from health.auth.logins import LoginThrottle
+from health.auth.policy import SYSTEM_ROLE
+from health.auth.scopes import parse_scopes
 from health.auth.tokens import TokenSigner, service_secret
 from health.core.bus import create_bus
 from health.core.database import Database
+from health.core.outbox import OutboxDelivery
 from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
+from health.poverty.listener import start_flag_listener
 from health.web.pages import router as pages_router
+from health.web.routes import install_pages
 from health.web.security_headers import SecurityHeaders
+from integrations.notifications import NOTIFICATION_TOPIC, notifier
+from records.access import Caller
 from records.api.responses import fhir_response
 from records.api.routes import router as fhir_router
 from records.api.service import RecordsContext
@@ -37,6 +54,51 @@ from records.outcome import FhirError
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
+CONSULT_STATIC_DIR = Path(__file__).parent.parent / "consult" / "static"
+#: The base of references in what calls write when HEALTH_FHIR_BASE_URL is not set.
+DEFAULT_FHIR_BASE = "https://fhir.yinchuan-health.cn/fhir"
+
+
+def consult_party(gate: Gate) -> Any:
+    """How the consult workflow tells who a caller is: a user (with their directory
+    identity and name) or a system."""
+
+    async def identify(caller: Caller) -> Party:
+        if not isinstance(caller, RequestCaller):
+            return Party(kind="system")
+        subject = caller.subject
+        if subject.role == SYSTEM_ROLE or subject.username is None:
+            return Party(kind="system", role=subject.role)
+        async with gate.database.transaction(write=False) as session:
+            user = await accounts.get_user(session, username=subject.username)
+        return Party(
+            kind="user",
+            username=subject.username,
+            role=subject.role,
+            practitioner=subject.practitioner,
+            organization=subject.organization,
+            display=(user.display_name if user else None) or subject.username,
+        )
+
+    return identify
+
+
+def participant_on_record(gate: Gate) -> Callers:
+    """How a call's writes are made as the participant: the signalling route names each
+    participant by their username (``ConsultService.participant``); their caller is that
+    user's, with a user's scopes, their clinic's access policy and their audit trail."""
+
+    async def caller_of(participant: Participant) -> ParticipantOnRecord:
+        async with gate.database.transaction(write=False) as session:
+            user = await accounts.get_user(session, username=participant.id)
+        if user is None or user.disabled:
+            raise RecordsRefused(f"{participant.id} has no account here")
+        subject = user_subject(user, parse_scopes(USER_SCOPES))
+        caller = RequestCaller(subject, gate.policy(subject), actor_of(subject, None), gate)
+        reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
+        return ParticipantOnRecord(caller=caller, reference=reference)
+
+    return caller_of
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,10 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.bus = bus
         app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
-        # This worker's consult rooms and media hub: the consult signalling route hands each
-        # participant's WebSocket to consult.signalling.SignallingSession with these.
-        app.state.consult_rooms = await ConsultRooms.create(bus=bus, settings=settings)
-        app.state.records = RecordsContext(
+        records = RecordsContext(
             database=database,
             indexer=indexer,
             bus=bus,
@@ -74,11 +133,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             authenticate=gate.authenticate,
             security=capability_security,
         )
+        app.state.records = records
+        # This worker's consult rooms and media hub: the consult signalling route hands each
+        # participant's WebSocket to consult.signalling.SignallingSession with these. What a
+        # call keeps (readings, chat, files, recordings) goes through records.perform as the
+        # participant.
+        app.state.consult_rooms = await ConsultRooms.create(
+            bus=bus,
+            settings=settings,
+            lease_seconds=settings.consult_room_lease_seconds,
+            records=FhirCallRecords(
+                records,
+                callers=participant_on_record(gate),
+                base_url=settings.fhir_base_url or DEFAULT_FHIR_BASE,
+            ),
+        )
+        identify = consult_party(gate)
+        # The consult's rules hold for every write, whichever door it came through.
+        records.write_hooks.append(ConsultWorkflow(identify=identify, bus=bus))
+        app.state.consult = ConsultContext(
+            service=ConsultService(records, identify),
+            identify=identify,
+            rooms=app.state.consult_rooms,
+            bus=bus,
+        )
+        notifications = notifier(settings)
+        delivery = OutboxDelivery(
+            database,
+            {NOTIFICATION_TOPIC: notifications},
+            max_attempts=settings.outbox_max_attempts,
+            retry_base_seconds=settings.outbox_retry_base_seconds,
+            retry_max_seconds=settings.outbox_retry_max_seconds,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        delivery.start()
+        app.state.outbox = delivery
+        flags = await start_flag_listener(database, records.indexer, bus, settings)
         try:
             yield
         finally:
+            await delivery.close()
+            await notifications.close()
             await audit.close()
             await app.state.consult_rooms.close()
+            if flags is not None:
+                await flags.stop()
             await bus.close()
             await database.dispose()
 
@@ -91,9 +190,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The SMART configuration under /fhir must be routed before the FHIR catch-all.
     app.include_router(auth_router)
     app.include_router(pages_router)
+    install_pages(app)
+    app.include_router(consult_router)
     app.include_router(fhir_router)
     # Recorded consult files, for those the records let read the recording's DocumentReference.
     app.include_router(recordings_router)
+    app.mount("/static/consult", StaticFiles(directory=CONSULT_STATIC_DIR), name="consult-static")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins.strip():
         app.add_middleware(
@@ -103,6 +205,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer"],
             expose_headers=["ETag", "Location", "Last-Modified"],
         )
+    # Pages, assets and API answers compressed for the villages' thin links (gzip only
+    # when the client asks for it; small answers are not worth it).
+    app.add_middleware(GZipMiddleware, minimum_size=500)
     app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", include_in_schema=False)

@@ -1,18 +1,26 @@
-"""The ``health`` command: migrate, serve, seed, import, reindex, the directory, users, API
-clients and the audit trail."""
+"""The ``health`` command: migrate, serve, seed, import, reindex, the directory and registry
+imports, the illness-poverty flags, users, API clients, the audit trail and consults."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.settings import get_settings
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from health.core.database import Database
+    from health.poverty.rules import RuleSet
+    from records.indexing import SearchIndexer
+    from records.store import Change
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -81,11 +89,14 @@ def seed(demo: bool, patients: int) -> None:
         database = Database(get_settings().database_url)
         indexer = SearchIndexer()
         written = entries = 0
+        changes: list[Change] = []
         try:
             for bundle in bundles:
                 outcome = await process_bundle(database, indexer, bundle)
                 written += outcome.changes
                 entries += len(outcome.response["entry"])
+                changes.extend(outcome.written)
+            await _after_writes(database, indexer, changes)
         finally:
             await database.dispose()
         return written, entries - written
@@ -129,6 +140,18 @@ def import_command(paths: tuple[Path, ...], jobs: int | None) -> None:
             bar.update(1)
 
         results = import_files(get_settings().database_url, files, jobs=jobs, progress=progress)
+
+    async def follow() -> None:
+        from health.core.database import Database
+        from records.indexing import SearchIndexer
+
+        database = Database(get_settings().database_url)
+        try:
+            await _after_writes(database, SearchIndexer(), [c for r in results for c in r.changes])
+        finally:
+            await database.dispose()
+
+    asyncio.run(follow())
     failed = [r for r in results if r.error]
     total = sum(r.resources for r in results)
     click.echo(
@@ -207,6 +230,43 @@ def directory_import(csv_file: Path) -> None:
     except FhirError as error:
         raise click.ClickException(f"directory import failed: {error}") from None
     click.echo(f"directory: {count} organisations and locations loaded from {csv_file}")
+
+
+@main.group()
+def icd10() -> None:
+    """The ICD-10 list (Chinese and English names) the diagnosis picker searches."""
+
+
+@icd10.command(name="import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--title", default=None, help="the edition's name, e.g. 国家临床版2.0")
+def icd10_import(csv_file: Path, title: str | None) -> None:
+    """Load a deployment's full ICD-10 edition from CSV (UTF-8 or GB18030), replacing the
+    village list shipped with the service; running servers pick it up at once."""
+    from health.core.database import Database
+    from health.terminology.icd10 import Icd10FileError, concepts_from_csv, import_bundle
+    from records.importer import process_bundle
+    from records.indexing import SearchIndexer
+    from records.outcome import FhirError
+
+    try:
+        concepts = concepts_from_csv(csv_file.read_bytes(), source=str(csv_file))
+    except Icd10FileError as error:
+        raise click.ClickException(str(error)) from None
+    bundle = import_bundle(concepts, title=title or csv_file.stem)
+
+    async def run() -> None:
+        database = Database(get_settings().database_url)
+        try:
+            await process_bundle(database, SearchIndexer(), bundle, scan_identifiers=False)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(run())
+    except FhirError as error:
+        raise click.ClickException(f"ICD-10 import failed: {error}") from None
+    click.echo(f"ICD-10: {len(concepts)} codes loaded from {csv_file}")
 
 
 # -- users, clients, audit -----------------------------------------------------------------
@@ -467,6 +527,58 @@ def audit_verify() -> None:
 
 
 @main.group()
+def outbox() -> None:
+    """Messages to other systems (notifications, registry feeds) and their delivery."""
+
+
+@outbox.command(name="status")
+def outbox_status() -> None:
+    """How many messages of each topic are pending, delivered and dead."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.counts(session)
+
+    counts = _in_transaction(work)
+    if not counts:
+        click.echo("the outbox is empty")
+    for (topic, status), count in sorted(counts.items()):
+        click.echo(f"{topic:24} {status:10} {count}")
+
+
+@outbox.command(name="dead")
+@click.option("--topic", default=None, help="only this topic")
+def outbox_dead(topic: str | None) -> None:
+    """The dead letters: messages given up on, with their last error."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return await messages.messages(session, topic=topic, status=messages.DEAD, limit=1000)
+
+    for message in _in_transaction(work):
+        click.echo(
+            f"{message.id}\t{message.topic}\t{message.key}\t{message.attempts} attempts\t"
+            f"{message.last_error}"
+        )
+
+
+@outbox.command(name="retry")
+@click.argument("message_ids", nargs=-1, required=True, type=int)
+def outbox_retry(message_ids: tuple[int, ...]) -> None:
+    """Send dead letters again (after fixing what refused them)."""
+    from health.core import outbox as messages
+
+    async def work(session: AsyncSession) -> Any:
+        return [await messages.send_again(session, message_id=i) for i in message_ids]
+
+    done = _in_transaction(work)
+    for message_id, again in zip(message_ids, done, strict=True):
+        click.echo(f"{message_id}: {'queued again' if again else 'not a dead letter'}")
+    if not all(done):
+        sys.exit(1)
+
+
+@main.group()
 def consult() -> None:
     """Video consults."""
 
@@ -520,6 +632,192 @@ def consult_join(
     click.echo(orjson.dumps(summary).decode())
     if summary["errors"]:
         sys.exit(1)
+
+
+@main.group()
+def registry() -> None:
+    """The poverty household registry (建档立卡 / 防返贫监测)."""
+
+
+@registry.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def registry_import(file: Path) -> None:
+    """Load households from the registry's export: CSV (UTF-8 or GB18030) or XLSX, one row per
+    member. Rows that cannot be matched or that conflict are listed; exit status 1 if any
+    household could not be imported."""
+    from health.core.database import Database
+    from integrations.household_registry import (
+        RegistryFileError,
+        import_registry,
+        read_registry_file,
+    )
+    from records.indexing import SearchIndexer
+    from records.outcome import FhirError
+
+    try:
+        sheet = read_registry_file(file)
+    except RegistryFileError as error:
+        raise click.ClickException(str(error)) from None
+
+    async def run() -> list[str]:
+        database = Database(get_settings().database_url)
+        indexer = SearchIndexer()
+        try:
+            report = await import_registry(database, indexer, sheet)
+            await _after_writes(database, indexer, report.changes)
+        finally:
+            await database.dispose()
+        if report.households_skipped:
+            raise _Incomplete(report.lines())
+        return report.lines()
+
+    try:
+        lines = asyncio.run(run())
+    except RegistryFileError as error:
+        raise click.ClickException(str(error)) from None
+    except FhirError as error:
+        raise click.ClickException(f"registry import failed: {error}") from None
+    except _Incomplete as incomplete:
+        click.echo("\n".join(incomplete.lines))
+        sys.exit(1)
+    click.echo("\n".join(lines))
+
+
+class _Incomplete(Exception):
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+
+@main.group()
+def poverty() -> None:
+    """Illness-poverty flags (因病致贫 / 因病返贫) on households."""
+
+
+def _rules(path: Path | None) -> RuleSet:
+    from health.poverty.rules import RuleFileError, load_rules
+
+    try:
+        return load_rules(path or get_settings().poverty_rules)
+    except RuleFileError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _date(value: str | None) -> dt.date | None:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a date such as 2026-10-31") from None
+
+
+@poverty.command(name="recompute")
+@click.option("--as-of", "as_of", help="day of assessment (default: today, China time)")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="rule file (default: HEALTH_POVERTY_RULES or the shipped defaults)",
+)
+@click.option("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+def poverty_recompute(as_of: str | None, rules_path: Path | None, jobs: int | None) -> None:
+    """Recompute every household's flags; flags whose cause is gone become inactive."""
+    import os
+
+    from health.poverty.service import recompute_all_in_processes
+
+    rules = _rules(rules_path)
+    day = _date(as_of)
+    settings = get_settings()
+    report = asyncio.run(
+        recompute_all_in_processes(
+            settings.database_url,
+            rules,
+            redis_url=settings.redis_url,
+            as_of=day,
+            processes=jobs or os.cpu_count() or 1,
+        )
+    )
+    click.echo("\n".join(report.lines()))
+
+
+@poverty.command(name="household")
+@click.argument("number")
+@click.option("--as-of", "as_of", help="day of assessment (default: today, China time)")
+def poverty_household(number: str, as_of: str | None) -> None:
+    """A household's medical costs over the last 12 months, per person and in all, split by
+    payer (basic insurance, serious-illness insurance, medical assistance, out-of-pocket),
+    and its illness-poverty flags."""
+    from health.core.database import Database
+    from health.poverty.service import IllnessPovertyService
+    from records.indexing import SearchIndexer
+
+    rules = _rules(None)
+    day = _date(as_of)
+
+    async def run() -> list[str] | None:
+        database = Database(get_settings().database_url)
+        try:
+            service = IllnessPovertyService(database, SearchIndexer(), rules)
+            costs = await service.household_costs(number, as_of=day)
+        finally:
+            await database.dispose()
+        return costs.lines() if costs else None
+
+    lines = asyncio.run(run())
+    if lines is None:
+        raise click.ClickException(f"no household has 户编号 {number}")
+    click.echo("\n".join(lines))
+
+
+@poverty.command(name="check-rules")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def poverty_check_rules(file: Path) -> None:
+    """Check a rule file; print what it sets, or every faulty key."""
+    rules = _rules(file)
+    click.echo(f"{file}: rules version {rules.version}, valid")
+    from health.poverty.rules import RULE_NAMES
+
+    for rule, (chinese, english) in RULE_NAMES.items():
+        state = "enabled" if rules.enabled(rule) else "DISABLED"
+        click.echo(f"  {chinese} {english}: {state}")
+
+
+async def _after_writes(
+    database: Database, indexer: SearchIndexer, changes: Iterable[Change]
+) -> None:
+    """Announce what a command wrote, and bring the illness-poverty flags of the households it
+    touched up to date: a running ``health serve`` on the in-process bus cannot hear this
+    process, so the command does the incremental recompute itself."""
+    from health.core.bus import create_bus
+    from health.poverty.rules import RuleFileError, load_rules
+    from health.poverty.service import IllnessPovertyService
+    from records.feed import announce
+
+    changes = list(changes)
+    if not changes:
+        return
+    settings = get_settings()
+    bus = create_bus(settings.redis_url)
+    try:
+        await announce(bus, changes)
+        try:
+            rules = load_rules(settings.poverty_rules)
+        except RuleFileError as error:
+            click.echo(f"illness-poverty flags not recomputed: {error}", err=True)
+            return
+        service = IllnessPovertyService(database, indexer, rules, bus=bus)
+        report = await service.recompute_for_changes(changes)
+    finally:
+        await bus.close()
+    if report.changed:
+        click.echo(
+            f"illness-poverty flags: {sum(report.raised.values())} raised, "
+            f"{sum(report.updated.values())} updated, "
+            f"{sum(report.deactivated.values())} deactivated"
+        )
 
 
 def _safe_url(url: str) -> str:

@@ -8,7 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import health.auth.tables  # noqa: F401  (declares its tables on the metadata)
+import health.auth.tables
+import health.core.outbox  # noqa: F401  (these declare their tables on the metadata)
 import records.tables  # noqa: F401
 from health.core.database import Database
 from health.core.schema import metadata

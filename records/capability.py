@@ -21,6 +21,26 @@ _INSTANCE_AND_TYPE = [
 ]
 
 
+#: What each parameter type accepts on this server, told once in ``rest.documentation``.
+MODIFIERS = {
+    "string": "Prefix match, case- and accent-insensitive; Chinese text matches anywhere. "
+    "Modifiers :exact, :contains, :missing.",
+    "token": "system|code, code, |code, system|. Modifiers :not, :text, :missing, "
+    ":of-type (identifiers), :in and :not-in (value sets the FHIR R4B package enumerates), "
+    ":below and :above (code systems of the FHIR R4B package).",
+    "reference": "id, Type/id or absolute URL. Modifiers :Type, :identifier "
+    "(Reference.identifier), :missing; chains (subject:Patient.name) and _has.",
+    "date": "Prefixes eq ne gt lt ge le sa eb ap; a date without a zone is China time. "
+    "Modifier :missing.",
+    "number": "Prefixes eq ne gt lt ge le sa eb ap, with the precision written. Modifier :missing.",
+    "quantity": "[prefix]value[|system|code]; prefixes eq ne gt lt ge le sa eb ap. "
+    "Modifier :missing.",
+    "uri": "Modifiers :below, :above, :missing.",
+    "composite": "Components separated by $ (code$value, or chromosome$start$end), each "
+    "with its type's prefixes. Modifier :missing.",
+}
+
+
 def capability_statement(
     *,
     base_url: str,
@@ -39,7 +59,11 @@ def capability_statement(
             }
         ]
         for code, kind in sorted(indexer.parameters(res_type).items()):
-            search_params.append({"name": code, "type": kind})
+            entry = {"name": code, "type": kind}
+            definition = indexer.definition(res_type, code)
+            if definition is not None:
+                entry["definition"] = definition["url"]
+            search_params.append(entry)
         rest_resources.append(
             {
                 "type": res_type,
@@ -83,12 +107,15 @@ def capability_statement(
                 "mode": "server",
                 "documentation": (
                     "Search by every official search parameter of type string, token, date, "
-                    "reference, quantity, number and uri, with their modifiers and prefixes; "
-                    "chains, _has, _include/_revinclude (:iterate), compartments, "
-                    "Patient/$everything, _sort, _summary, _elements, _total; GET and "
-                    "POST _search. Patient.phonetic matches pinyin and initials. Composite "
-                    "parameters of a token and one value (code-value-quantity and 35 more) "
-                    "are supported; the five others are not."
+                    "reference, quantity, number, uri and composite, with their modifiers "
+                    "and prefixes (by type below); chains, _has, _include/_revinclude "
+                    "(:iterate), compartments, Patient/$everything, _sort, _summary, "
+                    "_elements, _total; GET and POST _search. Patient.phonetic matches "
+                    "pinyin and initials. Not supported, and reported as ignored (400 with "
+                    "Prefer: handling=strict): _text, _content, _filter, _contained, "
+                    "_containedType, _query; token :in/:not-in/:below/:above beyond the "
+                    "terminology of the FHIR R4B package are refused with 400. "
+                    + " ".join(f"{kind}: {text}" for kind, text in MODIFIERS.items())
                 ),
                 **({"security": security} if security else {}),
                 "resource": rest_resources,

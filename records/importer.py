@@ -20,11 +20,13 @@ from typing import Any
 
 import orjson
 
+from health.core.bus import MessageBus
 from health.core.database import Database
+from records.feed import announce
 from records.indexing import SearchIndexer
 from records.interactions import Interactions
 from records.outcome import FhirError
-from records.store import ResourceStore
+from records.store import Change, ResourceStore
 from records.transactions import BundleProcessor
 from records.validation import may_carry_resident_id
 
@@ -37,6 +39,8 @@ class FileResult:
     path: Path
     resources: int
     error: str | None = None
+    #: What the file's committed transactions changed, for the caller to announce.
+    changes: tuple[Change, ...] = ()
 
 
 def expand_paths(paths: Sequence[Path]) -> list[Path]:
@@ -90,19 +94,27 @@ class BundleOutcome:
     response: dict[str, Any]
     #: Versions written; entries that changed nothing (a repeated conditional update) add none.
     changes: int
+    written: tuple[Change, ...] = ()
 
 
 async def process_bundle(
-    database: Database, indexer: SearchIndexer, bundle: Any, *, scan_identifiers: bool = True
+    database: Database,
+    indexer: SearchIndexer,
+    bundle: Any,
+    *,
+    scan_identifiers: bool = True,
+    bus: MessageBus | None = None,
 ) -> BundleOutcome:
-    """Run one Bundle in its own transaction."""
+    """Run one Bundle in its own transaction; announce its changes on ``bus`` once committed."""
     async with database.transaction(write=True) as session:
         store = ResourceStore(session, indexer)
         interactions = Interactions(store, base_url="", max_page_size=1, default_page_size=1)
         response = await BundleProcessor(interactions).process(
             bundle, scan_identifiers=scan_identifiers
         )
-    return BundleOutcome(response, len(store.changes))
+    if bus is not None:
+        await announce(bus, store.changes)
+    return BundleOutcome(response, len(store.changes), tuple(store.changes))
 
 
 async def import_file(database: Database, indexer: SearchIndexer, path: Path) -> FileResult:
@@ -111,22 +123,30 @@ async def import_file(database: Database, indexer: SearchIndexer, path: Path) ->
         scan = may_carry_resident_id(raw)
         if path.name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")):
             total = 0
+            changes: list[Change] = []
             for first_line, bundle in _ndjson_bundles(raw):
                 try:
-                    await process_bundle(database, indexer, bundle, scan_identifiers=scan)
+                    outcome = await process_bundle(database, indexer, bundle, scan_identifiers=scan)
                 except FhirError as error:
-                    return FileResult(path, total, f"lines from {first_line}: {error}")
+                    return FileResult(
+                        path, total, f"lines from {first_line}: {error}", tuple(changes)
+                    )
                 total += len(bundle["entry"])
-            return FileResult(path, total)
+                changes.extend(outcome.written)
+            return FileResult(path, total, changes=tuple(changes))
         bundle = orjson.loads(raw)
-        response = (await process_bundle(database, indexer, bundle, scan_identifiers=scan)).response
+        outcome = await process_bundle(database, indexer, bundle, scan_identifiers=scan)
+        response = outcome.response
         failed = [e for e in response["entry"] if not str(e["response"]["status"]).startswith("2")]
         written = len(response["entry"]) - len(failed)
         if failed:
             return FileResult(
-                path, written, f"{len(failed)} batch entries failed, first: {failed[0]['response']}"
+                path,
+                written,
+                f"{len(failed)} batch entries failed, first: {failed[0]['response']}",
+                outcome.written,
             )
-        return FileResult(path, written)
+        return FileResult(path, written, changes=outcome.written)
     except FhirError as error:
         return FileResult(path, 0, str(error))
     except orjson.JSONDecodeError as error:

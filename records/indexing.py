@@ -364,14 +364,56 @@ def _composite_string(node: Node) -> list[dict[str, Any]]:
     return [{"value_text": r["value_normalized"]} for r in _string_rows(node)]
 
 
+def _composite_number(node: Node) -> list[dict[str, Any]]:
+    return [{"value_number": n["value"]} for n in _number_rows(node)]
+
+
+def composite_reference_key(target_type: str | None, target_id: str | None, url: str | None) -> str:
+    """How a reference is kept as the first component of a composite: its URL when it has
+    one (an absolute reference), else ``Type/id``."""
+    return url or f"{target_type}/{target_id}"
+
+
+def _composite_first_token(node: Node) -> list[dict[str, Any]]:
+    return [{"system": t["system"], "code": t["code"]} for t in _token_rows(node) if t["code"]]
+
+
+def _composite_first_reference(node: Node) -> list[dict[str, Any]]:
+    return [
+        {"system": None, "code": composite_reference_key(**r)[:255]}
+        for r in _reference_rows(node)
+        if r["url"] or r["target_id"]
+    ]
+
+
+#: The first component of a composite: a token (code, combo-code...) or, in
+#: DocumentReference's relationship, a reference.
+_COMPOSITE_FIRST_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
+    "token": _composite_first_token,
+    "reference": _composite_first_reference,
+}
+#: The second component, in the value columns its type needs.
 _COMPOSITE_VALUE_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
     "token": _composite_token,
     "quantity": _composite_quantity,
     "date": _composite_date,
     "string": _composite_string,
+    "number": _composite_number,
+}
+#: The third component of the three-part composites (MolecularSequence coordinates).
+_COMPOSITE_THIRD_ROWS: dict[str, Callable[[Node], list[dict[str, Any]]]] = {
+    "number": lambda node: [{"third_number": n["value"]} for n in _number_rows(node)],
 }
 _EMPTY_COMPOSITE_VALUE = dict.fromkeys(
-    ("value_system", "value_code", "value_number", "value_start", "value_end", "value_text")
+    (
+        "value_system",
+        "value_code",
+        "value_number",
+        "value_start",
+        "value_end",
+        "value_text",
+        "third_number",
+    )
 )
 
 
@@ -379,21 +421,84 @@ _EMPTY_COMPOSITE_VALUE = dict.fromkeys(
 _IN_RESOURCES_TABLE = frozenset({"_id", "_lastUpdated"})
 
 
+#: Index rows of a Reference's own ``identifier`` (for ``subject:identifier=``) are token
+#: rows stored under the parameter code plus this suffix.
+IDENTIFIER_SUFFIX = ":identifier"
+CompositeRows = Callable[[Node, dict[str, Any]], list[dict[str, Any]]]
+
+
+def _reference_identifier_rows(node: Node) -> list[dict[str, Any]]:
+    """The token row of a Reference.identifier (a logical reference), if it has one."""
+    identifier = node.get("identifier") if isinstance(node, dict) else None
+    if not isinstance(identifier, dict) or identifier.get("value") is None:
+        return []
+    return [
+        {"system": identifier.get("system"), "code": str(identifier["value"])[:255], "text": None}
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class _Parameter:
     code: str
     type: str
     evaluate: Evaluator
-    #: How a composite turns each element into rows (other types go by their type).
-    row_maker: Callable[[Node], list[dict[str, Any]]] | None = None
+    #: How a composite turns each element (and the resource, for components that start at
+    #: ``%resource``) into rows; other types go by their type.
+    composite_rows: CompositeRows | None = None
 
-    @property
-    def rows(self) -> Callable[[Node], list[dict[str, Any]]]:
-        if self.row_maker is not None:
-            return self.row_maker
+    def rows(self, node: Node, resource: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.composite_rows is not None:
+            return self.composite_rows(node, resource)
         if self.code == "phonetic":
-            return _phonetic_rows
-        return _ROWS[self.type]
+            return _phonetic_rows(node)
+        return _ROWS[self.type](node)
+
+
+def _composite_makers(
+    kinds: tuple[str, ...],
+) -> list[Callable[[Node], list[dict[str, Any]]]] | None:
+    """Row makers for each component of a composite of these types, or None if unsupported."""
+    if len(kinds) not in (2, 3) or kinds[0] not in _COMPOSITE_FIRST_ROWS:
+        return None
+    if len(kinds) == 2:
+        second = _COMPOSITE_VALUE_ROWS.get(kinds[1])
+        return None if second is None else [_COMPOSITE_FIRST_ROWS[kinds[0]], second]
+    if kinds[1:] != ("number", "number"):
+        return None
+    return [
+        _COMPOSITE_FIRST_ROWS[kinds[0]],
+        _COMPOSITE_VALUE_ROWS["number"],
+        _COMPOSITE_THIRD_ROWS["number"],
+    ]
+
+
+def _compile_component(base: str, expression: str) -> tuple[Evaluator, bool] | None:
+    """A composite component's walk, and whether it starts at the resource (``%resource``)
+    rather than at the composite's element."""
+    parts = [p.strip() for p in expression.split("|")]
+    if all(p.startswith("%resource.") for p in parts):
+        rooted = " | ".join(f"{base}.{p.removeprefix('%resource.')}" for p in parts)
+        walk = _compile_simple(base, rooted)
+        return None if walk is None else (walk, True)
+    walk = _compile_simple("Element", " | ".join(f"Element.{p}" for p in parts))
+    return None if walk is None else (walk, False)
+
+
+def _composite_rows(
+    components: list[tuple[Evaluator, bool, Callable[[Node], list[dict[str, Any]]]]],
+) -> CompositeRows:
+    """Rows of one composite element: every combination of its components' values."""
+
+    def rows(element: Node, resource: dict[str, Any]) -> list[dict[str, Any]]:
+        combined: list[dict[str, Any]] = [{**_EMPTY_COMPOSITE_VALUE}]
+        for walk, from_root, maker in components:
+            values = [v for node in walk(resource if from_root else element) for v in maker(node)]
+            combined = [{**row, **value} for row in combined for value in values]
+            if not combined:
+                break
+        return combined
+
+    return rows
 
 
 class SearchIndexer:
@@ -406,8 +511,8 @@ class SearchIndexer:
         #: (base type, code) -> the SearchParameter definition, for the search engine.
         self.definitions: dict[tuple[str, str], dict[str, Any]] = {}
         self._codes: dict[str, dict[str, str]] = {}
-        #: (base type, code) of an indexed composite -> the type of its second component.
-        self.composites: dict[tuple[str, str], str] = {}
+        #: (base type, code) of an indexed composite -> the types of its components.
+        self.composites: dict[tuple[str, str], tuple[str, ...]] = {}
         for definition in search_parameters():
             for base in definition["base"]:
                 self.definitions.setdefault((base, definition["code"]), definition)
@@ -434,37 +539,42 @@ class SearchIndexer:
                 )
 
     def _add_composite(self, definition: dict[str, Any]) -> None:
-        """A composite of a token and one value (41 of R4B's 46 composites) gets indexed."""
+        """Index a composite: a token or reference, then one value or two numbers.
+
+        That is every composite of R4B: 41 of a token and a value, four MolecularSequence
+        coordinates (a chromosome or sequence id, then a start and an end) and
+        DocumentReference's relationship (a reference and a token). Each row holds the
+        components of one element, so a value never pairs with another element's code.
+        """
         by_url = {d["url"]: d for d in search_parameters()}
         components = definition.get("component") or []
-        if len(components) != 2:
+        kinds = tuple(by_url.get(c["definition"], {}).get("type") or "" for c in components)
+        makers = _composite_makers(kinds)
+        if makers is None:
+            logger.warning("composite %s of %s is not indexed", definition["url"], kinds)
             return
-        kinds = [by_url.get(c["definition"], {}).get("type") for c in components]
-        if kinds[0] != "token" or kinds[1] not in _COMPOSITE_VALUE_ROWS:
-            return
-        first = _compile_simple("Element", "Element." + components[0]["expression"])
-        second = _compile_simple("Element", "Element." + components[1]["expression"])
-        if first is None or second is None:
-            return
-        value_rows = _COMPOSITE_VALUE_ROWS[kinds[1]]
-
-        def rows(element: Node) -> list[dict[str, Any]]:
-            tokens = [t for node in first(element) for t in _token_rows(node) if t["code"]]
-            values = [v for node in second(element) for v in value_rows(node)]
-            return [
-                {"system": t["system"], "code": t["code"], **_EMPTY_COMPOSITE_VALUE, **v}
-                for t in tokens
-                for v in values
-            ]
-
         for base in definition["base"]:
             elements = _compile_simple(base, definition["expression"])
-            if elements is None:
+            walks = [_compile_component(base, c["expression"]) for c in components]
+            if elements is None or any(walk is None for walk in walks):
+                logger.warning("composite %s has expressions beyond a path", definition["url"])
                 continue
-            self.composites[(base, definition["code"])] = kinds[1]
+            parts = [
+                (walk, from_root, maker)
+                for (walk, from_root), maker in zip(filter(None, walks), makers, strict=True)
+            ]
+            self.composites[(base, definition["code"])] = kinds
             self._by_type.setdefault(base, []).append(
-                _Parameter(definition["code"], "composite", elements, rows)
+                _Parameter(definition["code"], "composite", elements, _composite_rows(parts))
             )
+
+    def component_targets(self, resource_type: str, code: str) -> tuple[str, ...]:
+        """The target types of a composite's first component, when it is a reference."""
+        composite = self.definitions[(resource_type, code)]
+        first = next(
+            d for d in search_parameters() if d["url"] == composite["component"][0]["definition"]
+        )
+        return tuple(first.get("target") or ())
 
     def definition(self, resource_type: str, code: str) -> dict[str, Any] | None:
         """The SearchParameter ``code`` of a type (or of every type), if it is indexed."""
@@ -494,7 +604,7 @@ class SearchIndexer:
         for parameter in self._parameters_of(resource_type):
             seen: set[tuple[Any, ...]] = set()
             for node in parameter.evaluate(resource):
-                for row in parameter.rows(node):
+                for row in parameter.rows(node, resource):
                     key = tuple(row.values())
                     if key in seen:
                         continue
@@ -503,6 +613,13 @@ class SearchIndexer:
                     if row.pop(OF_TYPE_SUFFIX, False):
                         row["param"] += OF_TYPE_SUFFIX
                     rows.setdefault(parameter.type, []).append(row)
+                if parameter.type == "reference":
+                    for row in _reference_identifier_rows(node):
+                        key = ("identifier", *row.values())
+                        if key not in seen:
+                            seen.add(key)
+                            row["param"] = parameter.code + IDENTIFIER_SUFFIX
+                            rows.setdefault("token", []).append(row)
         owners = self._patient_compartment_owners(resource_type, resource, rows.get("reference"))
         if owners:
             rows["compartment"] = [{"param": "Patient", "owner_id": o} for o in sorted(owners)]

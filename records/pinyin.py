@@ -34,7 +34,9 @@ SURNAME_READINGS = {
     "秘": ["bi"],
 }
 _SURNAMES_LONGEST_FIRST = sorted(SURNAME_READINGS, key=len, reverse=True)
-_HAN = re.compile(r"[\u3400-\u9fff]")
+#: CJK Unified Ideographs, Extension A, and Extensions B to F (rare characters some names
+#: are written with); migration 0006 indexes the same range on PostgreSQL.
+_HAN = re.compile(r"[\u3400-\u9fff\U00020000-\U0002fa1f]")
 _NOT_LETTER = re.compile(r"[^a-z]")
 
 

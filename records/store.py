@@ -637,7 +637,7 @@ class ResourceStore:
                 content=content,
             )
         )
-        await self._write_index_rows([(rid, res_type, data)])
+        await self._write_index_rows([(rid, res_type, {**data, "id": res_id})])
         self.changes.append(Change(res_type, res_id, 1, method))
         return StoredVersion(res_type, res_id, 1, now, method, content)
 

@@ -92,7 +92,7 @@ search_string = _index_table(
     # Lower-cased, accents removed: what prefix and :contains match against.
     Column("value_normalized", String(255), nullable=False),
     Column("value_exact", Text, nullable=False),
-    indexes=(("res_type", "param", "value_normalized"),),
+    indexes=(("res_type", "param", "value_normalized", "rid"),),
 )
 
 search_token = _index_table(
@@ -101,7 +101,7 @@ search_token = _index_table(
     Column("code", String(255), nullable=True),
     # Display text of the coding or CodeableConcept, normalised, for :text.
     Column("text", String(255), nullable=True),
-    indexes=(("res_type", "param", "code", "system"),),
+    indexes=(("res_type", "param", "code", "system", "rid"),),
 )
 
 search_date = _index_table(
@@ -109,7 +109,7 @@ search_date = _index_table(
     # Every date is a range: a day, a month, a period, an instant of zero length.
     Column("start", DateTime(timezone=True), nullable=False),
     Column("end", DateTime(timezone=True), nullable=False),
-    indexes=(("res_type", "param", "start"), ("res_type", "param", "end")),
+    indexes=(("res_type", "param", "start", "rid"), ("res_type", "param", "end", "rid")),
 )
 
 search_reference = _index_table(
@@ -118,7 +118,10 @@ search_reference = _index_table(
     Column("target_id", String(64), nullable=True),
     # Absolute or canonical references that point outside the store.
     Column("url", Text, nullable=True),
-    indexes=(("res_type", "param", "target_id", "target_type"), ("target_type", "target_id")),
+    indexes=(
+        ("res_type", "param", "target_id", "target_type", "rid"),
+        ("target_type", "target_id"),
+    ),
 )
 
 search_quantity = _index_table(
@@ -127,36 +130,40 @@ search_quantity = _index_table(
     Column("system", String(255), nullable=True),
     Column("code", String(64), nullable=True),
     Column("unit", String(64), nullable=True),
-    indexes=(("res_type", "param", "code", "value"),),
+    indexes=(("res_type", "param", "code", "value", "rid"),),
 )
 
 search_number = _index_table(
     "search_number",
     Column("value", Numeric(precision=38, scale=10), nullable=False),
-    indexes=(("res_type", "param", "value"),),
+    indexes=(("res_type", "param", "value", "rid"),),
 )
 
 search_uri = _index_table(
     "search_uri",
     Column("uri", String(2048), nullable=False),
-    indexes=(("res_type", "param", "uri"),),
+    indexes=(("res_type", "param", "uri", "rid"),),
 )
 
 search_composite = _index_table(
     "search_composite",
-    # The first component, a token (code, combo-code...).
+    # The first component: a token (code, combo-code...) in system and code, or a reference
+    # (DocumentReference relationship) in code, as Type/id or its absolute URL.
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
     # The second component, in the columns its type needs: token (value_system, value_code),
     # quantity (value_number, value_system, value_code, value_text as unit), date (value_start,
-    # value_end), string (value_text, normalised).
+    # value_end), string (value_text, normalised), number (value_number).
     Column("value_system", String(255), nullable=True),
     Column("value_code", String(255), nullable=True),
     Column("value_number", Numeric(precision=38, scale=10), nullable=True),
     Column("value_start", DateTime(timezone=True), nullable=True),
     Column("value_end", DateTime(timezone=True), nullable=True),
     Column("value_text", String(255), nullable=True),
-    indexes=(("res_type", "param", "code", "system"),),
+    # The third component of MolecularSequence's coordinates (the end; the start is in
+    # value_number).
+    Column("third_number", Numeric(precision=38, scale=10), nullable=True),
+    indexes=(("res_type", "param", "code", "system", "rid"),),
 )
 
 #: Compartment membership: one row per compartment a resource belongs to (``param`` is the
@@ -166,7 +173,7 @@ search_composite = _index_table(
 search_compartment = _index_table(
     "search_compartment",
     Column("owner_id", String(64), nullable=False),
-    indexes=(("param", "owner_id"),),
+    indexes=(("param", "owner_id", "rid"),),
 )
 
 SEARCH_TABLES = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,11 +157,23 @@ def _conditional_references(resource: dict[str, Any]) -> list[str]:
     return found
 
 
+#: Called when one unit of a Bundle has been written (the whole of a transaction, each entry
+#: of a batch) with the number of store changes before it: the write hooks' turn.
+AfterWrite = Callable[[int], Awaitable[None]]
+
+
 class BundleProcessor:
-    def __init__(self, interactions: Interactions, *, return_resources: bool = False) -> None:
+    def __init__(
+        self,
+        interactions: Interactions,
+        *,
+        return_resources: bool = False,
+        after_write: AfterWrite | None = None,
+    ) -> None:
         self.interactions = interactions
         self.store = interactions.store
         self.return_resources = return_resources
+        self.after_write = after_write
 
     async def process(self, bundle: Any, *, scan_identifiers: bool = True) -> dict[str, Any]:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -338,6 +351,8 @@ class BundleProcessor:
         # The batched creates did not pass through Interactions.perform: hold them (and
         # everything else) to the caller's view here, before the transaction commits.
         await self.store.require_writes_visible(changes_before)
+        if self.after_write is not None:
+            await self.after_write(changes_before)
         return [responses[entry.index] for entry in entries]
 
     async def _create_posts(
@@ -465,28 +480,28 @@ class BundleProcessor:
                 async with self.store.session.begin_nested():
                     if entry.resource is not None and entry.method in ("POST", "PUT"):
                         await self._resolve_batch_references(entry)
-                    responses.append(
-                        self._entry_response(
-                            await self.interactions.perform(
-                                FhirRequest(
-                                    method=entry.method,
-                                    path=entry.path,
-                                    query=entry.query,
-                                    body=entry.resource
-                                    if entry.method != "PATCH"
-                                    else self._patch_body(entry),
-                                    content_type="application/json-patch+json"
-                                    if entry.method == "PATCH"
-                                    else "application/fhir+json",
-                                    if_match=entry.if_match,
-                                    if_none_exist=entry.if_none_exist,
-                                    if_none_match=entry.if_none_match,
-                                    scan_identifiers=scan_identifiers,
-                                )
-                            ),
-                            include_resource=entry.method == "GET",
+                    result = await self.interactions.perform(
+                        FhirRequest(
+                            method=entry.method,
+                            path=entry.path,
+                            query=entry.query,
+                            body=entry.resource
+                            if entry.method != "PATCH"
+                            else self._patch_body(entry),
+                            content_type="application/json-patch+json"
+                            if entry.method == "PATCH"
+                            else "application/fhir+json",
+                            if_match=entry.if_match,
+                            if_none_exist=entry.if_none_exist,
+                            if_none_match=entry.if_none_match,
+                            scan_identifiers=scan_identifiers,
                         )
                     )
+                    if self.after_write is not None and entry.method != "GET":
+                        await self.after_write(changes_before)
+                responses.append(
+                    self._entry_response(result, include_resource=entry.method == "GET")
+                )
             except FhirError as error:
                 del self.store.changes[changes_before:]  # the savepoint rolled them back
                 responses.append(

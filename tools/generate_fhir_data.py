@@ -7,8 +7,12 @@ committed with the code:
 - ``resource_types.json``: the concrete resource type names;
 - ``bindings.json``: required code bindings that can be enumerated from the package, and the
   way down to them, for :mod:`records.validation.bindings`;
+- ``terminology.json``: every value set the package fully enumerates, and the concept
+  hierarchy of every complete code system in it, for the bindings and for the token search
+  modifiers ``:in``, ``:not-in``, ``:below`` and ``:above``;
 - ``search_parameters.json``: every SearchParameter, with FHIRPath expressions rewritten
-  where fhirpathpy cannot evaluate them as published;
+  where fhirpathpy cannot evaluate them as published, and composite components whose
+  expressions the package swapped put back with their definitions;
 - ``compartments.json``: the compartment definitions (resource type -> parameter codes);
 - ``summary_elements.json``: each resource type's top-level elements marked isSummary, as
   JSON names, for ``_summary=true``;
@@ -267,6 +271,43 @@ def _unversioned(canonical: str) -> str:
     return canonical.split("|", 1)[0]
 
 
+def build_terminology(package: Package) -> Json:
+    """The terminology.json document: enumerable value sets and code system hierarchies.
+
+    Shape::
+
+        {"valueSets": {vs_url: {system: [code, ...]}},
+         "codeSystems": {cs_url: {code: parent_code or ""}}}
+
+    Only complete code systems are listed (a fragment cannot say what is below a code); a
+    code's parent is the concept it is nested in, which the package's hierarchical systems
+    (all ``is-a`` or unstated) use for subsumption. No concept in the package has a
+    ``parent`` or ``subsumedBy`` property, so nesting is the whole hierarchy.
+    """
+    expander = ValueSetExpander(package)
+    value_sets: dict[str, dict[str, list[str]]] = {}
+    for url in sorted(package.value_sets):
+        try:
+            value_sets[url] = expander.expand(url)
+        except NotEnumerable:
+            continue
+    code_systems: dict[str, dict[str, str]] = {}
+    for url in sorted(package.code_systems):
+        code_system = package.code_systems[url]
+        if code_system.get("content") != "complete":
+            continue
+        parents: dict[str, str] = {}
+        _concept_parents(code_system.get("concept", []), "", parents)
+        code_systems[url] = parents
+    return {"valueSets": value_sets, "codeSystems": code_systems}
+
+
+def _concept_parents(concepts: list[Json], parent: str, out: dict[str, str]) -> None:
+    for concept in concepts:
+        out.setdefault(concept["code"], parent)
+        _concept_parents(concept.get("concept", []), concept["code"], out)
+
+
 # -- bindings --------------------------------------------------------------------------
 
 
@@ -278,15 +319,17 @@ class BindingStats:
     skipped_elements: dict[str, list[str]] = field(default_factory=dict)  # by value set
     skipped_value_sets: dict[str, str] = field(default_factory=dict)  # url -> reason
     unsupported_types: list[str] = field(default_factory=list)
+    value_sets: int = 0
 
 
 def build_bindings(package: Package, stats: BindingStats) -> Json:
-    """The bindings.json document: value sets and, per type, the rules to walk an instance.
+    """The bindings.json document: per type, the rules to walk an instance.
 
     Shape::
 
-        {"valueSets": {vs_url: {system: [code, ...]}},
-         "types": {type_name: {json_name: rule}}}
+        {"types": {type_name: {json_name: rule}}}
+
+    The value sets the rules name are in terminology.json (see :func:`build_terminology`).
 
     ``type_name`` is a resource, a complex datatype, or a backbone element path such as
     ``Patient.contact``. A rule is ``["code", vs_url]``, ``["Coding", vs_url]`` or
@@ -318,8 +361,10 @@ def build_bindings(package: Package, stats: BindingStats) -> Json:
         for rule in rules.values()
         if rule[0] not in ("node", "resource")
     }
-    value_sets = {url: expander.expand(url) for url in sorted(used)}
-    return {"valueSets": value_sets, "types": types}
+    for url in sorted(used):
+        expander.expand(url)  # every value set a rule names is enumerable, or it has no rule
+    stats.value_sets = len(used)
+    return {"types": types}
 
 
 def _add_nodes(
@@ -508,6 +553,7 @@ class SearchStats:
     with_expression: int = 0
     rewritten: int = 0
     rewritten_components: int = 0
+    swapped_components: list[str] = field(default_factory=list)
     compile_failures: list[str] = field(default_factory=list)
 
 
@@ -539,17 +585,45 @@ def build_search_parameters(package: Package, stats: SearchStats) -> list[Json]:
             if rewritten != expression:
                 entry["original_expression"] = expression
                 stats.rewritten += 1
-        for component in sp.get("component", []):
+        for component in _components_with_their_expressions(sp, package, stats):
             original = component["expression"]
             rewritten = rewrite_as_casts(original)
             item: Json = {"definition": component["definition"], "expression": rewritten}
             if rewritten != original:
                 item["original_expression"] = original
                 stats.rewritten_components += 1
+            if "published_expression" in component:
+                item["original_expression"] = component["published_expression"]
             entry["component"].append(item)
         out.append(entry)
     _check_compiles(out, stats)
     return out
+
+
+def _components_with_their_expressions(
+    sp: Json, package: Package, stats: SearchStats
+) -> list[Json]:
+    """The composite's components, each with the expression that extracts its own value.
+
+    DocumentReference-relationship is published with its two component expressions swapped:
+    the reference component (relatesto) says ``code`` and the token one (relation) says
+    ``target``. A component whose expression, below the composite's, is exactly what another
+    component's definition extracts, while its own definition extracts something else, has
+    been swapped; the expressions are given back to their definitions.
+    """
+    components = [dict(c) for c in sp.get("component", [])]
+    by_url = {p["url"]: p for p in package.search_parameters}
+    own = [by_url.get(c["definition"], {}).get("expression") for c in components]
+    found = [f"{sp.get('expression')}.{c['expression']}" for c in components]
+    if len(components) == 2 and own[0] != found[0] and (own[0], own[1]) == (found[1], found[0]):
+        components[0]["expression"], components[1]["expression"] = (
+            components[1]["expression"],
+            components[0]["expression"],
+        )
+        for component, published in zip(components, found, strict=True):
+            component["published_expression"] = published.rsplit(".", 1)[1]
+        stats.swapped_components.append(sp["url"])
+    return components
 
 
 def _check_compiles(parameters: list[Json], stats: SearchStats) -> None:
@@ -651,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     search_parameters = build_search_parameters(package, search_stats)
     skipped_compartments: list[str] = []
     compartments = build_compartments(package, skipped_compartments)
+    terminology = build_terminology(package)
 
     if search_stats.compile_failures:
         for failure in search_stats.compile_failures:
@@ -667,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "resource_types.json", resource_types)
     write_json(args.out / "bindings.json", bindings)
+    write_json(args.out / "terminology.json", terminology)
     write_json(args.out / "search_parameters.json", search_parameters)
     write_json(args.out / "compartments.json", compartments)
     write_json(args.out / "summary_elements.json", build_summary_elements(package))
@@ -677,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = binding_stats.skipped_elements
     print(
         f"required bindings: {len(binding_stats.kept_elements)} elements checked against "
-        f"{len(bindings['valueSets'])} expanded value sets, walked through "
+        f"{binding_stats.value_sets} expanded value sets, walked through "
         f"{len(bindings['types'])} types and backbone elements; "
         f"{sum(map(len, skipped.values()))} elements skipped, their "
         f"{len(skipped)} value sets not enumerable from the package:"
@@ -689,13 +765,20 @@ def main(argv: list[str] | None = None) -> int:
         f"({search_stats.with_expression} with an expression), "
         f"{search_stats.rewritten} expressions and {search_stats.rewritten_components} "
         f"component expressions rewritten from 'as' to ofType(); all parse strictly and compile "
-        f"with fhirpathpy's R4 model"
+        f"with fhirpathpy's R4 model; component expressions put back with their definitions in "
+        f"{', '.join(search_stats.swapped_components) or 'none'}"
     )
     print(
         f"compartments: {', '.join(f'{c} ({len(m)} types)' for c, m in compartments.items())}"
         + (f"; skipped {', '.join(skipped_compartments)}" if skipped_compartments else "")
     )
     print(f"choice elements: {len(choice_elements)} names")
+    hierarchical = [cs for cs in terminology["codeSystems"].values() if any(cs.values())]
+    print(
+        f"terminology: {len(terminology['valueSets'])} enumerable value sets of "
+        f"{len(package.value_sets)}; {len(terminology['codeSystems'])} complete code systems, "
+        f"{len(hierarchical)} of them hierarchical"
+    )
     print(f"written to {args.out}")
     return 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs, where missing: PostgreSQL (its initdb
-# makes the suite's throwaway clusters), Redis, and Chromium with its driver for the browser
-# tests. Uses apt-get (as root, or through sudo).
+# makes the suite's throwaway clusters), Redis, and Chromium with its driver and a Chinese font
+# for the browser tests. Uses apt-get (as root, or through sudo).
 set -euo pipefail
 
 missing=()
@@ -9,6 +9,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# Java runs the Nu HTML Checker that the page tests validate every page with.
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+# A Chinese font, so the browser tests' screenshots show the pages' Chinese text.
+fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-zenhei)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

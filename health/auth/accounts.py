@@ -76,7 +76,8 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def _resource_exists(session: AsyncSession, res_type: str, res_id: str) -> bool:
+async def resource_exists(session: AsyncSession, res_type: str, res_id: str) -> bool:
+    """Whether the resource is in the store and not deleted (whoever may see it)."""
     found = await session.execute(
         select(resources.c.rid).where(
             resources.c.res_type == res_type,
@@ -110,9 +111,9 @@ async def add_user(
         raise AccountError(f"role: one of {', '.join(ROLES)}")
     if role in ROLES_AT_AN_ORGANIZATION and not organization_id:
         raise AccountError(f"organization: a {role} works at an Organization; give its id")
-    if organization_id and not await _resource_exists(session, "Organization", organization_id):
+    if organization_id and not await resource_exists(session, "Organization", organization_id):
         raise AccountError(f"organization: Organization/{organization_id} is not in the directory")
-    if practitioner_id and not await _resource_exists(session, "Practitioner", practitioner_id):
+    if practitioner_id and not await resource_exists(session, "Practitioner", practitioner_id):
         raise AccountError(f"practitioner: Practitioner/{practitioner_id} is not in the directory")
     if role == "specialist" and not practitioner_id:
         raise AccountError("practitioner: a specialist is shared records as a Practitioner")
@@ -155,6 +156,70 @@ async def disable_user(session: AsyncSession, *, username: str) -> None:
     )
     if done.rowcount == 0:  # type: ignore[attr-defined]
         raise AccountError(f"username: no user {username}")
+    await session.execute(
+        update(web_sessions).where(web_sessions.c.username == username).values(revoked=True)
+    )
+    await session.execute(
+        update(refresh_tokens).where(refresh_tokens.c.username == username).values(revoked=True)
+    )
+
+
+async def update_user(
+    session: AsyncSession,
+    *,
+    username: str,
+    role: str,
+    organization_id: str | None,
+    practitioner_id: str | None,
+    display_name: str | None,
+) -> User:
+    """Change a user's role, organisation, practitioner and name, checked as add_user checks
+    them. A changed role or organisation ends the user's sessions and refresh tokens, so
+    nobody keeps the access of the old post."""
+    before = await get_user(session, username=username)
+    if before is None:
+        raise AccountError(f"username: no user {username}")
+    if role not in ROLES:
+        raise AccountError(f"role: one of {', '.join(ROLES)}")
+    if role in ROLES_AT_AN_ORGANIZATION and not organization_id:
+        raise AccountError(f"organization: a {role} works at an Organization; give its id")
+    if organization_id and not await resource_exists(session, "Organization", organization_id):
+        raise AccountError(f"organization: Organization/{organization_id} is not in the directory")
+    if practitioner_id and not await resource_exists(session, "Practitioner", practitioner_id):
+        raise AccountError(f"practitioner: Practitioner/{practitioner_id} is not in the directory")
+    if role == "specialist" and not practitioner_id:
+        raise AccountError("practitioner: a specialist is shared records as a Practitioner")
+    await session.execute(
+        update(users)
+        .where(users.c.username == username)
+        .values(
+            role=role,
+            organization_id=organization_id,
+            practitioner_id=practitioner_id,
+            display_name=display_name,
+        )
+    )
+    if (before.role, before.organization_id, before.practitioner_id) != (
+        role,
+        organization_id,
+        practitioner_id,
+    ):
+        await _end_logins(session, username)
+    return User(username, role, organization_id, practitioner_id, display_name, before.disabled)
+
+
+async def enable_user(session: AsyncSession, *, username: str) -> None:
+    """Let a disabled user log in again (with their password; sessions stay ended)."""
+    done = await session.execute(
+        update(users)
+        .where(users.c.username == username)
+        .values(disabled=False, failed_logins=0, locked_until=None)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        raise AccountError(f"username: no user {username}")
+
+
+async def _end_logins(session: AsyncSession, username: str) -> None:
     await session.execute(
         update(web_sessions).where(web_sessions.c.username == username).values(revoked=True)
     )

@@ -12,8 +12,9 @@ recomputed to hide it (:func:`verify`, ``health audit verify``).
 Appending takes the chain's head under a lock (an advisory lock on PostgreSQL; SQLite's
 write transactions are exclusive already). A write's event is appended in the write's own
 transaction; everything else goes through :class:`AuditWriter`, which gathers the events of
-concurrent requests into one transaction and lets each request go on only once its event
-has committed — no response leaves before its record.
+concurrent requests into one transaction. A read's events are handed to it without waiting
+(unless ``HEALTH_AUDIT_READS_WAIT``), as HAPI FHIR's audit sink does: they commit within the
+next batch, so a search does not pay for its records' transaction in its response time.
 """
 
 from __future__ import annotations
@@ -269,6 +270,48 @@ def break_glass_event(
     return audit
 
 
+#: What an administrator did to an account (AuditEvent.subtype in SECURITY_EVENT_SYSTEM).
+ACCOUNT_CHANGES = {
+    "user-create": ("C", "创建用户 user created"),
+    "user-update": ("U", "修改用户 user changed"),
+    "user-disable": ("U", "停用用户 user disabled"),
+    "user-enable": ("U", "启用用户 user enabled"),
+    "user-password": ("U", "重置密码 password reset"),
+}
+
+
+def account_event(
+    actor: Actor, *, change: str, username: str, now: dt.datetime, description: str
+) -> dict[str, Any]:
+    """An administrator changed a user account: who, which account, what (never a password).
+
+    The account is the event's entity, by its login name (``USERNAME_SYSTEM``), so an
+    account's history is ``AuditEvent?entity-role=...`` or a search by its identifier.
+    """
+    action, display = ACCOUNT_CHANGES[change]
+    audit = _base(
+        actor,
+        type_={"system": DICOM, "code": "110136", "display": "Security Roles Changed"},
+        subtype={"system": SECURITY_EVENT_SYSTEM, "code": change, "display": display},
+        action=action,
+        status=200,
+        now=now,
+        description=description[:1000],
+    )
+    audit["entity"] = [
+        {
+            "what": {
+                "identifier": {"system": USERNAME_SYSTEM, "value": username},
+                "display": username,
+            },
+            "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+            "role": {"system": OBJECT_ROLE, "code": "11", "display": "Security User Entity"},
+            "description": description[:1000],
+        }
+    ]
+    return audit
+
+
 # -- the chain -----------------------------------------------------------------------------
 
 
@@ -320,15 +363,26 @@ async def append(
 @dataclass
 class _Pending:
     events: list[dict[str, Any]]
-    done: asyncio.Future[None]
+    done: asyncio.Future[None] | None
+
+
+#: Events waiting to be written beyond which recording waits for the writer (backpressure):
+#: if the trail cannot be written, requests stop rather than pile up unrecorded.
+MAX_BACKLOG = 5_000
+#: Pause before writing a batch again after the database refused it.
+RETRY_SECONDS = 0.5
 
 
 @dataclass
 class AuditWriter:
     """Group commit for the audit trail: one transaction for the events of many requests.
 
-    :meth:`record` returns once its events have committed (or raises if they could not be),
-    so a caller never answers before its audit record is safe.
+    ``record(..., wait=True)`` returns once its events have committed (or raises if they
+    could not be). ``wait=False`` hands them over and returns (reads, so that a search does
+    not also pay for its audit records' transaction); they commit with the next batch,
+    within milliseconds, are retried if the database refuses them, are all written before
+    :meth:`close` returns, and past :data:`MAX_BACKLOG` every caller waits again. What a
+    ``kill -9`` can lose is the batch in flight.
     """
 
     database: Database
@@ -337,12 +391,17 @@ class AuditWriter:
     _queue: list[_Pending] = field(default_factory=list)
     _flusher: asyncio.Task[None] | None = None
 
-    async def record(self, *events: dict[str, Any]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _backlog(self) -> int:
+        return sum(len(p.events) for p in self._queue)
+
+    async def record(self, *events: dict[str, Any], wait: bool = True) -> None:
+        wait = wait or self._backlog() >= MAX_BACKLOG
+        done = asyncio.get_running_loop().create_future() if wait else None
         self._queue.append(_Pending(list(events), done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await done
+        if done is not None:
+            await done
 
     async def _flush(self) -> None:
         while self._queue:
@@ -354,16 +413,21 @@ class AuditWriter:
                     )
             except Exception as error:
                 logger.exception("could not write %d audit events", len(batch))
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(error)
+                waiting = [p for p in batch if p.done is not None]
+                for pending in waiting:
+                    if not pending.done.done():  # type: ignore[union-attr]
+                        pending.done.set_exception(error)  # type: ignore[union-attr]
+                # Nobody waits for the others: keep them, first in line, and try again.
+                self._queue[:0] = [p for p in batch if p.done is None]
+                await asyncio.sleep(RETRY_SECONDS)
             else:
                 for pending in batch:
-                    if not pending.done.done():
+                    if pending.done is not None and not pending.done.done():
                         pending.done.set_result(None)
 
     async def close(self) -> None:
-        if self._flusher is not None:
+        """Write everything handed over so far."""
+        while self._flusher is not None and not self._flusher.done():
             await asyncio.gather(self._flusher, return_exceptions=True)
 
 

@@ -34,7 +34,6 @@ from health.core.bus import MessageBus
 from health.core.clock import fhir_instant, utcnow
 from health.core.problems import Problem
 from records.outcome import FhirError
-from records.tables import resources
 
 router = APIRouter()
 
@@ -365,16 +364,7 @@ async def break_glass(
     now = utcnow()
     expires = now + dt.timedelta(seconds=gate.settings.break_glass_seconds)
     async with gate.database.transaction(write=True) as session:
-        exists = (
-            await session.execute(
-                select(resources.c.rid).where(
-                    resources.c.res_type == "Patient",
-                    resources.c.res_id == patient,
-                    resources.c.deleted.is_(False),
-                )
-            )
-        ).first()
-        if exists is None:
+        if not await accounts.resource_exists(session, "Patient", patient):
             raise Problem(
                 404, "No such patient", f"Patient/{patient} is not known", field="patient"
             )

@@ -8,16 +8,23 @@ token nor a live session is refused with 401 — the default is deny.
 A web session may call the API from its own pages (the cookie is ``SameSite=Lax`` and
 ``HttpOnly``); anything but GET must then carry the session's CSRF token in the
 ``X-CSRF-Token`` header, so another site cannot make the browser write on the user's behalf.
+A WebSocket (the consult's signalling) is identified the same way; one opened with the
+session cookie must come from this site's own pages (its ``Origin`` is this host), since
+browsers send cookies with cross-site WebSocket handshakes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from health.auth import accounts
 from health.auth.accounts import User, WebSession
@@ -39,8 +46,41 @@ USER_SCOPES = "user/*.cruds"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def client_address(request: Request) -> str | None:
+def mask_csrf(token: str) -> str:
+    """The CSRF token as a page carries it: XORed with a fresh random pad, pad in front.
+
+    Every response shows it differently, so a compressed page cannot leak it byte by byte
+    (BREACH) however often an attacker makes the browser fetch it.
+    """
+    raw = token.encode()
+    pad = secrets.token_bytes(len(raw))
+    masked = bytes(a ^ b for a, b in zip(raw, pad, strict=True))
+    return base64.urlsafe_b64encode(pad + masked).decode().rstrip("=")
+
+
+def unmask_csrf(sent: str) -> str:
+    try:
+        data = base64.urlsafe_b64decode(sent + "=" * (-len(sent) % 4))
+    except (ValueError, binascii.Error):
+        return ""
+    half = len(data) // 2
+    if not half or len(data) != 2 * half:
+        return ""
+    return bytes(a ^ b for a, b in zip(data[:half], data[half:], strict=True)).decode("latin-1")
+
+
+def client_address(request: HTTPConnection) -> str | None:
     return request.client.host if request.client else None
+
+
+def _is_socket(connection: HTTPConnection) -> bool:
+    return connection.scope.get("type") == "websocket"
+
+
+def _same_origin(connection: HTTPConnection) -> bool:
+    origin = connection.headers.get("origin")
+    host = connection.headers.get("host")
+    return bool(origin and host) and urlsplit(origin or "").netloc == host
 
 
 def user_subject(user: User, scopes: ScopeSet, *, token_id: str | None = None) -> Subject:
@@ -54,7 +94,7 @@ def user_subject(user: User, scopes: ScopeSet, *, token_id: str | None = None) -
     )
 
 
-def actor_of(subject: Subject | None, request: Request | None, **extra: Any) -> Actor:
+def actor_of(subject: Subject | None, request: HTTPConnection | None, **extra: Any) -> Actor:
     address = client_address(request) if request is not None else None
     if subject is None:
         return Actor(id=None, address=address, **extra)
@@ -92,7 +132,7 @@ class RequestCaller:
         if session is not None:
             await append(session, self.gate.indexer, self.gate.audit.key, records)
         else:
-            await self.gate.audit.record(*records)
+            await self.gate.audit.record(*records, wait=self.gate.settings.audit_reads_wait)
 
 
 @dataclass
@@ -126,7 +166,7 @@ class Gate:
             token_id=claims.token_id,
         )
 
-    async def web_session(self, request: Request) -> WebSession | None:
+    async def web_session(self, request: HTTPConnection) -> WebSession | None:
         """The live web session of the request's cookie, if any."""
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
@@ -136,10 +176,12 @@ class Gate:
 
     @staticmethod
     def csrf_matches(web: WebSession, sent: str | None) -> bool:
-        return bool(sent) and hmac.compare_digest(web.csrf_token, sent or "")
+        """Whether ``sent`` is the session's CSRF token, in the masked form pages carry."""
+        return hmac.compare_digest(web.csrf_token, unmask_csrf(sent or ""))
 
-    async def authenticate(self, request: Request) -> RequestCaller:
-        """The caller of an API request, or a 401 FhirError (invalid tokens are audited)."""
+    async def authenticate(self, request: HTTPConnection) -> RequestCaller:
+        """The caller of an API request or a WebSocket, or a 401 FhirError (invalid tokens
+        are audited)."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -155,6 +197,14 @@ class Gate:
             return self._caller(subject, request)
         web = await self.web_session(request)
         if web is not None:
+            if _is_socket(request):
+                if not _same_origin(request):
+                    raise FhirError.of(
+                        403,
+                        "A WebSocket opened with a web session must come from this site's pages",
+                        code="security",
+                    )
+                return self.web_caller(web, request)
             if request.method.upper() not in _SAFE_METHODS and not self.csrf_matches(
                 web, request.headers.get(CSRF_HEADER)
             ):
@@ -166,15 +216,15 @@ class Gate:
             return self.web_caller(web, request)
         raise _unauthorized("Log in, or send an access token (Authorization: Bearer <token>)")
 
-    def web_caller(self, web: WebSession, request: Request) -> RequestCaller:
+    def web_caller(self, web: WebSession, request: HTTPConnection) -> RequestCaller:
         """The caller of a page request: the signed-in person with the scopes of a person."""
         return self._caller(user_subject(web.user, parse_scopes(USER_SCOPES)), request)
 
-    def _caller(self, subject: Subject, request: Request) -> RequestCaller:
+    def _caller(self, subject: Subject, request: HTTPConnection) -> RequestCaller:
         return RequestCaller(subject, self.policy(subject), actor_of(subject, request), self)
 
 
-def _refused_token_event(request: Request, problem: str) -> dict[str, Any]:
+def _refused_token_event(request: HTTPConnection, problem: str) -> dict[str, Any]:
     return login_event(
         actor_of(None, request),
         succeeded=False,

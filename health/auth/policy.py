@@ -12,10 +12,17 @@ A caller sees:
   (until its period ends, plus :attr:`Settings.consent_grace_seconds`); a commission
   analyst's are the persons and household members under an active illness-poverty Flag.
   Everybody's add the patients they opened by break-glass, until the grant expires;
+- **a consult's own workflow resources** (its ServiceRequest, Task, Appointment and CareTeam,
+  not the patient's record) by the consult's parties who have no Consent yet: the
+  specialists of the department it was sent to (or the practitioner it names), so that
+  they can see the request in their queue and accept it, and the practitioners invited to
+  it (named in its CareTeam), so that they can find the call. The record itself opens to
+  the specialist only through the Consent that accepting the consult writes;
 - admins see the directory and the audit trail, and no clinical record.
 
 "In the record of patient P" means in P's compartment (the official CompartmentDefinition),
-which the store indexes as ``search_compartment``; the whole rule is one SQL condition
+which the store indexes as ``search_compartment``, and the Tasks ``for`` P (the official
+compartment has no Tasks); the whole rule is one SQL condition
 (:meth:`AccessPolicy.visible`) that the store adds to every query. SMART scopes narrow it
 further by type and interaction, and a token with a patient context (``patient/`` scopes)
 sees that patient's record only.
@@ -27,12 +34,17 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, false, literal, or_, select, union
+from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select, union
 from sqlalchemy.sql import FromClause
 
 from health.auth.scopes import ScopeSet
 from health.auth.tables import access_grants
-from health.core.naming import ILLNESS_POVERTY_TAG, TAG_SYSTEM
+from health.core.naming import (
+    CONSULT_SYSTEM,
+    CONSULTATION_CATEGORY,
+    ILLNESS_POVERTY_TAG,
+    TAG_SYSTEM,
+)
 from records.definitions import resource_types
 from records.outcome import FhirError
 from records.tables import (
@@ -126,6 +138,7 @@ class AccessPolicy:
         self.now = now
         self.grace = dt.timedelta(seconds=consent_grace_seconds)
         self._ctes: tuple[Any, Any] | None = None
+        self._consults: Any = None
 
     # -- interactions ----------------------------------------------------------------------
 
@@ -159,6 +172,11 @@ class AccessPolicy:
             return "The audit trail is read by administrators and the patient's own clinic"
         if writing and res_type in SHARED_TYPES:
             return f"{res_type} is directory data, kept by administrators"
+        if role == "specialist" and res_type == "Consent" and writing:
+            return (
+                "Specialists are shared records by the consults they accept; "
+                "they do not write Consents"
+            )
         if role == "commission_analyst":
             if writing and res_type not in ANALYST_WRITABLE:
                 return "Commission analysts follow cases; they do not write clinical records"
@@ -205,7 +223,91 @@ class AccessPolicy:
             about.c.target_type == "Group",
             about.c.target_id.in_(select(households.c.id)),
         )
-        return or_(shared, in_care, about_household)
+        # The official Patient compartment leaves Task out; a Task for a patient (a consult's
+        # state, a follow-up) is part of that patient's record here.
+        task_for = search_reference.alias()
+        task_for_patient = and_(
+            r.c.res_type == "Task",
+            exists().where(
+                task_for.c.rid == r.c.rid,
+                task_for.c.param == "subject",
+                task_for.c.target_type == "Patient",
+                task_for.c.target_id.in_(select(patients.c.id)),
+            ),
+        )
+        consults = self._consults_as_party()
+        if consults is None:
+            return or_(shared, in_care, about_household, task_for_patient)
+        return or_(
+            shared, in_care, about_household, task_for_patient, _consult_workflow_rows(r, consults)
+        )
+
+    def _consults_as_party(self) -> Any:
+        """The consults (ServiceRequest ids, a CTE made once per policy) the subject is a
+        party to without a Consent: sent to their department or to them, or inviting them;
+        None when there can be none."""
+        if self._consults is not None:
+            return self._consults
+        subject = self.subject
+        if subject.role not in DOCTOR_ROLES or subject.patient is not None:
+            return None
+        sources = []
+        targets = []
+        if subject.role == "specialist" and subject.organization:
+            targets.append(("Organization", subject.organization))
+        if subject.role == "specialist" and subject.practitioner:
+            targets.append(("Practitioner", subject.practitioner))
+        if targets:
+            performer = search_reference.alias()
+            category = search_token.alias()
+            sources.append(
+                select(resources.c.res_id.label("id")).where(
+                    resources.c.res_type == "ServiceRequest",
+                    resources.c.rid.in_(
+                        select(performer.c.rid).where(
+                            performer.c.res_type == "ServiceRequest",
+                            performer.c.param == "performer",
+                            or_(
+                                *(
+                                    and_(performer.c.target_type == t, performer.c.target_id == i)
+                                    for t, i in targets
+                                )
+                            ),
+                        )
+                    ),
+                    resources.c.rid.in_(
+                        select(category.c.rid).where(
+                            category.c.res_type == "ServiceRequest",
+                            category.c.param == "category",
+                            category.c.system == CONSULTATION_CATEGORY["system"],
+                            category.c.code == CONSULTATION_CATEGORY["code"],
+                        )
+                    ),
+                )
+            )
+        if subject.practitioner:
+            member = search_reference.alias()
+            identifier = search_token.alias()
+            sources.append(
+                select(identifier.c.code.label("id")).where(
+                    identifier.c.res_type == "CareTeam",
+                    identifier.c.param == "identifier",
+                    identifier.c.system == CONSULT_SYSTEM,
+                    identifier.c.rid.in_(
+                        select(member.c.rid).where(
+                            member.c.res_type == "CareTeam",
+                            member.c.param == "participant",
+                            member.c.target_type == "Practitioner",
+                            member.c.target_id == subject.practitioner,
+                        )
+                    ),
+                )
+            )
+        if not sources:
+            return None
+        query = union(*sources) if len(sources) > 1 else sources[0]
+        self._consults = query.cte("consults_as_party")
+        return self._consults
 
     def _in_care(self) -> tuple[Any, Any]:
         """The patients in care and their households, as CTEs made once per policy.
@@ -267,6 +369,37 @@ class AccessPolicy:
         if role == "commission_analyst":
             return _patients_flagged(self.now)
         return [select(literal("").label("id")).where(false())]
+
+
+def _consult_workflow_rows(r: FromClause, consults: Any) -> ColumnElement[bool]:
+    """Rows of the consults' ServiceRequests, and the Tasks, Appointments and CareTeams of
+    those consults."""
+    consult_ids = select(consults.c.id)
+
+    def based_on(param: str) -> ColumnElement[bool]:
+        link = search_reference.alias()
+        return exists().where(
+            link.c.rid == r.c.rid,
+            link.c.param == param,
+            link.c.target_type == "ServiceRequest",
+            link.c.target_id.in_(consult_ids),
+        )
+
+    team = search_token.alias()
+    return or_(
+        and_(r.c.res_type == "ServiceRequest", r.c.res_id.in_(consult_ids)),
+        and_(r.c.res_type == "Task", based_on("focus")),
+        and_(r.c.res_type == "Appointment", based_on("based-on")),
+        and_(
+            r.c.res_type == "CareTeam",
+            exists().where(
+                team.c.rid == r.c.rid,
+                team.c.param == "identifier",
+                team.c.system == CONSULT_SYSTEM,
+                team.c.code.in_(consult_ids),
+            ),
+        ),
+    )
 
 
 def _clinics(organization: str, role: str) -> Any:

@@ -21,6 +21,14 @@ PRACTITIONER_NUMBER_SYSTEM = f"{NAMESPACE}/sid/practitioner-number"
 ORGANIZATION_KIND_SYSTEM = f"{NAMESPACE}/CodeSystem/organization-kind"
 #: Insurance layers that pay part of a bill (basic medical insurance, serious illness...).
 PAYMENT_LAYER_SYSTEM = f"{NAMESPACE}/CodeSystem/payment-layer"
+#: code -> Chinese display, in the order a settlement lists them: the three insurance layers
+#: (三重保障) and what is left to the patient.
+PAYMENT_LAYERS: dict[str, str] = {
+    "basic-medical-insurance": "城乡居民基本医疗保险",
+    "serious-illness-insurance": "大病保险",
+    "medical-assistance": "医疗救助",
+    "out-of-pocket": "个人自付",
+}
 #: Tags the project puts in meta.tag.
 TAG_SYSTEM = f"{NAMESPACE}/CodeSystem/tag"
 
@@ -35,3 +43,71 @@ TEST_DATA_LABEL = {
 #: meta.tag of a Flag raised because illness pushes a household into poverty (因病致贫/返贫);
 #: commission analysts see the persons and households under such a Flag while it is active.
 ILLNESS_POVERTY_TAG = {"system": TAG_SYSTEM, "code": "illness-poverty", "display": "因病致贫返贫"}
+
+#: Clinical specialties of hospital departments and practitioner roles (the project's own
+#: codes; the Chinese display is what the department signs read).
+SPECIALTY_SYSTEM = f"{NAMESPACE}/CodeSystem/specialty"
+SPECIALTIES: dict[str, str] = {
+    "general-practice": "全科医学科",
+    "cardiology": "心血管内科",
+    "endocrinology": "内分泌科",
+    "respiratory": "呼吸内科",
+    "neurology": "神经内科",
+    "paediatrics": "儿科",
+    "obstetrics-gynaecology": "妇产科",
+    "dermatology": "皮肤科",
+    "orthopaedics": "骨科",
+    "oncology": "肿瘤科",
+    "nephrology": "肾内科",
+    "gastroenterology": "消化内科",
+}
+
+#: A remote consult is a ServiceRequest of this category (SNOMED CT 11429006 "Consultation").
+SNOMED = "http://snomed.info/sct"
+CONSULTATION_CATEGORY = {"system": SNOMED, "code": "11429006", "display": "Consultation"}
+#: The consult (its ServiceRequest's id) that a Consent or CareTeam belongs to, as their
+#: identifier: ``{"system": CONSULT_SYSTEM, "value": "<ServiceRequest id>"}``.
+CONSULT_SYSTEM = f"{NAMESPACE}/sid/consult"
+# -- households and illness-poverty flags -------------------------------------------------
+
+#: Group.member extension: the member's relationship to the head (与户主关系), a v3 RoleCode.
+HOUSEHOLD_RELATIONSHIP_URL = f"{NAMESPACE}/StructureDefinition/household-relationship"
+#: Codes of a household Group's characteristics: ``registry-status``, ``main-poverty-cause``,
+#: ``other-poverty-cause``, ``income-per-capita`` (家庭年人均纯收入, a CNY Quantity whose
+#: ``period`` is the income year), ``township`` (乡镇) and ``village`` (行政村).
+HOUSEHOLD_CHARACTERISTIC_SYSTEM = f"{NAMESPACE}/CodeSystem/household-characteristic"
+#: A household's status in the poverty registry (户属性).
+REGISTRY_STATUS_SYSTEM = f"{NAMESPACE}/CodeSystem/registry-status"
+REGISTRY_STATUSES: dict[str, str] = {
+    "registered-poor": "建档立卡贫困户",
+    "exited": "脱贫户",
+    "monitored": "防返贫监测户",
+    "ordinary": "一般农户",
+}
+#: The registry's causes of poverty (致贫原因): illness, disability, schooling...
+POVERTY_CAUSE_SYSTEM = f"{NAMESPACE}/CodeSystem/poverty-cause"
+#: EpisodeOfCare.type of a contracted family-doctor service (家庭医生签约服务).
+CARE_EPISODE_TYPE_SYSTEM = f"{NAMESPACE}/CodeSystem/care-episode-type"
+FAMILY_DOCTOR_CONTRACT = {
+    "system": CARE_EPISODE_TYPE_SYSTEM,
+    "code": "family-doctor-contract",
+    "display": "家庭医生签约服务",
+}
+#: Flag.code of an illness-poverty flag: which of the five kinds it is.
+ILLNESS_POVERTY_FLAG_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-flag"
+#: code -> (Chinese display, English display)
+ILLNESS_POVERTY_FLAG_KINDS: dict[str, tuple[str, str]] = {
+    "illness-poverty-risk": ("因病致贫风险", "risk of poverty through illness"),
+    "illness-return-risk": ("因病返贫风险", "risk of return to poverty through illness"),
+    "medical-bill-alert": ("高额医疗费用预警", "medical-bill alert"),
+    "serious-illness": ("大病患者", "serious illness"),
+    "chronic-burden": ("慢病负担未签约", "chronic disease without a family doctor"),
+}
+#: The rules that raise flags; a coding's ``version`` is the rule set's version.
+ILLNESS_POVERTY_RULE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-rule"
+#: RiskAssessment.prediction.outcome of one threshold test (capacity-to-pay-share...).
+ILLNESS_POVERTY_MEASURE_SYSTEM = f"{NAMESPACE}/CodeSystem/illness-poverty-measure"
+#: Extension on a prediction: the test's figure, threshold, comparator and result.
+ILLNESS_POVERTY_MEASURE_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-measure"
+#: Extension on a RiskAssessment: the household's bills over the period, split by payer.
+ILLNESS_POVERTY_COSTS_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-costs"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     refresh_token_ttl: int = 7 * 24 * 60 * 60
     #: How long a specialist keeps seeing a shared record after the consult's Consent ends.
     consent_grace_seconds: int = 24 * 60 * 60
+    #: Whether a read waits for its audit records to commit before it answers. Off: they
+    #: commit with the audit writer's next batch (a crash can lose the batch in flight);
+    #: writes, logins refused at the token endpoint and break-glass always commit with theirs.
+    audit_reads_wait: bool = False
     #: How long a break-glass opening lasts.
     break_glass_seconds: int = 60 * 60
     #: Failed logins before an account is locked, and for how long.
@@ -80,6 +85,22 @@ class Settings(BaseSettings):
     #: per-participant credentials that expire after ``turn_credential_seconds``.
     turn_secret: str | None = None
     turn_credential_seconds: int = 12 * 60 * 60
+    #: The illness-poverty rule file (TOML); unset: the defaults shipped in health/poverty.
+    poverty_rules: Path | None = None
+
+    #: Who tells people about their consults: ``log`` (the service's log only: the embedded
+    #: default, nothing leaves the machine), ``sms`` or ``wechat`` (an HTTP gateway).
+    notifier: Literal["log", "sms", "wechat"] = "log"
+    #: The gateway's URL (``sms``, ``wechat``): messages are POSTed there as JSON.
+    notify_gateway_url: str | None = None
+    #: Sent as ``Authorization: Bearer <token>`` to the gateway, when set.
+    notify_gateway_token: str | None = None
+    #: Outbox delivery: attempts before a message is a dead letter, the first retry's wait
+    #: (doubling each time, up to the cap), and how often each worker looks for due messages.
+    outbox_max_attempts: int = 10
+    outbox_retry_base_seconds: float = 2.0
+    outbox_retry_max_seconds: float = 3600.0
+    outbox_poll_seconds: float = 1.0
 
     # Consult media on weak links, recording and files shared in calls (consult.quality,
     # consult.recording, consult.shared_files).
@@ -102,6 +123,9 @@ class Settings(BaseSettings):
     consult_recording_dir: Path = VAR_DIR / "recordings"
     #: Largest image or PDF shared in a call.
     consult_max_file_bytes: int = 8 * 1024 * 1024
+    #: A room's owner renews its lease on the bus every third of this; a worker that dies
+    #: leaves its rooms to another worker this long after.
+    consult_room_lease_seconds: float = 15.0
 
     @field_validator("database_url")
     @classmethod

@@ -28,7 +28,7 @@ from typing import Any
 from health.demo.bundle import DEMO_RECORD_SYSTEM, demo_meta
 from health.demo.clinical import choose_burdened, clinical_entries
 from health.demo.directory import build_directory, directory_bundle
-from health.demo.households import build_households, household_entries
+from health.demo.households import build_households, draw_registry_details, household_entries
 from integrations.directory_csv import transaction_bundle
 
 __all__ = ["DEMO_AS_OF", "DEMO_RECORD_SYSTEM", "PATIENTS_PER_BUNDLE", "build_demo_bundles"]
@@ -56,6 +56,8 @@ def build_demo_bundles(
 
     households = build_households(rng, directory, patients, as_of)
     choose_burdened(rng, households)
+    for household in households:
+        draw_registry_details(household)
     entries: list[dict[str, Any]] = []
     in_bundle = 0
     for household in households:

@@ -14,6 +14,11 @@ For each patient this decides their illnesses (by age, and a serious one for mem
   at the city hospitals. They are what pushes a household's out-of-pocket spending into the
   tens of thousands of yuan.
 
+Chronic patients (hypertension, diabetes, COPD, after a stroke) have a family-doctor contract
+(家庭医生签约服务, an EpisodeOfCare of type ``family-doctor-contract`` for the calendar year of
+``as_of``, with the village doctor as care manager) — nine in ten of those in registered and
+monitored households, whom the 2018 plan set out to sign up, half of the others.
+
 Each visit becomes an Encounter (class AMB, or IMP for a stay), its Observations and
 MedicationRequests, and an ExplanationOfBenefit settled by ``health.demo.costs``. Conditions
 use ICD-10 with Chinese display; observations LOINC with UCUM units. Blood glucose is LOINC
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from health.core.naming import FAMILY_DOCTOR_CONTRACT
 from health.demo.bundle import demo_meta, record_entry, record_url
 from health.demo.costs import SETTINGS, Settlement, eob_body
 from health.demo.directory import (
@@ -839,6 +845,38 @@ class PatientHistory:
         return entries
 
 
+_CONTRACTED = ("hypertension", "diabetes", "copd", "stroke")
+
+
+def contract_entries(history: PatientHistory) -> list[dict[str, Any]]:
+    """The patient's family-doctor contract, if their chronic disease got them one."""
+    chronic = [i for i in history.illnesses if i.disease in _CONTRACTED and not i.resolved]
+    if not chronic:
+        return []
+    household = history.household
+    member = history.member
+    odds = 0.9 if household.status in ("registered-poor", "exited", "monitored") else 0.5
+    if random.Random(f"contract-{member.resident_id}").random() >= odds:
+        return []
+    village = household.village
+    year = history.as_of.year
+    episode = {
+        "resourceType": "EpisodeOfCare",
+        "meta": demo_meta(),
+        "status": "active",
+        "type": [{"coding": [dict(FAMILY_DOCTOR_CONTRACT)], "text": "家庭医生签约服务"}],
+        "diagnosis": [
+            {"condition": {"reference": record_url("Condition", illness.value)}, "rank": rank}
+            for rank, illness in enumerate(chronic, start=1)
+        ],
+        "patient": history._subject(),
+        "managingOrganization": organization_reference(village.code, village.name),
+        "period": {"start": f"{year}-01-01", "end": f"{year}-12-31"},
+        "careManager": staff_reference(village.staff[0]),
+    }
+    return [record_entry(episode, f"{history.seed}-{member.key}-contract-001")]
+
+
 def _quantity(value: float, ucum: str, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM_SYSTEM, "code": ucum}
 
@@ -881,4 +919,5 @@ def clinical_entries(
         history = PatientHistory(rng, directory, household, member, seed, as_of, serious)
         history.plan()
         entries.extend(history.entries(Settlement(household.status)))
+        entries.extend(contract_entries(history))
     return entries

@@ -32,16 +32,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from health.core.naming import PAYMENT_LAYER_SYSTEM
+from health.core.naming import PAYMENT_LAYER_SYSTEM, PAYMENT_LAYERS
 
 ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
-#: code -> Chinese display, in the order the EOB lists them.
-PAYMENT_LAYERS: dict[str, str] = {
-    "basic-medical-insurance": "城乡居民基本医疗保险",
-    "serious-illness-insurance": "大病保险",
-    "medical-assistance": "医疗救助",
-    "out-of-pocket": "个人自付",
-}
 
 _CENT = Decimal("0.01")
 

@@ -29,9 +29,10 @@ from typing import Any
 
 from health.core.naming import (
     LOCATION_CODE_SYSTEM,
-    NAMESPACE,
     ORGANIZATION_CODE_SYSTEM,
     PRACTITIONER_NUMBER_SYSTEM,
+    SPECIALTIES,
+    SPECIALTY_SYSTEM,
 )
 from health.demo.bundle import DEMO_RECORD_SYSTEM, demo_entry, demo_meta, record_entry
 from health.demo.people import PersonName, random_mobile, random_name
@@ -43,23 +44,6 @@ from integrations.directory_csv import (
     transaction_bundle,
 )
 
-#: Clinical specialties of departments and practitioner roles (the project's own codes,
-#: Chinese display as the department signs read).
-SPECIALTY_SYSTEM = f"{NAMESPACE}/CodeSystem/specialty"
-SPECIALTIES: dict[str, str] = {
-    "general-practice": "全科医学科",
-    "cardiology": "心血管内科",
-    "endocrinology": "内分泌科",
-    "respiratory": "呼吸内科",
-    "neurology": "神经内科",
-    "paediatrics": "儿科",
-    "obstetrics-gynaecology": "妇产科",
-    "dermatology": "皮肤科",
-    "orthopaedics": "骨科",
-    "oncology": "肿瘤科",
-    "nephrology": "肾内科",
-    "gastroenterology": "消化内科",
-}
 _PRACTITIONER_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-role"
 
 INSURER_CODE = "640100YB01"

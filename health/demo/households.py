@@ -10,10 +10,14 @@ one village, looked after by that village's clinic.
 * **Relationship to the head** is an extension on ``Group.member``
   (``HOUSEHOLD_RELATIONSHIP_URL``, valueCodeableConcept from v3 RoleCode: ONESELF 户主,
   SPS 配偶, CHILD 子女, PRN 父母, GRNDCHILD 孙子女, CHLDINLAW 儿媳/女婿).
-* **Registry status** is one ``Group.characteristic``: code ``registry-status`` in
-  ``HOUSEHOLD_CHARACTERISTIC_SYSTEM``, value a code of ``REGISTRY_STATUS_SYSTEM``:
-  ``registered-poor`` 建档立卡贫困户, ``exited`` 脱贫户, ``monitored`` 防返贫监测户,
-  ``ordinary`` 一般农户; ``exclude`` false.
+* **Registry status**, **poverty causes**, **income per capita** (家庭年人均纯收入, for the
+  year before ``as_of``), **township** and **village** are ``Group.characteristic`` entries,
+  written by ``integrations.household_registry.household_group`` exactly as a registry import
+  writes them. Incomes are drawn by status (registered-poor households near the poverty
+  line, ordinary ones well above it); one ordinary household in ten has no income on record,
+  as households outside the registry's surveys do. About four in ten registered households
+  give illness (因病) as the main cause, as the 2013–2017 registry did; households the
+  generator gives a serious illness give it more often.
 
 Every member is covered by 城乡居民基本医疗保险 (a Coverage paid by the directory's insurer),
 as nearly every rural resident is.
@@ -24,9 +28,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from health.core.naming import HOUSEHOLD_NUMBER_SYSTEM, NAMESPACE
+from health.core.naming import HOUSEHOLD_NUMBER_SYSTEM
 from health.demo.bundle import demo_entry, demo_meta, record_entry, record_url
 from health.demo.directory import (
     COUNTIES,
@@ -38,22 +43,17 @@ from health.demo.directory import (
 )
 from health.demo.people import PersonName, ResidentIdMaker, random_mobile, random_name
 from integrations.directory_csv import full_url
+from integrations.household_registry import (
+    GroupMember,
+    household_characteristics,
+    household_group,
+)
 from records.validation.resident_id import RESIDENT_ID_SYSTEM
 
-HOUSEHOLD_RELATIONSHIP_URL = f"{NAMESPACE}/StructureDefinition/household-relationship"
-HOUSEHOLD_CHARACTERISTIC_SYSTEM = f"{NAMESPACE}/CodeSystem/household-characteristic"
-REGISTRY_STATUS_SYSTEM = f"{NAMESPACE}/CodeSystem/registry-status"
-REGISTRY_STATUSES: dict[str, str] = {
-    "registered-poor": "建档立卡贫困户",
-    "exited": "脱贫户",
-    "monitored": "防返贫监测户",
-    "ordinary": "一般农户",
-}
 # Most resettled households were registered poor and have since exited (2020); some are
 # monitored against falling back, the rest never registered.
 _STATUS_WEIGHTS = {"registered-poor": 10, "exited": 40, "monitored": 12, "ordinary": 38}
 
-_ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 # key -> (v3 RoleCode, English display, Chinese text)
 RELATIONSHIPS: dict[str, tuple[str, str, str]] = {
     "head": ("ONESELF", "self", "户主"),
@@ -91,10 +91,18 @@ class Household:
     number: str  # 户编号
     village: Clinic
     centre: Clinic
-    status: str  # key of REGISTRY_STATUSES
+    status: str  # key of health.core.naming.REGISTRY_STATUSES
     address: dict[str, Any]
     members: list[Member] = field(default_factory=list)
     burdened: bool = False  # the generator gives one member a costly serious illness
+    income_per_capita: Decimal | None = None  # yuan per person, the year before as_of
+    main_cause: str | None = None  # 主要致贫原因 for registered households
+
+    @property
+    def rng(self) -> random.Random:
+        """A generator of this household's own, so drawing its registry details leaves the
+        demo's people and visits as they were."""
+        return random.Random(f"household-{self.number}")
 
     @property
     def head(self) -> Member:
@@ -216,41 +224,37 @@ def build_households(
     return households
 
 
-def _relationship_extension(relationship: str) -> dict[str, Any]:
-    code, display, text = RELATIONSHIPS[relationship]
-    return {
-        "url": HOUSEHOLD_RELATIONSHIP_URL,
-        "valueCodeableConcept": {
-            "coding": [{"system": _ROLE_CODE_SYSTEM, "code": code, "display": display}],
-            "text": text,
-        },
-    }
+# (low, high) yuan per person per year, by registry status.
+_INCOME_RANGES = {
+    "registered-poor": (3000, 6500),
+    "monitored": (5000, 9500),
+    "exited": (7000, 16000),
+    "ordinary": (9000, 22000),
+}
+_CAUSE_WEIGHTS = {
+    "因病": 42,
+    "因残": 10,
+    "因学": 8,
+    "缺劳动力": 12,
+    "缺技术": 10,
+    "缺资金": 10,
+    "因灾": 4,
+    "其他": 4,
+}
 
 
-def registry_status_characteristic(status: str) -> dict[str, Any]:
-    """The Group.characteristic carrying a household's registry status."""
-    return {
-        "code": {
-            "coding": [
-                {
-                    "system": HOUSEHOLD_CHARACTERISTIC_SYSTEM,
-                    "code": "registry-status",
-                    "display": "建档立卡状态",
-                }
-            ]
-        },
-        "valueCodeableConcept": {
-            "coding": [
-                {
-                    "system": REGISTRY_STATUS_SYSTEM,
-                    "code": status,
-                    "display": REGISTRY_STATUSES[status],
-                }
-            ],
-            "text": REGISTRY_STATUSES[status],
-        },
-        "exclude": False,
-    }
+def draw_registry_details(household: Household) -> None:
+    """Income and main cause of poverty, once the generator knows who is burdened."""
+    rng = household.rng
+    low, high = _INCOME_RANGES[household.status]
+    if household.status != "ordinary" or rng.random() >= 0.1:
+        household.income_per_capita = Decimal(rng.randrange(low * 100, high * 100)) / 100
+    if household.status != "ordinary":
+        if household.burdened and rng.random() < 0.7:
+            household.main_cause = "因病"
+        else:
+            causes, weights = zip(*_CAUSE_WEIGHTS.items(), strict=True)
+            household.main_cause = rng.choices(causes, weights=weights)[0]
 
 
 def coverage_value(seed: int, member: Member) -> str:
@@ -314,27 +318,28 @@ def household_entries(household: Household, seed: int, as_of: dt.date) -> list[d
         }
         entries.append(record_entry(coverage, value))
 
-    group = {
-        "resourceType": "Group",
-        "meta": demo_meta(),
-        "identifier": [{"system": HOUSEHOLD_NUMBER_SYSTEM, "value": household.number}],
-        "active": True,
-        "type": "person",
-        "actual": True,
-        "code": {"text": "家庭户"},
-        "name": f"{household.head.name.text}户",
-        "quantity": len(household.members),
-        "managingEntity": dict(clinic),
-        "characteristic": [registry_status_characteristic(household.status)],
-        "member": [
-            {
-                "extension": [_relationship_extension(member.relationship)],
-                "entity": {"reference": member.url, "display": member.name.text},
-                "inactive": False,
-            }
+    group = household_group(
+        household.number,
+        [
+            GroupMember(
+                member.name.text,
+                member.resident_id,
+                RELATIONSHIPS[member.relationship][0],
+                RELATIONSHIPS[member.relationship][2],
+                member.url,
+            )
             for member in household.members
         ],
-    }
+        household_characteristics(
+            household.status,
+            main_cause=household.main_cause,
+            income_per_capita=household.income_per_capita,
+            income_year=as_of.year - 1 if household.income_per_capita is not None else None,
+            township=household.village.township,
+            village=household.village.village,
+        ),
+        base={"meta": demo_meta(), "managingEntity": dict(clinic)},
+    )
     entries.append(demo_entry(group, HOUSEHOLD_NUMBER_SYSTEM, household.number))
     return entries
 

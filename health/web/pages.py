@@ -25,9 +25,13 @@ from health.auth.gate import SESSION_COOKIE, Gate, actor_of, client_address, use
 from health.auth.logins import LoginThrottle, TooManyAttempts, password_login
 from health.auth.scopes import parse_scopes
 from health.core.clock import fhir_instant, utcnow
+from health.core.ids import is_valid_resource_id
 from health.core.problems import Problem
 from health.web.i18n import LANGUAGE_COOKIE, LANGUAGES, gettext_for
 from health.web.rendering import render
+from health.web.signed_in import SignedIn
+from health.web.worklists import worklist
+from records.interactions import FhirRequest
 from records.outcome import FhirError
 from records.store import ResourceStore
 
@@ -239,6 +243,7 @@ async def home(request: Request) -> Response:
     openings: list[dict[str, Any]] = []
     if web.user.role == "admin":
         openings = await break_glass_report_rows(gate, days=30)
+    work = await worklist(SignedIn(request, web, gate.web_caller(web, request)))
     return render(
         request,
         "home.html",
@@ -246,6 +251,7 @@ async def home(request: Request) -> Response:
         csrf_token=web.csrf_token,
         organization=await _organization_name(gate, web.user.organization_id),
         openings=openings,
+        worklist=work,
     )
 
 
@@ -422,11 +428,16 @@ async def authorize(request: Request) -> Response:
     if any(s.startswith("patient/") for s in scope.split()):
         patient = str(form.get("patient") or "").strip()
         caller = gate.web_caller(web, request)
+        records = request.app.state.records
         try:
-            async with gate.database.transaction(write=False) as session:
-                await ResourceStore(session, gate.indexer, access=caller.access).read(
-                    "Patient", patient
-                )
+            if not is_valid_resource_id(patient):
+                raise FhirError.of(400, "not a FHIR id", code="value")
+            # As every look at a record: under her policy, and on the audit trail.
+            await records.perform(
+                caller,
+                FhirRequest(method="GET", path=f"Patient/{patient}"),
+                base_url=records.fhir_base(request),
+            )
         except FhirError:
             return render(
                 request,

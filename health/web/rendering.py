@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from health.auth.gate import mask_csrf
 from health.web.i18n import LANGUAGES, language_of, translations
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -48,7 +49,8 @@ def render(
     html = page.render(
         request=request,
         user=user,
-        csrf_token=csrf_token,
+        # Masked afresh for every page (see health.auth.gate.mask_csrf).
+        csrf_token=mask_csrf(csrf_token) if csrf_token else None,
         lang=language,
         languages=list(LANGUAGES),
         **context,

@@ -23,13 +23,11 @@ from records.api.responses import (
     read_body,
     render,
 )
-from records.api.service import CHANGES_CHANNEL, RecordsContext
+from records.api.service import RecordsContext
 from records.capability import capability_statement
 from records.interactions import FhirRequest
 from records.outcome import FhirError
 from records.validation import may_carry_resident_id
-
-__all__ = ["CHANGES_CHANNEL", "RecordsContext", "router"]
 
 logger = logging.getLogger(__name__)
 

@@ -5,24 +5,27 @@ every other part of the application (pages, consult workflow) that reads or writ
 database transaction (a write transaction for anything but GET) under the caller's access
 policy; puts what it showed or wrote — or why it was refused — on the caller's audit trail
 before returning (a write's record in the write's own transaction); and after the commit
-announces each change on the bus channel :data:`CHANGES_CHANNEL`.
+announces each change on the change feed (:mod:`records.feed`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.requests import HTTPConnection
 
 from health.core.bus import MessageBus
 from health.core.database import Database
 from health.core.ids import is_valid_resource_id
 from records.access import AccessEvent, Caller
+from records.feed import announce
+from records.hooks import AfterCommit, WriteHook, run_after_commit, run_hooks
 from records.indexing import SearchIndexer
 from records.interactions import FhirRequest, FhirResult, Interactions
 from records.outcome import FhirError
@@ -30,9 +33,6 @@ from records.store import ResourceStore
 from records.transactions import BundleProcessor
 
 logger = logging.getLogger(__name__)
-
-#: Bus channel announcing each committed change: {"type", "id", "versionId", "method"}.
-CHANGES_CHANNEL = "records.changes"
 
 
 @dataclass
@@ -46,10 +46,13 @@ class RecordsContext:
     max_page_size: int
     default_page_size: int
     max_body_bytes: int
-    #: Who is asking: the caller of a request, or a FhirError (401) if nobody we know.
-    authenticate: Callable[[Request], Awaitable[Caller]]
+    #: Who is asking: the caller of a request (or a WebSocket), or a FhirError (401) if
+    #: nobody we know.
+    authenticate: Callable[[HTTPConnection], Awaitable[Caller]]
     #: ``CapabilityStatement.rest.security`` for a request (how clients get their tokens).
     security: Callable[[Request], dict[str, Any]] | None = None
+    #: Rules run inside every write's transaction, in order (see ``records.hooks``).
+    write_hooks: list[WriteHook] = field(default_factory=list)
 
     def fhir_base(self, request: Request) -> str:
         if self.base_url:
@@ -98,6 +101,7 @@ class RecordsContext:
         self, caller: Caller, request: FhirRequest, base_url: str, return_resources: bool
     ) -> FhirResult:
         is_write = request.method != "GET"
+        after_commit: list[AfterCommit] = []
         async with self.database.transaction(write=is_write) as session:
             store = ResourceStore(session, self.indexer, access=caller.access)
             interactions = Interactions(
@@ -106,14 +110,29 @@ class RecordsContext:
                 max_page_size=self.max_page_size,
                 default_page_size=self.default_page_size,
             )
+
+            async def after_write(since: int) -> None:
+                await run_hooks(
+                    self.write_hooks,
+                    caller=caller,
+                    store=store,
+                    since=since,
+                    base_url=base_url,
+                    after_commit=after_commit,
+                )
+
             if request.path == "" and request.method == "POST":
-                processor = BundleProcessor(interactions, return_resources=return_resources)
+                processor = BundleProcessor(
+                    interactions, return_resources=return_resources, after_write=after_write
+                )
                 body = await processor.process(
                     request.body, scan_identifiers=request.scan_identifiers
                 )
                 result = FhirResult(200, body=body)
             else:
                 result = await interactions.perform(request)
+                if is_write:
+                    await after_write(0)
             touched = [*interactions.shown, *((c.res_type, c.res_id) for c in store.changes)]
             event = access_event(
                 request, result.status, resources=touched, owners=await store.owners_of(touched)
@@ -122,7 +141,8 @@ class RecordsContext:
                 await caller.audit(event, session=session)
         if not is_write:
             await caller.audit(event)
-        await self._publish(store)
+        await announce(self.bus, store.changes)
+        await run_after_commit(after_commit)
         return result
 
     async def audit_refusal(self, caller: Caller, request: FhirRequest, error: FhirError) -> None:
@@ -143,23 +163,6 @@ class RecordsContext:
         await caller.audit(
             access_event(request, error.status, resources=named, owners=owners, problem=codes)
         )
-
-    async def _publish(self, store: ResourceStore) -> None:
-        for change in store.changes:
-            try:
-                await self.bus.publish(
-                    CHANGES_CHANNEL,
-                    {
-                        "type": change.res_type,
-                        "id": change.res_id,
-                        "versionId": change.version,
-                        "method": change.method,
-                    },
-                )
-            except Exception:  # committed; a listener that missed it can re-read history
-                logger.exception(
-                    "could not announce %s/%s on the bus", change.res_type, change.res_id
-                )
 
 
 def resources_of(result: FhirResult) -> list[dict[str, Any]]:

@@ -22,10 +22,10 @@ BindingRule = list[str]
 
 
 class BindingData(TypedDict):
-    """bindings.json: the enumerable required bindings and the way down to them."""
+    """The enumerable required bindings (bindings.json) and the value sets they name."""
 
     #: value set canonical url (without version) -> code system url -> codes, in the order
-    #: the code system defines them.
+    #: the code system defines them (every value set of terminology.json).
     valueSets: dict[str, dict[str, list[str]]]
     #: resource, datatype or backbone path (``Patient.contact``) -> JSON element name
     #: (choice types expanded: ``valueQuantity``) -> rule. Types without a binding anywhere
@@ -43,9 +43,23 @@ def resource_types() -> frozenset[str]:
     return frozenset(_load("resource_types.json"))
 
 
+class TerminologyData(TypedDict):
+    """terminology.json: what the package enumerates, for bindings and token modifiers."""
+
+    #: value set canonical url (without version) -> code system url -> codes.
+    valueSets: dict[str, dict[str, list[str]]]
+    #: complete code system url -> code -> the code it is nested under ("" at the top).
+    codeSystems: dict[str, dict[str, str]]
+
+
 @cache
 def bindings() -> BindingData:
-    data: BindingData = _load("bindings.json")
+    return {"valueSets": terminology()["valueSets"], "types": _load("bindings.json")["types"]}
+
+
+@cache
+def terminology() -> TerminologyData:
+    data: TerminologyData = _load("terminology.json")
     return data
 
 

@@ -2,8 +2,11 @@
 
 One SELECT over ``resources`` joined to each row's current version, filtered by the clauses
 (see :mod:`records.search.sql`), ordered by the ``_sort`` keys and then by ``rid`` so every
-order is total, paged from a keyset cursor (:mod:`records.search.cursor`); a COUNT with the
-same filter gives the total.
+order is total, paged from a keyset cursor (:mod:`records.search.cursor`). The total comes
+from the page when the first page holds every match, else from a count with the same filter
+(bounded unless the client asks for ``_total=accurate``). On PostgreSQL a search whose count
+the planner prices as costly reads its page from a walk in rid order instead and gives no
+total beyond it (see ``SearchEngine._walk``).
 Includes follow the reference index from the page (``_include``) or to it (``_revinclude``).
 """
 
@@ -12,8 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from records.access import FULL_ACCESS, RecordAccess
 from records.definitions import compartments
@@ -28,6 +35,29 @@ from records.tables import resource_versions, resources, search_reference
 MAX_INCLUDE_DEPTH = 4
 #: Up to how many matches a search counts when the client did not ask for ``_total=accurate``.
 ESTIMATE_LIMIT = 1000
+#: The price, in PostgreSQL's planner units, above which counting a search's matches (up to
+#: ``ESTIMATE_LIMIT``) is too costly: the search gives no total beyond its page, and looks for
+#: a page in rid order in the next resources of the type first (SearchEngine._walk). A
+#: patient's 659 readings are priced ~3,600; body heights over 170 cm ~6,300 at 91,000
+#: resources and ~19,000 at 365,000, where the full plan took 30 and 50 ms.
+COSTLY_COUNT = 5_000.0
+#: How many resources a walk reads for each row of the page it looks for, and at most.
+WALK_ROWS_PER_MATCH = 100
+MAX_WALK_ROWS = 20_000
+
+
+class _Explain(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON) <statement>`` (PostgreSQL): the plan, and so its cost."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+
+
+@compiles(_Explain, "postgresql")
+def _explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"EXPLAIN (FORMAT JSON) {compiler.process(element.statement, **kw)}"
 
 
 @dataclass
@@ -120,11 +150,13 @@ class SearchEngine:
         *,
         base_url: str,
         access: RecordAccess = FULL_ACCESS,
+        costly_count: float = COSTLY_COUNT,
     ) -> None:
         self.session = session
         self.indexer = indexer
         self.base_url = base_url
         self.access = access
+        self.costly_count = costly_count
 
     def _seen(self, r: Any, interaction: str) -> list[ColumnElement[bool]]:
         """What the caller may see of ``r``: its types for ``interaction`` and the policy's rows."""
@@ -138,27 +170,29 @@ class SearchEngine:
         return conditions
 
     def _filters(
-        self, query: SearchQuery, compartment: Compartment | None
+        self,
+        query: SearchQuery,
+        compartment: Compartment | None,
+        r: Any = resources,
+        *,
+        probe: bool = False,
     ) -> list[ColumnElement[bool]]:
-        filters: list[ColumnElement[bool]] = [
-            resources.c.deleted.is_(False),
-            *self._seen(resources, "s"),
-        ]
+        """The WHERE of a search over ``r``: ``resources``, or (``probe``) each row of a
+        slice of it in rid order."""
+        filters: list[ColumnElement[bool]] = [r.c.deleted.is_(False), *self._seen(r, "s")]
         types = [query.res_type] if query.res_type else query.options.types
         if types:
-            filters.append(resources.c.res_type.in_(types))
+            filters.append(r.c.res_type.in_(types))
         if compartment is not None:
-            filters.append(compartment.condition(resources, types))
+            filters.append(compartment.condition(r, types))
         by_type: dict[str, list[ColumnElement[bool]]] = {}
         for clause in query.clauses:
             by_type.setdefault(clause.res_type, []).append(
-                condition(clause, resources, self.base_url, self.access)
+                condition(clause, r, self.base_url, self.access, probe=probe)
             )
         if query.res_type is None and by_type:
             # A system search: each type's clauses apply to that type's resources.
-            filters.append(
-                or_(*(and_(resources.c.res_type == t, *conds) for t, conds in by_type.items()))
-            )
+            filters.append(or_(*(and_(r.c.res_type == t, *conds) for t, conds in by_type.items())))
         else:
             for conds in by_type.values():
                 filters.extend(conds)
@@ -169,31 +203,27 @@ class SearchEngine:
     ) -> SearchResult:
         options = query.options
         filters = self._filters(query, compartment)
-        total = await self._total(options, filters)
         if options.count == 0 or options.summary == "count":
-            return SearchResult([], total, False)
-        keys = [
-            (sort_value(param, self._sort_type(query, param), descending, resources), descending)
-            for param, descending in options.sort
-        ]
+            return SearchResult([], await self._count(filters), False)
+        keys = self._sort_keys(query)
         cursor = options.cursor
         forward = cursor is None or cursor.forward
-        statement = (
-            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
-            .select_from(_current_join())
-            .where(*filters)
-            .order_by(*_ordering(keys, forward), _ordering_rid(forward))
-            .limit(options.count + 1)
-        )
-        if cursor is not None:
-            statement = statement.where(cursor.condition(keys, resources.c.rid))
-        elif options.offset:
-            statement = statement.offset(options.offset)
-        rows = list((await self.session.execute(statement)).all())
+        count_cost: float | None = None
+        rows: list[Any] | None = None
+        if self._walkable(query):
+            count_cost = await self._count_cost(filters)
+            if count_cost is not None and count_cost > self.costly_count:
+                rows = await self._walk(query, compartment)
+        if rows is None:
+            rows = list((await self.session.execute(self._page(query, filters, keys))).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
         if not forward:
             rows.reverse()
+        first_page = cursor is None and options.offset == 0
+        total = await self._total(
+            options, filters, len(rows) if first_page and not has_more else None, count_cost
+        )
         result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
         if rows:
             # Reading forward there is more before this page if the client came from one;
@@ -210,28 +240,152 @@ class SearchEngine:
             )
         return result
 
+    def _walkable(self, query: SearchQuery) -> bool:
+        """A page in rid order, read forward, of one type: one :meth:`_walk` can answer."""
+        options = query.options
+        return (
+            self.session.get_bind().dialect.name == "postgresql"
+            and query.res_type is not None
+            and bool(query.clauses)
+            and not options.sort
+            and options.offset == 0
+            and (options.cursor is None or options.cursor.forward)
+        )
+
+    async def _walk(self, query: SearchQuery, compartment: Compartment | None) -> list[Any] | None:
+        """The page read from the next resources of the type in rid order, at most
+        ``WALK_ROWS_PER_MATCH`` per row of the page; None if they hold less than a page.
+
+        PostgreSQL underestimates how many resources match several conditions on different
+        index tables (most quantities over 170 are body heights; it assumes a fortieth are),
+        and for a page it believes nearly all of them makes it builds the whole match set and
+        sorts it: 30 ms at 1,000 matches, growing with the store. The first page of the
+        resources in rid order is the first page of the matches among them, so when the
+        full plan looks costly this slice is tried first; it costs as much as its length.
+        """
+        options = query.options
+        length = min(WALK_ROWS_PER_MATCH * (options.count + 1), MAX_WALK_ROWS)
+        scan = select(resources).where(
+            resources.c.res_type == query.res_type, resources.c.deleted.is_(False)
+        )
+        if options.cursor is not None:
+            scan = scan.where(resources.c.rid > options.cursor.rid)
+        walked = scan.order_by(resources.c.rid).limit(length).subquery("walked")
+        # Each condition a test of the walked row, in rid order, that stops at the page's end.
+        tests = self._filters(query, compartment, walked, probe=True)
+        page = (
+            select(walked.c.rid, walked.c.res_type, walked.c.res_id, walked.c.version)
+            .where(*tests)
+            .order_by(walked.c.rid)
+            .limit(options.count + 1)
+            .subquery("page")
+        )
+        current = resource_versions
+        statement = (
+            select(
+                page.c.rid,
+                page.c.res_type,
+                page.c.res_id,
+                current.c.version,
+                current.c.last_updated,
+                current.c.method,
+                current.c.content,
+            )
+            .select_from(
+                page.join(
+                    current, and_(current.c.rid == page.c.rid, current.c.version == page.c.version)
+                )
+            )
+            .order_by(page.c.rid)
+        )
+        rows = list((await self.session.execute(statement)).all())
+        return rows if len(rows) > options.count else None
+
+    def page_statement(self, query: SearchQuery, *, compartment: Compartment | None = None) -> Any:
+        """The SELECT of a page of ``query``'s matches (and one more), as :meth:`run` sends it."""
+        return self._page(query, self._filters(query, compartment), self._sort_keys(query))
+
+    def _sort_keys(self, query: SearchQuery) -> list[tuple[Any, bool]]:
+        return [
+            (sort_value(param, self._sort_type(query, param), descending, resources), descending)
+            for param, descending in query.options.sort
+        ]
+
+    def _page(
+        self, query: SearchQuery, filters: list[ColumnElement[bool]], keys: list[tuple[Any, bool]]
+    ) -> Any:
+        options = query.options
+        cursor = options.cursor
+        forward = cursor is None or cursor.forward
+        statement = (
+            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
+            .select_from(_current_join())
+            .where(*filters)
+            .order_by(*_ordering(keys, forward), _ordering_rid(forward))
+            .limit(options.count + 1)
+        )
+        if cursor is not None:
+            statement = statement.where(cursor.condition(keys, resources.c.rid))
+        elif options.offset:
+            statement = statement.offset(options.offset)
+        return statement
+
     async def _total(
-        self, options: ResultOptions, filters: list[ColumnElement[bool]]
+        self,
+        options: ResultOptions,
+        filters: list[ColumnElement[bool]],
+        all_on_page: int | None,
+        count_cost: float | None,
     ) -> int | None:
         """The number of matches: exact when asked, else exact up to ``ESTIMATE_LIMIT``.
 
-        Counting ten thousand matches costs more than finding the first page of them, so
-        unless the client asks for ``_total=accurate`` (or for the count alone) the count
-        stops at the limit and a larger result has no total; its ``next`` link says more.
+        A first page that holds every match is its own count. Beyond that, counting ten
+        thousand matches costs more than finding the first page of them, so unless the client
+        asks for ``_total=accurate`` the count stops at the limit and a larger result has no
+        total; its ``next`` link says there is more. On PostgreSQL a count that would cost
+        more than ``costly_count`` is not made either (see :meth:`_count_cost`).
         """
-        if options.count == 0 or options.summary == "count" or options.total == "accurate":
-            return (
-                await self.session.execute(
-                    select(func.count()).select_from(resources).where(*filters)
-                )
-            ).scalar_one()
+        if options.total == "accurate":
+            return await self._count(filters)
         if options.total == "none":
             return None
-        bounded = select(resources.c.rid).where(*filters).limit(ESTIMATE_LIMIT + 1).subquery()
-        counted = (
-            await self.session.execute(select(func.count()).select_from(bounded))
-        ).scalar_one()
+        if all_on_page is not None:
+            return all_on_page
+        if count_cost is None:
+            count_cost = await self._count_cost(filters)
+        if count_cost is not None and count_cost > self.costly_count:
+            return None
+        counted = await self._count_up_to(filters, ESTIMATE_LIMIT + 1)
         return counted if counted <= ESTIMATE_LIMIT else None
+
+    async def _count(self, filters: list[ColumnElement[bool]]) -> int:
+        statement = select(func.count()).select_from(resources).where(*filters)
+        return int((await self.session.execute(statement)).scalar_one())
+
+    def _bounded_count(self, filters: list[ColumnElement[bool]], limit: int) -> Any:
+        bounded = select(resources.c.rid).where(*filters).limit(limit).subquery()
+        return select(func.count()).select_from(bounded)
+
+    async def _count_up_to(self, filters: list[ColumnElement[bool]], limit: int) -> int:
+        """How many rows match, counting no further than ``limit``."""
+        return int((await self.session.execute(self._bounded_count(filters, limit))).scalar_one())
+
+    async def _count_cost(self, filters: list[ColumnElement[bool]]) -> float | None:
+        """What PostgreSQL expects the bounded count to cost; None on other databases.
+
+        ``LIMIT`` does not bound a count's work on PostgreSQL: it multiplies the selectivities
+        of the index tables' conditions as if they were independent, believes a few hundred
+        rows match, and plans to join every Observation with every quantity over 170 before
+        counting, at a cost that grows with the store rather than with the limit. The planner
+        prices that work well even when it misjudges the rows, so its price decides.
+        """
+        if self.session.get_bind().dialect.name != "postgresql":
+            return None
+        explained = _Explain(self._bounded_count(filters, ESTIMATE_LIMIT + 1))
+        plan = (await self.session.execute(explained)).scalar_one()
+        if isinstance(plan, str):  # the driver may or may not decode the json column
+            plan = orjson.loads(plan)
+        return float(plan[0]["Plan"]["Total Cost"])
 
     def _sort_type(self, query: SearchQuery, param: str) -> str:
         if param == "_id":

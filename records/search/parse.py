@@ -14,9 +14,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
+from records.datetimes import date_range
 from records.definitions import resource_types
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
+from records.search import terminology
 from records.search.cursor import Cursor
 
 #: Numbers are stored with 28 digits before the point and 10 after; beyond that, no match.
@@ -24,7 +26,7 @@ MAX_EXPONENT = 27
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "missing", "of-type"},
+    "token": {"not", "text", "missing", "of-type", "in", "not-in", "below", "above"},
     "reference": {"missing", "identifier"},  # plus a resource type (subject:Patient)
     "date": {"missing"},
     "number": {"missing"},
@@ -50,6 +52,8 @@ _RESULT = frozenset(
         "_type",
     }
 )
+#: Common parameters answered from the resources table: of the modifiers only _id:not.
+_IN_RESOURCES_TABLE = frozenset({"_id", "_lastUpdated"})
 _PREFIXED = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[\d+\-])")
 
 
@@ -78,8 +82,8 @@ class Clause:
     targets: tuple[str, ...] = ()
     #: For _has: the referring type and the reference parameter that points back at us.
     has: tuple[str, str] | None = None
-    #: For a composite (code-value-quantity): the type of the value after the ``$``.
-    value_type: str | None = None
+    #: For a composite (code-value-quantity): the types of its ``$``-separated components.
+    component_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,33 @@ def _value(param_type: str, text: str) -> Value:
     return Value(text)
 
 
-def composite_value(text: str, value_type: str) -> Value:
-    """The part of a composite value after ``$``, with its prefix where its type has one."""
-    return _value(value_type, text)
+def composite_parts(text: str, component_types: tuple[str, ...]) -> list[Value]:
+    """A composite value's components (``code$value`` or ``code$start$end``), each with its
+    prefix where its type has one."""
+    parts = text.split("$", len(component_types) - 1)
+    if len(parts) != len(component_types):
+        example = (
+            "chromosome$start$end, e.g. 1$ge22125500$le22125510"
+            if len(component_types) == 3
+            else "code$value, e.g. http://loinc.org|8480-6$gt140"
+        )
+        raise ValueError(f"a value of this composite is {example}")
+    return [_value(kind, part) for kind, part in zip(component_types, parts, strict=True)]
+
+
+def token_codes(modifier: str, text: str) -> terminology.Codes:
+    """What a ``:in``, ``:not-in``, ``:below`` or ``:above`` value stands for, by system."""
+    if modifier in ("in", "not-in"):
+        return terminology.value_set_codes(text)
+    system, code = split_token(text)
+    if not system or not code:
+        raise ValueError(f":{modifier} takes system|code, e.g. {_BELOW_EXAMPLE}")
+    return (
+        terminology.below(system, code) if modifier == "below" else terminology.above(system, code)
+    )
+
+
+_BELOW_EXAMPLE = "http://terminology.hl7.org/CodeSystem/condition-clinical|inactive"
 
 
 def check_number(text: str) -> Decimal:
@@ -221,6 +249,10 @@ class SearchParser:
         if dot:  # a chain: subject:Patient.name=王
             if param_type != "reference":
                 raise ValueError(f"only reference parameters can be chained, not {code}")
+            if modifier and not modifier[:1].isupper():
+                raise ValueError(
+                    f"a chain names a resource type (subject:Patient.name), not :{modifier}"
+                )
             chosen = [modifier] if modifier else list(targets)
             chained = [self._clause(t, rest, raw) for t in chosen if t]
             chained = [c for c in chained if c is not None]
@@ -238,7 +270,10 @@ class SearchParser:
                 chain_alternatives=tuple(chained[1:]),
                 targets=tuple(c.res_type for c in chained),
             )
-        if modifier:
+        if modifier and code in _IN_RESOURCES_TABLE:
+            if (code, modifier) != ("_id", "not"):
+                raise ValueError(f"modifier :{modifier} is not supported on {code}")
+        elif modifier:
             allowed = _MODIFIERS.get(param_type, set())
             if param_type == "reference" and modifier[:1].isupper():
                 targets = (modifier,)
@@ -256,28 +291,33 @@ class SearchParser:
                 raise ValueError(":missing takes true or false")
             return Clause(res_type, code, param_type, modifier, values, targets=targets)
         if param_type == "composite":
-            value_type = self.indexer.composites.get((res_type, code))
+            component_types = self.indexer.composites[(res_type, code)]
             for value in values:
-                if "$" not in value.text:
-                    raise ValueError(
-                        "a composite value is code$value, e.g. http://loinc.org|8480-6$gt140"
-                    )
-                second = composite_value(value.text.partition("$")[2], value_type or "")
-                if value_type in ("quantity", "number"):
-                    check_number(second.text.split("|")[0])
-                elif value_type == "date":
-                    from records.datetimes import date_range
-
-                    date_range(second.text)
+                for kind, part in zip(
+                    component_types, composite_parts(value.text, component_types), strict=True
+                ):
+                    if kind in ("quantity", "number"):
+                        check_number(part.text.split("|")[0])
+                    elif kind == "date":
+                        date_range(part.text)
+            if component_types[0] == "reference":
+                targets = self.indexer.component_targets(res_type, code)
             return Clause(
-                res_type, code, param_type, modifier or None, values, value_type=value_type
+                res_type,
+                code,
+                param_type,
+                modifier or None,
+                values,
+                targets=targets,
+                component_types=component_types,
             )
+        if modifier in ("in", "not-in", "below", "above"):
+            for value in values:
+                token_codes(modifier, value.text)
         if param_type in ("number", "quantity"):
             for value in values:
                 check_number(value.text.split("|")[0])
         if param_type == "date" or code == "_lastUpdated":
-            from records.datetimes import date_range
-
             for value in values:
                 date_range(value.text)
         return Clause(res_type, code, param_type, modifier or None, values, targets=targets)

@@ -270,6 +270,26 @@ def _exchange(network: Network, **form: str) -> httpx.Response:
     return httpx.post(f"{network.server.url}/auth/token", data=form)
 
 
+def _redeem(network: Network, client_id: str, code: str, verifier: str) -> httpx.Response:
+    return _exchange(
+        network,
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+        code_verifier=verifier,
+        client_id=client_id,
+    )
+
+
+def _offline_login(network: Network, browser: Browser) -> tuple[str, str, str]:
+    """The village doctor approves a new app with offline access: (client id, code, verifier)."""
+    client_id = _app_client(network, "user/*.rs offline_access")
+    verifier, challenge = _pkce()
+    browser.login("village-doctor")
+    url = _authorize_url(network, client_id, "user/*.rs offline_access", challenge)
+    return client_id, _code(_approve(browser, url)), verifier
+
+
 class TestSmartLaunch:
     def test_fhirclient_launches_against_the_server(
         self, network: Network, browser: Browser
@@ -313,32 +333,11 @@ class TestSmartLaunch:
     def test_refresh_tokens_rotate_and_a_replay_revokes_the_login(
         self, network: Network, browser: Browser
     ) -> None:
-        client_id = _app_client(network, "user/*.rs offline_access")
-        verifier, challenge = _pkce()
-        browser.login("village-doctor")
-        code = _code(
-            _approve(
-                browser, _authorize_url(network, client_id, "user/*.rs offline_access", challenge)
-            )
-        )
-        first = _exchange(
-            network,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=verifier,
-            client_id=client_id,
-        ).json()
+        client_id, code, verifier = _offline_login(network, browser)
+        first = _redeem(network, client_id, code, verifier).json()
         assert first["token_type"] == "Bearer" and first["refresh_token"]
         # The code was spent: a second exchange is refused and revokes what it gave.
-        replayed_code = _exchange(
-            network,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=verifier,
-            client_id=client_id,
-        )
+        replayed_code = _redeem(network, client_id, code, verifier)
         assert replayed_code.status_code == 400
         assert replayed_code.json()["error"] == "invalid_grant"
         refused = _exchange(
@@ -352,22 +351,8 @@ class TestSmartLaunch:
     def test_a_stolen_refresh_token_dies_with_the_users(
         self, network: Network, browser: Browser
     ) -> None:
-        client_id = _app_client(network, "user/*.rs offline_access")
-        verifier, challenge = _pkce()
-        browser.login("village-doctor")
-        code = _code(
-            _approve(
-                browser, _authorize_url(network, client_id, "user/*.rs offline_access", challenge)
-            )
-        )
-        tokens = _exchange(
-            network,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=verifier,
-            client_id=client_id,
-        ).json()
+        client_id, code, verifier = _offline_login(network, browser)
+        tokens = _redeem(network, client_id, code, verifier).json()
         stolen = tokens["refresh_token"]
         rotated = _exchange(
             network, grant_type="refresh_token", refresh_token=stolen, client_id=client_id
@@ -396,14 +381,7 @@ class TestSmartLaunch:
         )
         assert no_pkce.status_code == 303 and "error=invalid_request" in no_pkce.headers["location"]
         code = _code(_approve(browser, _authorize_url(network, client_id, "user/*.rs", challenge)))
-        wrong = _exchange(
-            network,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=_pkce()[0],
-            client_id=client_id,
-        )
+        wrong = _redeem(network, client_id, code, _pkce()[0])
         assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
 
     def test_an_unregistered_redirect_is_never_followed(
@@ -430,14 +408,7 @@ class TestSmartLaunch:
         assert outside.status_code == 400
         a = network.patients["a"]
         code = _code(_approve(browser, url, patient=a.id))
-        tokens = _exchange(
-            network,
-            grant_type="authorization_code",
-            code=code,
-            redirect_uri=REDIRECT,
-            code_verifier=verifier,
-            client_id=client_id,
-        ).json()
+        tokens = _redeem(network, client_id, code, verifier).json()
         assert tokens["patient"] == a.id
         with fhir_client(network.server, tokens["access_token"]) as app:
             assert app.get(f"/Patient/{a.id}").status_code == 200

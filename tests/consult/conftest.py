@@ -31,7 +31,16 @@ from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
 from health.core.settings import Settings
 from tests.conftest import BACKENDS
-from tests.services import PROJECT_ROOT, free_port
+from tests.consult.network import (
+    ConsultNetwork,
+    consult_receiver,
+    make_network,
+    make_two_workers,
+)
+from tests.receivers import Receiver
+from tests.services import PROJECT_ROOT, AppServer, PostgresServer, RedisServer, free_port
+
+__all__ = ["consult_receiver"]
 
 DEADLINE = 30.0
 VILLAGE_DOCTOR = Participant("pract-village-1", "马秀兰", "village-doctor")
@@ -165,10 +174,7 @@ async def eventually(check: Callable[[], bool], what: str, within: float = DEADL
 class WorkerProcess:
     """A worker in a subprocess (``tests/consult/worker_process.py``), to be killed."""
 
-    def __init__(
-        self, redis_url: str, *, lease_seconds: float, on_record: tuple[str, ...] = ()
-    ) -> None:
-        """``on_record``: (database URL, secret, recording folder) to keep calls' records."""
+    def __init__(self, redis_url: str, *, lease_seconds: float) -> None:
         self.port = free_port()
         self._process = subprocess.Popen(
             [
@@ -178,7 +184,6 @@ class WorkerProcess:
                 redis_url,
                 str(self.port),
                 str(lease_seconds),
-                *on_record,
             ],
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
@@ -218,22 +223,42 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def consult_network(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """The clinic network's app (``tests.consult.on_record``), on SQLite and PostgreSQL."""
-    from tests.consult.on_record import network_with_recordings
-
-    backend = request.param
-    with network_with_recordings(
-        request, tmp_path_factory.mktemp(f"consults-{backend}"), backend
-    ) as made:
-        yield made
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    consult_receiver: Receiver,
+) -> Iterator[ConsultNetwork]:
+    """The consult network (``tests.consult.network``) on SQLite and on PostgreSQL."""
+    network = make_network(request, tmp_path_factory, request.param, consult_receiver)
+    try:
+        yield network
+    finally:
+        network.system.close()
+        network.server.stop()
 
 
 @pytest.fixture(scope="session")
-async def on_record(consult_network: Any) -> AsyncIterator[Any]:
-    """Consults on record: the app, its database, and workers whose hubs keep to it."""
-    from tests.consult.on_record import consults_on_record
+def two_workers(
+    request: pytest.FixtureRequest,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+    consult_receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ConsultNetwork, AppServer]]:
+    """Two ``health serve`` processes on one PostgreSQL database and one Redis: what
+    ``--workers 2`` behind a load balancer amounts to."""
+    net, second = make_two_workers(request, tmp_path_factory, redis_server, consult_receiver)
+    try:
+        yield net, second
+    finally:
+        net.system.close()
+        second.stop()
+        net.server.stop()
 
-    async with consults_on_record(*consult_network) as consults:
-        yield consults
+
+@pytest.fixture(scope="session")
+def on_record(consult_network: ConsultNetwork) -> Any:
+    """Consults on record: the consult network's consults, opened through the workflow,
+    whose calls (through the app's own authenticated signalling) keep to its record."""
+    from tests.consult.on_record import ConsultsOnRecord
+
+    return ConsultsOnRecord(consult_network)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from health.core.bus import InProcessBus, MessageBus, RedisBus
-from records.api.routes import CHANGES_CHANNEL
+from records.feed import CHANGES_CHANNEL
 from tests.services import AppServer, RedisServer
 
 

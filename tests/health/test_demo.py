@@ -257,7 +257,8 @@ def test_households_group_every_patient_once(bundles: list[Resource]) -> None:
             for member in group["member"]:
                 members[member["entity"]["reference"]] += 1
                 assert member["entity"]["reference"] in patients_by_url
-            (status,) = group["characteristic"]
+            status = group["characteristic"][0]
+            assert status["code"]["coding"][0]["code"] == "registry-status"
             statuses[status["valueCodeableConcept"]["coding"][0]["code"]] += 1
     assert len(members) == 300 and set(members.values()) == {1}
     assert set(statuses) <= {"registered-poor", "exited", "monitored", "ordinary"}

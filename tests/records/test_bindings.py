@@ -39,6 +39,7 @@ GENERATED_FILES = (
     "bindings.json",
     "search_parameters.json",
     "compartments.json",
+    "terminology.json",
 )
 
 

@@ -7,6 +7,7 @@ tests sharing one database do not see each other's data.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,10 +16,13 @@ import httpx
 import pytest
 
 from records.search.engine import ESTIMATE_LIMIT
+from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
 
 TAG_SYSTEM = "urn:test:search"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
 class World:
@@ -118,6 +122,55 @@ class TestString:
         assert world.ids("Patient", phonetic="shantianfang") == {shan}
         assert world.ids("Patient", phonetic="dantianfang") == set()
 
+    def test_short_chinese_names_are_found_by_any_part(self, world: World) -> None:
+        """One- and two-character queries, which trigrams cannot serve (PostgreSQL answers
+        them from the Han gram index), find the same patients as longer ones."""
+        ma = world.patient("马", "建国")
+        jian = world.patient("建", "华")  # 建 as a surname, not inside a given name
+        suo = world.patient("锁", "建国")
+        assert world.ids("Patient", name="建") == {ma, jian, suo}
+        assert world.ids("Patient", name="建国") == {ma, suo}
+        assert world.ids("Patient", name="马建国") == {ma}
+        assert world.ids("Patient", name="国马") == set()  # both characters, not adjacent
+        assert world.ids("Patient", family="锁") == {suo}
+        assert world.ids("Patient", given="华") == {jian}
+        assert world.ids("Patient", **{"name:contains": "建国"}) == {ma, suo}
+        assert world.ids("Patient", **{"family:exact": "锁"}) == {suo}
+        assert world.ids("Patient", **{"name:exact": "建国"}) == {ma, suo}  # the given name
+
+    def test_rare_characters_and_mixed_text(self, world: World) -> None:
+        # 𠀾 is in CJK Extension B, outside the Basic Multilingual Plane.
+        rare = world.patient("𠀾", "𠁀明")
+        mixed = world.create(
+            {"resourceType": "Patient", "name": [{"text": "王li明", "family": "王"}]}
+        )
+        assert world.ids("Patient", name="𠀾") == {rare}
+        assert world.ids("Patient", name="𠁀明") == {rare}
+        assert world.ids("Patient", name="𠀾𠁀") == {rare}
+        assert world.ids("Patient", name="明") == {rare, mixed}
+        assert world.ids("Patient", name="王li") == {mixed}
+        assert world.ids("Patient", name="li明") == {mixed}
+
+    def test_chinese_addresses_and_clinic_names(self, world: World) -> None:
+        home = world.patient(
+            "马",
+            "兰",
+            address=[
+                {
+                    "text": "宁夏回族自治区银川市永宁县闽宁镇原隆村3组12号",
+                    "city": "银川市",
+                    "district": "永宁县",
+                }
+            ],
+        )
+        clinic = world.create({"resourceType": "Organization", "name": "闽宁镇原隆村卫生室"})
+        assert world.ids("Patient", address="原隆村") == {home}
+        assert world.ids("Patient", address="原隆") == {home}
+        assert world.ids("Patient", **{"address-city": "银川"}) == {home}
+        assert world.ids("Patient", address="红寺堡") == set()
+        assert world.ids("Organization", name="卫生室") == {clinic}
+        assert world.ids("Organization", name="原隆") == {clinic}
+
 
 class TestToken:
     def test_system_and_code_forms(self, world: World) -> None:
@@ -183,6 +236,15 @@ class TestToken:
         bad = world.fhir.get("/Patient", params={"identifier:of-type": "MR-001"})
         assert bad.status_code == 400
 
+    def test_id_not_and_modifiers_it_does_not_take(self, world: World) -> None:
+        p = world.patient("杨", "秀英")
+        q = world.patient("李", "军")
+        assert world.ids("Patient", **{"_id:not": p}) == {q}
+        for param in ("_id:below", "_id:text", "_lastUpdated:missing"):
+            response = world.fhir.get("/Patient", params={param: p})
+            assert response.status_code == 400, param
+            assert param.split(":")[1] in response.json()["issue"][0]["diagnostics"]
+
     def test_comma_is_or_and_repetition_is_and(self, world: World) -> None:
         p = world.patient("杨", "秀英", gender="female")
         q = world.patient("李", "军", gender="male")
@@ -191,6 +253,93 @@ class TestToken:
             "/Patient", params=[("_tag", world.tag), ("gender", "female"), ("gender", "male")]
         )
         assert bundle.json()["total"] == 0
+
+
+def _condition(world: World, patient: str, clinical_status: str | None) -> str:
+    body: dict[str, Any] = {
+        "resourceType": "Condition",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+    if clinical_status is not None:
+        body["clinicalStatus"] = {
+            "coding": [{"system": CONDITION_CLINICAL, "code": clinical_status}]
+        }
+    return world.create(body)
+
+
+class TestTokenTerminology:
+    """:below, :above, :in and :not-in, from the code systems and value sets of the package."""
+
+    def test_below_and_above_follow_the_code_system_hierarchy(self, world: World) -> None:
+        p = world.patient("马", "福")
+        active = _condition(world, p, "active")
+        relapse = _condition(world, p, "relapse")
+        inactive = _condition(world, p, "inactive")
+        resolved = _condition(world, p, "resolved")
+        remission = _condition(world, p, "remission")
+        below = {"clinical-status:below": f"{CONDITION_CLINICAL}|inactive"}
+        assert world.ids("Condition", **below) == {inactive, resolved, remission}
+        below_active = {"clinical-status:below": f"{CONDITION_CLINICAL}|active"}
+        assert world.ids("Condition", **below_active) == {active, relapse}
+        above = {"clinical-status:above": f"{CONDITION_CLINICAL}|resolved"}
+        assert world.ids("Condition", **above) == {inactive, resolved}
+        leaf = {"clinical-status:below": f"{CONDITION_CLINICAL}|resolved"}
+        assert world.ids("Condition", **leaf) == {resolved}
+        both = {
+            "clinical-status:below": f"{CONDITION_CLINICAL}|relapse,{CONDITION_CLINICAL}|resolved"
+        }
+        assert world.ids("Condition", **both) == {relapse, resolved}
+
+    def test_in_and_not_in_a_value_set(self, world: World) -> None:
+        p = world.patient("马", "福")
+        vital = world.observation(
+            p,
+            "8480-6",
+            120,
+            category=[{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs"}]}],
+        )
+        local = world.observation(
+            p,
+            "8480-6",
+            121,
+            category=[{"coding": [{"system": "urn:test:category", "code": "vital-signs"}]}],
+        )
+        uncategorised = world.observation(p, "8480-6", 122)
+        value_set = "http://hl7.org/fhir/ValueSet/observation-category"
+        assert world.ids("Observation", **{"category:in": value_set}) == {vital}
+        assert world.ids("Observation", **{"category:in": value_set + "|4.3.0"}) == {vital}
+        assert world.ids("Observation", **{"category:not-in": value_set}) == {local, uncategorised}
+
+    def test_a_bare_code_is_of_the_system_its_element_is_bound_to(self, world: World) -> None:
+        p = world.patient("马", "福")
+        final = world.observation(p, "8480-6", 120)  # status "final", a code without system
+        corrected = world.observation(p, "8480-6", 121, status="corrected")
+        amended = {"status:below": "http://hl7.org/fhir/observation-status|amended"}
+        assert world.ids("Observation", **amended) == {corrected}
+        statuses = {"status:in": "http://hl7.org/fhir/ValueSet/observation-status"}
+        assert world.ids("Observation", **statuses) == {final, corrected}
+
+    @pytest.mark.parametrize(
+        ("param", "value", "says"),
+        [
+            ("code:below", "http://snomed.info/sct|38341003", "http://snomed.info/sct"),
+            ("code:above", "http://hl7.org/fhir/sid/icd-10|I10", "terminology server"),
+            ("clinical-status:below", "inactive", "system|code"),
+            ("clinical-status:below", f"{CONDITION_CLINICAL}|dormant", "dormant"),
+            ("code:in", "http://hl7.org/fhir/ValueSet/condition-code", "condition-code"),
+            ("code:not-in", "http://example.org/fhir/ValueSet/local", "cannot expand"),
+        ],
+    )
+    def test_terminology_it_does_not_have_is_a_400_naming_the_parameter(
+        self, world: World, param: str, value: str, says: str
+    ) -> None:
+        response = world.fhir.get("/Condition", params={param: value})
+        assert response.status_code == 400, response.text
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        diagnostics = outcome["issue"][0]["diagnostics"]
+        assert param in diagnostics and says in diagnostics
 
 
 class TestDate:
@@ -354,6 +503,107 @@ class TestComposite:
         assert response.status_code == 400
         assert "$" in response.json()["issue"][0]["diagnostics"]
 
+    def test_code_value_date(self, world: World) -> None:
+        p = world.patient("海", "燕")
+        onset = world.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": "11368-8"}]},
+                "subject": {"reference": f"Patient/{p}"},
+                "valueDateTime": "2023-11-20",
+            }
+        )
+        assert world.ids("Observation", **{"code-value-date": "11368-8$2023-11"}) == {onset}
+        assert world.ids("Observation", **{"code-value-date": "11368-8$gt2023-12"}) == set()
+        assert world.ids("Observation", **{"code-value-date": "8480-6$2023-11"}) == set()
+
+    def test_molecular_sequence_coordinates(self, world: World) -> None:
+        """Composites of a token and two numbers: chromosome$start$end, each with prefixes."""
+        chromosome = "http://terminology.hl7.org/CodeSystem/chromosome-human"
+
+        def sequence(number: str, window: tuple[int, int], variant: tuple[int, int]) -> str:
+            return world.create(
+                {
+                    "resourceType": "MolecularSequence",
+                    "type": "dna",
+                    "coordinateSystem": 0,
+                    "referenceSeq": {
+                        "chromosome": {"coding": [{"system": chromosome, "code": number}]},
+                        "referenceSeqId": {
+                            "coding": [
+                                {
+                                    "system": "http://www.ncbi.nlm.nih.gov/nuccore",
+                                    "code": "NC_000001.11",
+                                }
+                            ]
+                        },
+                        "windowStart": window[0],
+                        "windowEnd": window[1],
+                    },
+                    "variant": [{"start": variant[0], "end": variant[1]}],
+                }
+            )
+
+        one = sequence("1", (22125500, 22125510), (22125503, 22125504))
+        two = sequence("2", (22125500, 22125510), (22125503, 22125504))
+        wide = sequence("1", (22120000, 22130000), (22129000, 22129001))
+        window = "chromosome-window-coordinate"
+        assert world.ids("MolecularSequence", **{window: "1$ge22125500$le22125510"}) == {one}
+        assert world.ids("MolecularSequence", **{window: f"{chromosome}|1$lt22125500$gt0"}) == {
+            wide
+        }
+        assert world.ids("MolecularSequence", **{window: "2$22125500$22125510"}) == {two}
+        variant = "chromosome-variant-coordinate"
+        assert world.ids("MolecularSequence", **{variant: "1$gt22125000$lt22126000"}) == {one}
+        assert world.ids("MolecularSequence", **{variant: "1$gt22128000$lt22130000"}) == {wide}
+        by_id = "referenceseqid-variant-coordinate"
+        assert world.ids("MolecularSequence", **{by_id: "NC_000001.11$ge22125503$le22125504"}) == {
+            one,
+            two,
+        }
+        response = world.fhir.get("/MolecularSequence", params={window: "1$ge22125500"})
+        assert response.status_code == 400
+        assert "start$end" in response.json()["issue"][0]["diagnostics"]
+        bad_number = world.fhir.get("/MolecularSequence", params={window: "1$ge22125500$lex"})
+        assert bad_number.status_code == 400
+
+    def test_document_relationship_pairs_a_reference_with_its_code(self, world: World) -> None:
+        def document(relations: list[tuple[str, str]]) -> str:
+            return world.create(
+                {
+                    "resourceType": "DocumentReference",
+                    "status": "current",
+                    "content": [{"attachment": {"contentType": "text/plain", "data": "6K+K5pat"}}],
+                    "relatesTo": [
+                        {"code": code, "target": {"reference": target}}
+                        for code, target in relations
+                    ],
+                }
+            )
+
+        original = document([])
+        replacement = document([("replaces", f"DocumentReference/{original}")])
+        signature = document([("signs", f"DocumentReference/{original}")])
+        mixed = document(
+            [
+                ("signs", f"DocumentReference/{replacement}"),
+                ("appends", f"DocumentReference/{original}"),
+            ]
+        )
+        query = "relationship"
+        assert world.ids(
+            "DocumentReference", **{query: f"DocumentReference/{original}$replaces"}
+        ) == {replacement}
+        assert world.ids("DocumentReference", **{query: f"{original}$signs"}) == {signature}
+        base = str(world.fhir.base_url).rstrip("/")
+        absolute = f"{base}/DocumentReference/{original}$appends"
+        assert world.ids("DocumentReference", **{query: absolute}) == {mixed}
+        # The code stays with its own target: mixed signs the replacement, not the original.
+        assert world.ids(
+            "DocumentReference", **{query: f"{original}$signs,{original}$transforms"}
+        ) == {signature}
+
 
 class TestReference:
     def test_id_type_and_url_forms(self, world: World) -> None:
@@ -366,6 +616,32 @@ class TestReference:
         assert world.ids("Observation", **{"subject:Group": p}) == set()
         base = str(world.fhir.base_url).rstrip("/")
         assert world.ids("Observation", subject=f"{base}/Patient/{p}") == {obs}
+
+    def test_identifier_modifier_matches_the_references_own_identifier(self, world: World) -> None:
+        """``subject:identifier`` finds logical references (Reference.identifier), as the
+        search page defines it; the chain ``subject.identifier`` finds by the target's."""
+        resident_id = make_resident_id("640121", dt.date(1968, 4, 2), 7, "male")
+        ma = world.patient(
+            "马", "建国", identifier=[{"system": RESIDENT_ID_SYSTEM, "value": resident_id}]
+        )
+        identifier = {"system": RESIDENT_ID_SYSTEM, "value": resident_id}
+        logical = world.observation(ma, "8480-6", 150, subject={"identifier": identifier})
+        both = world.observation(
+            ma, "8480-6", 151, subject={"reference": f"Patient/{ma}", "identifier": identifier}
+        )
+        literal = world.observation(ma, "8480-6", 152)
+        token = f"{RESIDENT_ID_SYSTEM}|{resident_id}"
+        assert world.ids("Observation", **{"subject:identifier": token}) == {logical, both}
+        assert world.ids("Observation", **{"subject:identifier": resident_id}) == {logical, both}
+        assert (
+            world.ids("Observation", **{"subject:identifier": f"urn:test:other|{resident_id}"})
+            == set()
+        )
+        assert world.ids("Observation", **{"subject.identifier": token}) == {both, literal}
+        assert world.ids("Observation", **{"subject:missing": "true"}) == set()
+        chained = world.fhir.get("/Observation", params={"subject:identifier.name": "马"})
+        assert chained.status_code == 400
+        assert "subject:identifier.name" in chained.json()["issue"][0]["diagnostics"]
 
     def test_chain(self, world: World) -> None:
         ma = world.patient("马", "小明", gender="male")
@@ -581,3 +857,37 @@ class TestResultParameters:
             "", params={"_type": "Patient,Observation", "_tag": world.tag}
         ).json()
         assert {e["resource"]["id"] for e in bundle["entry"]} == {p, obs}
+
+
+class TestCapabilityStatement:
+    def test_lists_every_composite_and_the_modifiers(self, fhir: httpx.Client) -> None:
+        statement = fhir.get("/metadata").json()
+        resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+
+        def params(res_type: str) -> dict[str, dict[str, Any]]:
+            return {p["name"]: p for p in resources[res_type]["searchParam"]}
+
+        assert params("MolecularSequence")["chromosome-variant-coordinate"]["type"] == "composite"
+        assert params("DocumentReference")["relationship"]["definition"] == (
+            "http://hl7.org/fhir/SearchParameter/DocumentReference-relationship"
+        )
+        assert "code-value-date" in params("Observation")
+        documentation = statement["rest"][0]["documentation"]
+        for supported in (":in", ":not-in", ":below", ":above", ":identifier"):
+            assert supported in documentation
+        for unsupported in ("_text", "_content", "_filter", "_contained"):
+            assert unsupported in documentation
+
+    @pytest.mark.parametrize("param", ["_text", "_content", "_filter", "_contained"])
+    def test_unsupported_parameters_are_reported_or_refused(
+        self, fhir: httpx.Client, param: str
+    ) -> None:
+        lenient = fhir.get("/Patient", params={param: "马", "_count": "1"})
+        assert lenient.status_code == 200
+        outcome = [
+            e["resource"] for e in lenient.json()["entry"] if e["search"]["mode"] == "outcome"
+        ]
+        assert any(param in issue["diagnostics"] for o in outcome for issue in o["issue"])
+        strict = fhir.get("/Patient", params={param: "马"}, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400
+        assert param in strict.json()["issue"][0]["diagnostics"]

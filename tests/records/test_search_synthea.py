@@ -37,6 +37,48 @@ UCUM = "http://unitsofmeasure.org"
 CVX = "http://hl7.org/fhir/sid/cvx"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+
+# The codes the FHIR R4B specification lists, written out here rather than read from the
+# server's definitions: what :in, :not-in, :below and :above must expand to.
+OBSERVATION_CATEGORIES = {
+    "social-history",
+    "vital-signs",
+    "imaging",
+    "laboratory",
+    "procedure",
+    "survey",
+    "exam",
+    "therapy",
+    "activity",
+}
+# condition-clinical: active > (recurrence, relapse); inactive > (remission, resolved).
+CONDITION_CLINICAL_BELOW = {"inactive": {"inactive", "remission", "resolved"}}
+CONDITION_CLINICAL_ABOVE = {"resolved": {"resolved", "inactive"}}
+# condition-ver-status: unconfirmed > (provisional, differential), confirmed, refuted,
+# entered-in-error.
+CONDITION_VERIFICATIONS = {
+    "unconfirmed",
+    "provisional",
+    "differential",
+    "confirmed",
+    "refuted",
+    "entered-in-error",
+}
+DIAGNOSTIC_REPORT_STATUSES = {
+    "registered",
+    "partial",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "appended",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+}
 
 Resource = dict[str, Any]
 
@@ -206,6 +248,17 @@ def quantity_matches(quantity: Resource | None, query: str) -> bool:
         if code and code not in (quantity.get("code"), quantity.get("unit")):
             return False
     return True
+
+
+def coded_in(node: Any, system: str, codes: set[str]) -> bool:
+    """Any coding of ``node`` with one of ``codes`` of ``system`` (a bare code counts)."""
+    return any(c.get("code") in codes and c.get("system") in (system, None) for c in codings(node))
+
+
+def pairs(resource: Resource, code: str, value: Callable[[Resource], bool]) -> bool:
+    """A composite on the resource and its components: the code and the value in one place."""
+    places = [resource, *resource.get("component", [])]
+    return any(token_matches(p.get("code"), code) and value(p) for p in places)
 
 
 def refers(reference: Resource | list[Resource] | None, target: str) -> bool:
@@ -949,6 +1002,151 @@ SEARCHES: dict[str, Search] = {
         "authoredon=le2010-12",
         lambda s: s.where(
             "MedicationRequest", lambda m: date_matches(m.get("authoredOn"), "le2010-12")
+        ),
+    ),
+    # -- token terminology modifiers --------------------------------------------------------
+    "condition-clinical-status-below-inactive": Search(
+        "Condition",
+        f"clinical-status:below={CONDITION_CLINICAL}|inactive",
+        lambda s: s.where(
+            "Condition",
+            lambda c: coded_in(
+                c.get("clinicalStatus"), CONDITION_CLINICAL, CONDITION_CLINICAL_BELOW["inactive"]
+            ),
+        ),
+    ),
+    "condition-clinical-status-above-resolved": Search(
+        "Condition",
+        f"clinical-status:above={CONDITION_CLINICAL}|resolved",
+        lambda s: s.where(
+            "Condition",
+            lambda c: coded_in(
+                c.get("clinicalStatus"), CONDITION_CLINICAL, CONDITION_CLINICAL_ABOVE["resolved"]
+            ),
+        ),
+    ),
+    "condition-verification-status-in": Search(
+        "Condition",
+        "verification-status:in=http://hl7.org/fhir/ValueSet/condition-ver-status",
+        lambda s: s.where(
+            "Condition",
+            lambda c: coded_in(
+                c.get("verificationStatus"), CONDITION_VERIFICATION, CONDITION_VERIFICATIONS
+            ),
+        ),
+    ),
+    "allergy-clinical-status-below-active": Search(
+        "AllergyIntolerance",
+        f"clinical-status:below={ALLERGY_CLINICAL}|active",
+        lambda s: s.where(
+            "AllergyIntolerance",
+            lambda a: coded_in(a.get("clinicalStatus"), ALLERGY_CLINICAL, {"active"}),
+        ),
+    ),
+    "observation-category-in": Search(
+        "Observation",
+        "category:in=http://hl7.org/fhir/ValueSet/observation-category&patient={toy}",
+        lambda s: s.where(
+            "Observation",
+            lambda o: (
+                coded_in(o.get("category"), OBSERVATION_CATEGORY, OBSERVATION_CATEGORIES)
+                and refers(o["subject"], f"Patient/{s.var['toy']}")
+            ),
+        ),
+    ),
+    "observation-category-not-in": Search(
+        "Observation",
+        "category:not-in=http://hl7.org/fhir/ValueSet/observation-category",
+        lambda s: s.where(
+            "Observation",
+            lambda o: not coded_in(o.get("category"), OBSERVATION_CATEGORY, OBSERVATION_CATEGORIES),
+        ),
+        empty=True,
+    ),
+    "diagnostic-report-status-in-bare-codes": Search(
+        "DiagnosticReport",
+        "status:in=http://hl7.org/fhir/ValueSet/diagnostic-report-status",
+        lambda s: s.where(
+            "DiagnosticReport",
+            lambda d: coded_in(
+                d.get("status"),
+                "http://hl7.org/fhir/diagnostic-report-status",
+                DIAGNOSTIC_REPORT_STATUSES,
+            ),
+        ),
+    ),
+    # -- composites and substrings ------------------------------------------------------------
+    "observation-body-height-over-170": Search(
+        "Observation",
+        f"code={LOINC}|8302-2&value-quantity=gt170",
+        lambda s: s.where(
+            "Observation",
+            lambda o: (
+                token_matches(o["code"], f"{LOINC}|8302-2")
+                and quantity_matches(o.get("valueQuantity"), "gt170")
+            ),
+        ),
+    ),
+    "observation-code-value-quantity": Search(
+        "Observation",
+        f"code-value-quantity={LOINC}|8302-2$gt170",
+        lambda s: s.where(
+            "Observation",
+            lambda o: (
+                token_matches(o["code"], f"{LOINC}|8302-2")
+                and quantity_matches(o.get("valueQuantity"), "gt170")
+            ),
+        ),
+    ),
+    "observation-component-systolic-over-140": Search(
+        "Observation",
+        f"component-code-value-quantity={LOINC}|8480-6$gt140",
+        lambda s: s.where(
+            "Observation",
+            lambda o: any(
+                token_matches(c["code"], f"{LOINC}|8480-6")
+                and quantity_matches(c.get("valueQuantity"), "gt140")
+                for c in o.get("component", [])
+            ),
+        ),
+    ),
+    "observation-combo-diastolic-under-75": Search(
+        "Observation",
+        f"combo-code-value-quantity={LOINC}|8462-4$lt75",
+        lambda s: s.where(
+            "Observation",
+            lambda o: pairs(
+                o, f"{LOINC}|8462-4", lambda p: quantity_matches(p.get("valueQuantity"), "lt75")
+            ),
+        ),
+    ),
+    "observation-code-value-concept-smokers": Search(
+        "Observation",
+        f"code-value-concept={LOINC}|72166-2${SNOMED}|449868002,{LOINC}|72166-2$8517006",
+        lambda s: s.where(
+            "Observation",
+            lambda o: (
+                token_matches(o["code"], f"{LOINC}|72166-2")
+                and (
+                    token_matches(o.get("valueCodeableConcept"), f"{SNOMED}|449868002")
+                    or token_matches(o.get("valueCodeableConcept"), "8517006")
+                )
+            ),
+        ),
+    ),
+    "patient-address-city-contains": Search(
+        "Patient",
+        "address-city:contains=ton",
+        lambda s: s.where(
+            "Patient",
+            lambda p: string_matches([a.get("city", "") for a in p["address"]], "ton", "contains"),
+        ),
+    ),
+    "patient-name-contains-two-letters": Search(
+        "Patient",
+        "name:contains=ar",
+        lambda s: s.where(
+            "Patient", lambda p: string_matches(name_parts(p["name"]), "ar", "contains")
         ),
     ),
     # -- claims -----------------------------------------------------------------------------

@@ -1,0 +1,681 @@
+"""The consult's pages: the request form (from a patient's chart: ``/consult/new?patient=ID``),
+the department's queue, the consult itself (its state live, and what each side may do
+next), the specialist's view of the shared record, the report form and the call.
+
+Every page acts through :class:`consult.service.ConsultService` — the same FHIR writes, rules
+and audit trail as the JSON API and ``/fhir``. Forms carry the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from consult.endpoints import ConsultContext, parse_local_time
+from consult.resources import PRIORITIES, reference_text, split_reference
+from consult.service import Consult, ConsultInputError, NewConsult
+from consult.workflow import Party
+from health.auth.accounts import WebSession
+from health.auth.gate import Gate, RequestCaller
+from health.core.naming import ORGANIZATION_KIND_SYSTEM, SPECIALTY_SYSTEM
+from health.web.i18n import gettext_for
+from health.web.pages import _csrf_ok, _form, _login_redirect, _refuse_csrf
+from health.web.rendering import render
+from records.api.service import RecordsContext, resources_of
+from records.interactions import FhirRequest
+from records.outcome import FhirError
+
+router = APIRouter(include_in_schema=False)
+
+CHINA = dt.timezone(dt.timedelta(hours=8))
+#: What the record page shows of a patient's record, in this order.
+RECORD_SECTIONS = (
+    "Condition",
+    "AllergyIntolerance",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "DiagnosticReport",
+    "Composition",
+    "Encounter",
+    "Procedure",
+    "Immunization",
+    "DocumentReference",
+)
+
+
+def local_time(value: str | None) -> str:
+    """An instant as people in Ningxia read it: ``2026-12-01 18:30`` (China time)."""
+    if not value:
+        return ""
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M")
+
+
+def _gate(request: Request) -> Gate:
+    gate: Gate = request.app.state.gate
+    return gate
+
+
+def _context(request: Request) -> ConsultContext:
+    context: ConsultContext = request.app.state.consult
+    return context
+
+
+def _records(request: Request) -> RecordsContext:
+    records: RecordsContext = request.app.state.records
+    return records
+
+
+def _base(request: Request) -> str:
+    return _records(request).fhir_base(request)
+
+
+async def _signed_in(request: Request) -> tuple[WebSession, RequestCaller, Party] | None:
+    gate = _gate(request)
+    web = await gate.web_session(request)
+    if web is None:
+        return None
+    caller = gate.web_caller(web, request)
+    return web, caller, await _context(request).identify(caller)
+
+
+def _page(request: Request, web: WebSession, template: str, **context: Any) -> Response:
+    return render(
+        request,
+        template,
+        user=web.user,
+        csrf_token=web.csrf_token,
+        local_time=local_time,
+        **context,
+    )
+
+
+def _error_page(
+    request: Request, web: WebSession, status: int, message: str, back: str
+) -> Response:
+    _ = gettext_for(request).gettext
+    return render(
+        request,
+        "message.html",
+        status=status,
+        user=web.user,
+        csrf_token=web.csrf_token,
+        heading=_("That did not work"),
+        message=message,
+        error=True,
+        back=back,
+    )
+
+
+def _message_of(error: FhirError | ConsultInputError) -> tuple[int, str]:
+    if isinstance(error, ConsultInputError):
+        return error.status, error.message
+    return error.status, str(error)
+
+
+async def _search(
+    request: Request, caller: RequestCaller, res_type: str, params: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    result = await _records(request).perform(
+        caller, FhirRequest("GET", res_type, query=urlencode(params)), base_url=_base(request)
+    )
+    return resources_of(result)
+
+
+# -- lists ---------------------------------------------------------------------------------
+
+
+@router.get("/consult")
+async def consult_list(request: Request) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, _party = who
+    consults = await _context(request).service.list_visible(caller, base_url=_base(request))
+    return _page(request, web, "consult/list.html", consults=[c.summary() for c in consults])
+
+
+@router.get("/consult/queue")
+async def consult_queue(request: Request) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, party = who
+    _ = gettext_for(request).gettext
+    if party.role != "specialist":
+        return _error_page(request, web, 403, _("The queue is for specialists."), "/")
+    queue = await _context(request).service.queue(caller, party, base_url=_base(request))
+    now = dt.datetime.now(dt.UTC)
+
+    def waited(consult: Consult) -> int:
+        since = consult.summary()["requestedAt"]
+        try:
+            moment = dt.datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+        except ValueError:
+            return 0
+        return max(0, int((now - moment).total_seconds() // 60))
+
+    return _page(
+        request,
+        web,
+        "consult/queue.html",
+        waiting=[{**c.summary(), "waited": waited(c)} for c in queue["waiting"]],
+        mine=[c.summary() for c in queue["mine"]],
+    )
+
+
+# -- the request form ----------------------------------------------------------------------
+
+
+async def _departments(request: Request, caller: RequestCaller) -> list[dict[str, str]]:
+    found = await _search(
+        request,
+        caller,
+        "Organization",
+        [
+            ("type", f"{ORGANIZATION_KIND_SYSTEM}|department"),
+            ("_include", "Organization:partof"),
+            ("_count", "200"),
+        ],
+    )
+    hospitals = {o["id"]: o.get("name", "") for o in found}
+    departments = []
+    for organization in found:
+        parent = split_reference(organization.get("partOf"))
+        if parent is None:
+            continue
+        departments.append(
+            {
+                "id": organization["id"],
+                "name": organization.get("name", ""),
+                "hospital": hospitals.get(parent[1], ""),
+            }
+        )
+    return sorted(departments, key=lambda d: (d["hospital"], d["name"]))
+
+
+async def _specialists(request: Request, caller: RequestCaller) -> list[dict[str, str]]:
+    roles = await _search(
+        request,
+        caller,
+        "PractitionerRole",
+        [
+            ("specialty:not", f"{SPECIALTY_SYSTEM}|general-practice"),
+            ("_include", "PractitionerRole:practitioner"),
+            ("_include", "PractitionerRole:organization"),
+            ("_count", "500"),
+        ],
+    )
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in roles}
+    people = []
+    for role in (r for r in roles if r["resourceType"] == "PractitionerRole"):
+        practitioner = by_ref.get(reference_text(role.get("practitioner")) or "")
+        organization = by_ref.get(reference_text(role.get("organization")) or "")
+        if practitioner is None or organization is None or not role.get("specialty"):
+            continue
+        names = practitioner.get("name") or [{}]
+        people.append(
+            {
+                "id": practitioner["id"],
+                "name": names[0].get("text", practitioner["id"]),
+                "department": organization.get("name", ""),
+            }
+        )
+    return sorted(people, key=lambda p: (p["department"], p["name"]))
+
+
+async def _shareable(request: Request, caller: RequestCaller, patient: str) -> list[dict[str, str]]:
+    """The patient's recent records the doctor may attach to the request."""
+    items = []
+    for res_type, label_of in (
+        ("Condition", lambda r: _concept(r.get("code"))),
+        ("Observation", _observation_text),
+        ("DiagnosticReport", lambda r: _concept(r.get("code")) + " " + r.get("conclusion", "")),
+        ("MedicationRequest", lambda r: _concept(r.get("medicationCodeableConcept"))),
+    ):
+        found = await _search(
+            request,
+            caller,
+            res_type,
+            [("patient", f"Patient/{patient}"), ("_count", "20"), ("_sort", "-_lastUpdated")],
+        )
+        for resource in found:
+            items.append(
+                {
+                    "reference": f"{res_type}/{resource['id']}",
+                    "type": res_type,
+                    "text": label_of(resource).strip(),
+                }
+            )
+    return items
+
+
+def _concept(concept: Any) -> str:
+    from consult.resources import concept_text
+
+    return concept_text(concept)
+
+
+def _observation_text(observation: dict[str, Any]) -> str:
+    value = observation.get("valueQuantity") or {}
+    amount = f"{value.get('value', '')} {value.get('unit', '')}".strip()
+    return f"{_concept(observation.get('code'))} {amount}"
+
+
+@router.get("/consult/new")
+async def new_consult_form(request: Request, patient: str = "") -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, _party = who
+    return await _new_form(request, web, caller, patient=patient)
+
+
+async def _new_form(
+    request: Request,
+    web: WebSession,
+    caller: RequestCaller,
+    *,
+    patient: str,
+    error: str | None = None,
+    error_field: str | None = None,
+    status: int = 200,
+    values: dict[str, Any] | None = None,
+) -> Response:
+    _ = gettext_for(request).gettext
+    record = None
+    if patient:
+        try:
+            read = await _records(request).perform(
+                caller, FhirRequest("GET", f"Patient/{patient}"), base_url=_base(request)
+            )
+            record = resources_of(read)[0]
+        except FhirError:
+            record = None
+    if record is None:
+        return _error_page(
+            request, web, 404, _("Open the request form from a patient in your care."), "/"
+        )
+    names = record.get("name") or [{}]
+    return _page(
+        request,
+        web,
+        "consult/new.html",
+        status=status,
+        patient={
+            "id": patient,
+            "name": names[0].get("text", patient),
+            "gender": record.get("gender"),
+            "birthDate": record.get("birthDate"),
+        },
+        departments=await _departments(request, caller),
+        specialists=await _specialists(request, caller),
+        shareable=await _shareable(request, caller, patient),
+        priorities=PRIORITIES,
+        error=error,
+        error_field=error_field,
+        values=values or {},
+    )
+
+
+@router.post("/consult/new")
+async def new_consult(request: Request) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, party = who
+    form = await _form(request)
+    if not _csrf_ok(web, form):
+        return _refuse_csrf(request, web)
+    _ = gettext_for(request).gettext
+    patient = str(form.get("patient") or "")
+    target = str(form.get("target") or "")
+    values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    kind, _sep, ident = target.partition(":")
+    try:
+        if form.get("agreed") != "yes":
+            raise ConsultInputError("agreed", _("The patient must agree to share the record."))
+        preferred = parse_local_time(str(form.get("preferred_time") or ""))
+        consult = await _context(request).service.create(
+            caller,
+            party,
+            NewConsult(
+                patient=patient,
+                department=ident if kind == "department" else None,
+                specialist=ident if kind == "specialist" else None,
+                priority=str(form.get("priority") or "routine"),
+                reason=str(form.get("reason") or ""),
+                reason_code=str(form.get("reason_code") or "").strip() or None,
+                supporting_info=[str(v) for v in form.getlist("supporting")],
+                note=str(form.get("note") or "").strip() or None,
+                preferred_time=preferred,
+            ),
+            base_url=_base(request),
+        )
+    except ValueError as error:
+        field = error.field if isinstance(error, ConsultInputError) else "preferred_time"
+        return await _new_form(
+            request,
+            web,
+            caller,
+            patient=patient,
+            error=str(error),
+            error_field=field,
+            status=400,
+            values=values,
+        )
+    except FhirError as error:
+        return await _new_form(
+            request,
+            web,
+            caller,
+            patient=patient,
+            error=str(error),
+            status=error.status,
+            values=values,
+        )
+    return RedirectResponse(f"/consult/{consult.id}", status_code=303)
+
+
+# -- one consult ---------------------------------------------------------------------------
+
+
+async def _load(request: Request, caller: RequestCaller, consult_id: str) -> Consult | None:
+    try:
+        return await _context(request).service.load(caller, consult_id, base_url=_base(request))
+    except FhirError:
+        return None
+
+
+@router.get("/consult/{consult_id}")
+async def consult_page(request: Request, consult_id: str) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, party = who
+    _ = gettext_for(request).gettext
+    consult = await _load(request, caller, consult_id)
+    if consult is None:
+        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
+    service = _context(request).service
+    summary = consult.summary()
+    requester_practitioner, requester_org = consult.requester()
+    requests = (
+        party.practitioner is not None and party.practitioner == requester_practitioner
+    ) or (party.organization is not None and party.organization == requester_org)
+    owns = party.practitioner is not None and party.practitioner == consult.owner_practitioner
+    performs = party.role == "specialist" and consult.performer in (
+        ("Organization", party.organization),
+        ("Practitioner", party.practitioner),
+    )
+    invitable = []
+    if consult.status in ("accepted", "in-progress") and (requests or owns):
+        invitable = [
+            p
+            for p in await _specialists(request, caller)
+            + await _township_doctors(request, caller, consult)
+            if p["id"] not in consult.invited and p["id"] != consult.owner_practitioner
+        ]
+    return _page(
+        request,
+        web,
+        "consult/consult.html",
+        consult=summary,
+        can={
+            "accept": performs and consult.status == "requested",
+            "reject": performs and consult.status == "requested",
+            "cancel": (requests and consult.status in ("requested", "accepted"))
+            or (owns and consult.status == "accepted"),
+            "schedule": (requests or owns) and consult.status == "accepted",
+            "no_show": (requests or owns) and summary["state"] == "scheduled",
+            "invite": bool(invitable) and len(consult.invited) < 2,
+            "call": service.participant(consult, party) is not None,
+            "record": owns and consult.status in ("accepted", "in-progress", "completed"),
+            "report": owns and consult.status in ("accepted", "in-progress"),
+        },
+        invitable=invitable,
+    )
+
+
+async def _township_doctors(
+    request: Request, caller: RequestCaller, consult: Consult
+) -> list[dict[str, str]]:
+    """The doctors of the requesting clinic's township centre (to invite into the call)."""
+    _practitioner, clinic = consult.requester()
+    if clinic is None:
+        return []
+    found = await _search(request, caller, "Organization", [("_id", clinic)])
+    parent = split_reference((found[0] if found else {}).get("partOf"))
+    if parent is None:
+        return []
+    roles = await _search(
+        request,
+        caller,
+        "PractitionerRole",
+        [
+            ("organization", f"Organization/{parent[1]}"),
+            ("_include", "PractitionerRole:practitioner"),
+        ],
+    )
+    centre = await _search(request, caller, "Organization", [("_id", parent[1])])
+    where = centre[0].get("name", "") if centre else ""
+    return [
+        {
+            "id": p["id"],
+            "name": (p.get("name") or [{}])[0].get("text", p["id"]),
+            "department": where,
+        }
+        for p in roles
+        if p["resourceType"] == "Practitioner"
+    ]
+
+
+@router.post("/consult/{consult_id}/{action}")
+async def consult_action(request: Request, consult_id: str, action: str) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, party = who
+    form = await _form(request)
+    if not _csrf_ok(web, form):
+        return _refuse_csrf(request, web)
+    _ = gettext_for(request).gettext
+    service = _context(request).service
+    base = _base(request)
+    back = f"/consult/{consult_id}"
+    try:
+        if action == "accept":
+            start = parse_local_time(str(form.get("start") or ""))
+            await service.accept(
+                caller, party, consult_id, base_url=base, start=start, minutes=_minutes(form)
+            )
+        elif action == "reject":
+            await service.reject(
+                caller, party, consult_id, reason=str(form.get("reason") or ""), base_url=base
+            )
+        elif action == "cancel":
+            await service.cancel(
+                caller, party, consult_id, reason=str(form.get("reason") or ""), base_url=base
+            )
+        elif action == "schedule":
+            start = parse_local_time(str(form.get("start") or ""))
+            if start is None:
+                raise ConsultInputError("start", _("Choose a time for the call."))
+            await service.schedule(
+                caller, party, consult_id, start=start, minutes=_minutes(form), base_url=base
+            )
+        elif action == "no-show":
+            await service.no_show(caller, party, consult_id, base_url=base)
+        elif action == "invite":
+            await service.invite(
+                caller,
+                party,
+                consult_id,
+                practitioner=str(form.get("practitioner") or ""),
+                base_url=base,
+            )
+        elif action == "report":
+            await service.report(
+                caller,
+                party,
+                consult_id,
+                conclusion=str(form.get("conclusion") or ""),
+                recommendations=str(form.get("recommendations") or ""),
+                base_url=base,
+            )
+        else:
+            return _error_page(request, web, 404, _("There is no such step."), back)
+    except ValueError as error:
+        status, message = (
+            (error.status, error.message)
+            if isinstance(error, ConsultInputError)
+            else (400, str(error))
+        )
+        return _error_page(request, web, status, message, back)
+    except FhirError as error:
+        status, message = _message_of(error)
+        if status == 412:
+            message = _("Someone acted on this consult at the same moment; look again and retry.")
+        return _error_page(request, web, status, message, back)
+    return RedirectResponse(back, status_code=303)
+
+
+def _minutes(form: Any) -> int:
+    try:
+        return int(str(form.get("minutes") or "30"))
+    except ValueError:
+        raise ConsultInputError("minutes", "minutes: a whole number") from None
+
+
+# -- the specialist's view, the report, the call -------------------------------------------
+
+
+@router.get("/consult/{consult_id}/record")
+async def shared_record(request: Request, consult_id: str) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, _party = who
+    _ = gettext_for(request).gettext
+    consult = await _load(request, caller, consult_id)
+    if consult is None:
+        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
+    try:
+        result = await _records(request).perform(
+            caller,
+            FhirRequest("GET", f"Patient/{consult.patient_id}/$everything", query="_count=500"),
+            base_url=_base(request),
+        )
+    except FhirError:
+        return _error_page(
+            request,
+            web,
+            403,
+            _("The record is shared with the specialist who accepted the consult, while it lasts."),
+            f"/consult/{consult_id}",
+        )
+    found = resources_of(result)
+    patient = next((r for r in found if r["resourceType"] == "Patient"), {})
+    attached = set(consult.summary()["supportingInfo"])
+    sections = []
+    for res_type in RECORD_SECTIONS:
+        items = [
+            {
+                "reference": f"{r['resourceType']}/{r['id']}",
+                "text": _describe(r),
+                "when": local_time(_when(r)),
+                "attached": f"{r['resourceType']}/{r['id']}" in attached,
+            }
+            for r in found
+            if r["resourceType"] == res_type
+        ]
+        items.sort(key=lambda i: (not i["attached"], i["when"]), reverse=False)
+        if items:
+            sections.append({"type": res_type, "items": items})
+    return _page(
+        request,
+        web,
+        "consult/record.html",
+        consult=consult.summary(),
+        patient={
+            "name": (patient.get("name") or [{}])[0].get("text", ""),
+            "gender": patient.get("gender"),
+            "birthDate": patient.get("birthDate"),
+        },
+        sections=sections,
+    )
+
+
+def _when(resource: dict[str, Any]) -> str | None:
+    for key in (
+        "effectiveDateTime",
+        "recordedDate",
+        "onsetDateTime",
+        "authoredOn",
+        "date",
+        "issued",
+    ):
+        if resource.get(key):
+            return str(resource[key])
+    period = resource.get("period") or {}
+    return period.get("start") or (resource.get("meta") or {}).get("lastUpdated")
+
+
+def _describe(resource: dict[str, Any]) -> str:
+    kind = resource["resourceType"]
+    if kind == "Observation":
+        return _observation_text(resource)
+    if kind in ("MedicationRequest", "MedicationStatement"):
+        return _concept(resource.get("medicationCodeableConcept"))
+    if kind == "DiagnosticReport":
+        return f"{_concept(resource.get('code'))} {resource.get('conclusion', '')}".strip()
+    if kind == "Composition":
+        return str(resource.get("title", ""))
+    if kind == "Encounter":
+        types = resource.get("type") or [resource.get("class") or {}]
+        return _concept(types[0]) or str((resource.get("class") or {}).get("code", ""))
+    return _concept(resource.get("code")) or kind
+
+
+@router.get("/consult/{consult_id}/report")
+async def report_form(request: Request, consult_id: str) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, _party = who
+    _ = gettext_for(request).gettext
+    consult = await _load(request, caller, consult_id)
+    if consult is None:
+        return _error_page(request, web, 404, _("No consult of yours has this number."), "/consult")
+    return _page(request, web, "consult/report.html", consult=consult.summary())
+
+
+@router.get("/consult/{consult_id}/call")
+async def call_page(request: Request, consult_id: str) -> Response:
+    who = await _signed_in(request)
+    if who is None:
+        return _login_redirect(request)
+    web, caller, party = who
+    _ = gettext_for(request).gettext
+    consult = await _load(request, caller, consult_id)
+    if consult is None or _context(request).service.participant(consult, party) is None:
+        return _error_page(
+            request,
+            web,
+            403,
+            _(
+                "This call is for the consult's doctors and the people they invited, once it is accepted."  # noqa: E501
+            ),
+            f"/consult/{consult_id}",
+        )
+    return _page(request, web, "consult/call.html", consult=consult.summary(), me=party.username)

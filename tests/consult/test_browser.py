@@ -1,0 +1,242 @@
+"""The consult in real headless Chromium (Debian's, driven by Playwright, fake camera and
+microphone): a village doctor asks from the request form, a specialist takes it from his
+queue, both join the call from their pages and each decodes the other's video and hears
+the other's sound; a township doctor invited late sees a picture at once (the hub relays
+his keyframe request to the senders); leaving is seen; the opinion lands in the record.
+Once with one server, once with two workers behind Redis where the village doctor's
+browser and the specialists' talk to different processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.auth.conftest import VILLAGE_A
+from tests.consult.network import CARDIOLOGY, ConsultNetwork, make_network
+from tests.receivers import Receiver
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+DEADLINE = 90.0
+DEMO_PASSWORD = "yinchuan-demo"
+
+
+@pytest.fixture(scope="module")
+def browser_network(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    consult_receiver: Receiver,
+) -> Iterator[ConsultNetwork]:
+    network = make_network(request, tmp_path_factory, "sqlite", consult_receiver)
+    try:
+        yield network
+    finally:
+        network.system.close()
+        network.server.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    if shutil.which("chromium") is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    async with playwright_api.async_playwright() as playwright:
+        instance = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        await instance.close()
+
+
+@dataclass
+class Setup:
+    """The network, and which server each person's browser talks to."""
+
+    net: ConsultNetwork
+    servers: dict[str, str]
+
+
+@pytest.fixture(params=["one server", "two workers behind Redis"])
+def setup(request: pytest.FixtureRequest) -> Setup:
+    if request.param == "one server":
+        net = request.getfixturevalue("browser_network")
+        return Setup(net, {name: net.server.url for name in PEOPLE})
+    net, second = request.getfixturevalue("two_workers")
+    # The village doctor's browser talks to one worker, the specialists' to the other: her
+    # signalling and theirs land on different processes, which share one room over Redis.
+    return Setup(
+        net,
+        {"village-doctor": net.server.url, "specialist": second.url, "township-doctor": second.url},
+    )
+
+
+PEOPLE = ("village-doctor", "specialist", "township-doctor")
+
+
+async def signed_in(browser: Any, setup: Setup, username: str) -> Any:
+    """A page of a browser of the user's own (its own cookies), logged in."""
+    base = setup.servers[username]
+    context = await browser.new_context(locale="zh-CN", base_url=base)
+    await context.grant_permissions(["camera", "microphone"], origin=base)
+    page = await context.new_page()
+    await page.goto("/login?next=/consult")
+    await page.fill("#username", username)
+    await page.fill("#password", DEMO_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/consult")
+    return page
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, within: float = DEADLINE
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not so after {within:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def remote(page: Any) -> dict[str, Any]:
+    stats: dict[str, Any] = await page.evaluate("() => window.consultCall.remoteStats()")
+    return stats
+
+
+async def decodes(page: Any, other: str, frames: int = 20) -> bool:
+    return int((await remote(page)).get(other, {}).get("framesDecoded", 0)) >= frames
+
+
+async def hears(page: Any, other: str) -> bool:
+    """Whether the other's sound is arriving: its audio energy goes on rising."""
+    before = float((await remote(page)).get(other, {}).get("totalAudioEnergy", 0))
+    await asyncio.sleep(0.5)
+    after = float((await remote(page)).get(other, {}).get("totalAudioEnergy", 0))
+    return after > before > 0
+
+
+async def sent(page: Any) -> dict[str, int]:
+    stats: dict[str, int] = await page.evaluate("() => window.consultCall.sentStats()")
+    return stats
+
+
+async def join_call(page: Any, consult: str) -> None:
+    await page.goto(f"/consult/{consult}/call")
+    join = page.locator("#join")
+    await join.wait_for()
+    await eventually(join.is_enabled, "the camera and microphone check")
+    await join.click()
+
+
+async def test_request_queue_accept_call_late_joiner_leave_and_opinion(
+    browser: Any, setup: Setup
+) -> None:
+    net = setup.net
+    patient = await asyncio.to_thread(net.fresh_patient, VILLAGE_A)
+    village = await signed_in(browser, setup, "village-doctor")
+    specialist = await signed_in(browser, setup, "specialist")
+    township = await signed_in(browser, setup, "township-doctor")
+
+    # The village doctor asks, from the patient's chart link.
+    await village.goto(f"/consult/new?patient={patient}")
+    await village.select_option("#target", f"department:{net.departments[CARDIOLOGY]}")
+    await village.check("input[name=priority][value=urgent]")
+    await village.fill("#reason", "反复胸闷一周，心电图ST段压低")
+    record = next(r for r in net.patients.values() if r.id == patient)
+    await village.check(f"input[name=supporting][value='Observation/{record.observation}']")
+    await village.check("input[name=agreed]")
+    await village.click("button[type=submit].primary")
+    await village.wait_for_url(f"{setup.servers['village-doctor']}/consult/*")
+    consult = village.url.rsplit("/", 1)[1]
+    assert await village.text_content("#state") == "等待专家接受"
+
+    # The specialist finds it in his queue and takes it; her page follows by itself.
+    await specialist.goto("/consult/queue")
+    await specialist.click(f"#waiting a[href='/consult/{consult}']")
+    await specialist.click("#accept")
+    await specialist.wait_for_url(f"{setup.servers['specialist']}/consult/{consult}")
+    assert await specialist.text_content("#state") == "已接受"
+    await eventually(
+        lambda: _text_is(village, "#state", "已接受"), "the village doctor's page updating"
+    )
+    # He reviews the shared record; what she pointed to comes first, marked.
+    await specialist.goto(f"/consult/{consult}/record")
+    pointed = specialist.locator(f"li.attached[data-reference='Observation/{record.observation}']")
+    assert "150 mmHg" in (await pointed.text_content() or "")
+
+    # Both join the call; each decodes the other's video and hears the other.
+    await join_call(village, consult)
+    await join_call(specialist, consult)
+    await eventually(lambda: decodes(village, "specialist"), "village decodes specialist")
+    await eventually(lambda: decodes(specialist, "village-doctor"), "specialist decodes village")
+    await eventually(lambda: hears(village, "specialist"), "village hears specialist")
+    await eventually(lambda: hears(specialist, "village-doctor"), "specialist hears village")
+    await eventually(
+        lambda: _text_is_not(village, "#quality", ""), "the connection-quality indicator"
+    )
+
+    # The township doctor, invited, joins late: the hub asks the senders for a keyframe, so
+    # his first picture does not wait for a periodic one.
+    invited = await asyncio.to_thread(
+        net.act,
+        "village-doctor",
+        consult,
+        "invite",
+        practitioner=net.practitioner("township-doctor"),
+    )
+    assert invited.status_code == 200, invited.text
+    before = {"village": await sent(village), "specialist": await sent(specialist)}
+    await join_call(township, consult)
+    await eventually(lambda: decodes(township, "village-doctor", 5), "late joiner sees village")
+    await eventually(lambda: decodes(township, "specialist", 5), "late joiner sees specialist")
+    after = {"village": await sent(village), "specialist": await sent(specialist)}
+    for who in ("village", "specialist"):
+        assert after[who]["pliCount"] > before[who]["pliCount"], who
+        assert after[who]["keyFramesEncoded"] > before[who]["keyFramesEncoded"], who
+
+    # He leaves; the others see him go.
+    await township.click("#leave")
+    for page in (village, specialist):
+        await eventually(
+            lambda p=page: _without(p, "township-doctor"), "the others seeing him leave"
+        )
+    assert await village.locator("figure[data-participant='township-doctor']").count() == 0
+
+    # The specialist writes his opinion; it is in the record the village doctor keeps.
+    await specialist.goto(f"/consult/{consult}/report")
+    await specialist.fill("#conclusion", "考虑不稳定型心绞痛")
+    await specialist.fill("#recommendations", "阿司匹林100mg每日一次，尽快转诊行冠脉造影")
+    await specialist.click("button[type=submit].primary")
+    await specialist.wait_for_url(f"{setup.servers['specialist']}/consult/{consult}")
+    assert await specialist.text_content("#state") == "已完成"
+    await village.goto(f"/consult/{consult}")
+    assert "考虑不稳定型心绞痛" in (await village.text_content("#report") or "")
+    for page in (village, specialist, township):
+        await page.context.close()
+
+
+async def _text_is(page: Any, selector: str, text: str) -> bool:
+    try:
+        return bool(await page.text_content(selector, timeout=2000) == text)
+    except playwright_api.Error:
+        return False  # the page is reloading
+
+
+async def _text_is_not(page: Any, selector: str, text: str) -> bool:
+    return bool((await page.text_content(selector) or "") != text)
+
+
+async def _without(page: Any, participant: str) -> bool:
+    present: list[str] = await page.evaluate("() => window.consultCall.participants()")
+    return participant not in present

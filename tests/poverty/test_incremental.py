@@ -1,0 +1,149 @@
+"""A new bill posted to the running service raises its household's flag, with no full recompute.
+
+``health serve`` on Redis; the test listens on the change feed (``records.changes``) as any
+other service would, and waits — with a deadline, never a fixed sleep — for the Flag the
+listener writes. Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from health.core.database import Database
+from health.core.naming import (
+    ILLNESS_POVERTY_RULE_SYSTEM,
+    ILLNESS_POVERTY_TAG,
+    PAYMENT_LAYER_SYSTEM,
+)
+from health.poverty.service import today_in_china
+from records.feed import CHANGES_CHANNEL
+from records.indexing import SearchIndexer
+from tests.poverty.factories import ADJUDICATION, Town
+from tests.services import AppServer, RedisServer
+
+
+@pytest.fixture
+def service(database_url: str, redis_server: RedisServer) -> Iterator[AppServer]:
+    server = AppServer(database_url, redis_url=redis_server.url).start()
+    yield server
+    server.stop()
+
+
+def bill(patient_id: str, out_of_pocket: float) -> dict[str, Any]:
+    def total(system: str, code: str, value: float) -> dict[str, Any]:
+        return {
+            "category": {"coding": [{"system": system, "code": code}]},
+            "amount": {"value": value, "currency": "CNY"},
+        }
+
+    return {
+        "resourceType": "ExplanationOfBenefit",
+        "status": "active",
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                    "code": "institutional",
+                }
+            ]
+        },
+        "use": "claim",
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "created": f"{today_in_china().isoformat()}T09:30:00+08:00",
+        "insurer": {"display": "宁夏城乡居民医保"},
+        "provider": {"display": "宁夏医科大学总医院"},
+        "outcome": "complete",
+        "insurance": [{"focal": True, "coverage": {"display": "城乡居民基本医疗保险"}}],
+        "total": [
+            total(ADJUDICATION, "submitted", out_of_pocket * 2),
+            total(ADJUDICATION, "benefit", out_of_pocket),
+            total(PAYMENT_LAYER_SYSTEM, "basic-medical-insurance", out_of_pocket),
+            total(PAYMENT_LAYER_SYSTEM, "out-of-pocket", out_of_pocket),
+        ],
+    }
+
+
+def rules_of(flag: dict[str, Any]) -> set[str]:
+    return {c["code"] for c in flag["code"]["coding"] if c["system"] == ILLNESS_POVERTY_RULE_SYSTEM}
+
+
+async def wait_for_flag(
+    pubsub: Any, client: httpx.AsyncClient, group_id: str, method: str, deadline: float
+) -> dict[str, Any]:
+    """The first medical-bill Flag about ``group_id`` the feed announces with ``method``."""
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is None:
+            continue
+        change = orjson.loads(message["data"])
+        if change["type"] != "Flag" or change["method"] != method:
+            continue
+        flag = (await client.get(f"Flag/{change['id']}")).json()
+        if flag["subject"]["reference"] == f"Group/{group_id}" and rules_of(flag) == {
+            "medical-bill-alert"
+        }:
+            return flag
+    raise AssertionError(f"no Flag {method} for Group/{group_id} before the deadline")
+
+
+async def test_a_posted_bill_raises_the_flag_and_its_deletion_clears_it(
+    database_url: str, redis_server: RedisServer, service: AppServer
+) -> None:
+    town = Town()
+    house = town.household("T9INCR0001", ["锁志强"], income="30000")
+    database = Database(database_url)
+    try:
+        await town.write(database, SearchIndexer())
+    finally:
+        await database.dispose()
+    head = house.members[0]
+
+    redis = Redis.from_url(redis_server.url)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(CHANGES_CHANNEL)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"{service.url}/fhir", headers=service.auth_headers(), timeout=30
+        ) as client:
+            before = (await client.get("Flag", params={"subject": f"Group/{house.id}"})).json()
+            assert before["total"] == 0
+            posted = await client.post(
+                "ExplanationOfBenefit",
+                content=orjson.dumps(bill(head.id or "", 25000.0)),
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert posted.status_code == 201, posted.text
+            eob_id = posted.json()["id"]
+            flag = await wait_for_flag(
+                pubsub, client, house.id or "", "POST", time.monotonic() + 60
+            )
+
+            assert flag["status"] == "active" and "end" not in flag["period"]
+            assert any(t["code"] == ILLNESS_POVERTY_TAG["code"] for t in flag["meta"]["tag"])
+            assessment = (
+                await client.get(flag["extension"][0]["valueReference"]["reference"])
+            ).json()
+            assert {"reference": f"ExplanationOfBenefit/{eob_id}"} in assessment["basis"]
+            assert "25,000.00 元" in assessment["prediction"][0]["rationale"]
+
+            # The bill was entered in error: deleting it takes the cause away.
+            deleted = await client.delete(f"ExplanationOfBenefit/{eob_id}")
+            assert deleted.status_code in (200, 204)
+            cleared = await wait_for_flag(
+                pubsub, client, house.id or "", "PUT", time.monotonic() + 60
+            )
+            assert cleared["id"] == flag["id"]
+            assert (
+                cleared["status"] == "inactive"
+                and cleared["period"]["end"] >= cleared["period"]["start"]
+            )
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()

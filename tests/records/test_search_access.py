@@ -1,0 +1,206 @@
+"""The access policy holds on the search paths of issue 3's last parts, on both databases.
+
+A village doctor of one clinic searches records of her clinic's patient and of another
+clinic's patient through the search engine with the real access policy
+(``health.auth.policy``): Han name search, composites, ``:identifier``, token terminology
+modifiers and the totals must show only what she may see, and must not count the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from health.auth.policy import AccessPolicy, Subject
+from health.auth.scopes import ScopeSet
+from health.core.clock import utcnow
+from health.core.database import Database
+from records.access import FULL_ACCESS, RecordAccess
+from records.importer import process_bundle
+from records.indexing import SearchIndexer
+from records.search.engine import COSTLY_COUNT, SearchEngine
+from records.search.parse import SearchParser
+from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
+
+TAG_SYSTEM = "urn:test:search-access"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+
+def _entry(name: str, resource: dict[str, Any], marker: str) -> dict[str, Any]:
+    resource["meta"] = {"tag": [{"system": TAG_SYSTEM, "code": marker}]}
+    return {
+        "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, marker + name)}",
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"]},
+    }
+
+
+def _ref(name: str, marker: str) -> dict[str, str]:
+    return {"reference": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, marker + name)}"}
+
+
+def _height(subject: dict[str, Any], cm: float) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "8302-2"}]},
+        "subject": subject,
+        "valueQuantity": {"value": cm, "unit": "cm", "system": UCUM, "code": "cm"},
+    }
+
+
+def _resolved(subject: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "resolved"}]},
+        "code": {"text": "高血压"},
+        "subject": subject,
+    }
+
+
+class Clinics:
+    """Two village clinics, a patient of each, their records, and one logical reference."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.marker = uuid.uuid4().hex
+        self.resident_id = make_resident_id("640121", dt.date(1966, 3, 9), 3, "male")
+        m = self.marker
+        ours, theirs = _ref("patient-a", m), _ref("patient-b", m)
+        logical = {"identifier": {"system": RESIDENT_ID_SYSTEM, "value": self.resident_id}}
+        entries = {
+            "clinic-a": {"resourceType": "Organization", "name": "原隆村卫生室"},
+            "clinic-b": {"resourceType": "Organization", "name": "红寺堡村卫生室"},
+            "patient-a": {
+                "resourceType": "Patient",
+                "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": self.resident_id}],
+                "name": [{"text": "马建国", "family": "马", "given": ["建国"]}],
+                "gender": "male",
+                "birthDate": "1966-03-09",
+                "managingOrganization": _ref("clinic-a", m),
+            },
+            "patient-b": {
+                "resourceType": "Patient",
+                "name": [{"text": "马建华", "family": "马", "given": ["建华"]}],
+                "managingOrganization": _ref("clinic-b", m),
+            },
+            "height-a1": _height(ours, 175),
+            "height-a2": _height(ours, 176),
+            "height-a3": _height(ours, 177),
+            "height-b": _height(theirs, 178),
+            "height-logical": _height(logical, 179),
+            "condition-a": _resolved(ours),
+            "condition-b": _resolved(theirs),
+        }
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [_entry(name, body, m) for name, body in entries.items()],
+        }
+        outcome = asyncio.run(self._load(bundle))
+        self.ids = {
+            name: e["response"]["location"].split("/")[1]
+            for name, e in zip(entries, outcome["entry"], strict=True)
+        }
+
+    async def _load(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        database = Database(self.url)
+        try:
+            result = await process_bundle(database, SearchIndexer(), bundle)
+            return dict(result.response)
+        finally:
+            await database.dispose()
+
+    def doctor_of_clinic_a(self) -> AccessPolicy:
+        subject = Subject(
+            id="user:village-doctor",
+            role="village_doctor",
+            organization=self.ids["clinic-a"],
+            practitioner=None,
+            scopes=ScopeSet.everything("user"),
+        )
+        return AccessPolicy(subject, now=utcnow(), consent_grace_seconds=0)
+
+    def search(
+        self,
+        res_type: str,
+        params: dict[str, str],
+        access: RecordAccess,
+        costly_count: float = COSTLY_COUNT,
+    ) -> tuple[set[str], int | None]:
+        async def run() -> tuple[set[str], int | None]:
+            indexer = SearchIndexer()
+            parser = SearchParser(indexer, max_count=1000, default_count=50)
+            query = parser.parse(
+                res_type, [("_tag", f"{TAG_SYSTEM}|{self.marker}"), *params.items()], strict=True
+            )
+            database = Database(self.url)
+            try:
+                async with database.transaction(write=False) as session:
+                    engine = SearchEngine(
+                        session, indexer, base_url="", access=access, costly_count=costly_count
+                    )
+                    result = await engine.run(query)
+            finally:
+                await database.dispose()
+            return {m.res_id for m in result.matches}, result.total
+
+        return asyncio.run(run())
+
+    def names(self, *keys: str) -> set[str]:
+        return {self.ids[k] for k in keys}
+
+
+@pytest.fixture(scope="module")
+def clinics(database_url: str) -> Clinics:
+    return Clinics(database_url)
+
+
+class TestAVillageDoctorSearches:
+    def test_chinese_names(self, clinics: Clinics) -> None:
+        doctor = clinics.doctor_of_clinic_a()
+        assert clinics.search("Patient", {"name": "建"}, doctor)[0] == clinics.names("patient-a")
+        assert clinics.search("Patient", {"family": "马"}, doctor)[0] == clinics.names("patient-a")
+        everyone = clinics.search("Patient", {"name": "建"}, FULL_ACCESS)[0]
+        assert everyone == clinics.names("patient-a", "patient-b")
+
+    def test_composites_and_terminology(self, clinics: Clinics) -> None:
+        doctor = clinics.doctor_of_clinic_a()
+        tall = {"code-value-quantity": f"{LOINC}|8302-2$gt170"}
+        assert clinics.search("Observation", tall, doctor)[0] == clinics.names(
+            "height-a1", "height-a2", "height-a3"
+        )
+        resolved = {"clinical-status:below": f"{CONDITION_CLINICAL}|inactive"}
+        assert clinics.search("Condition", resolved, doctor)[0] == clinics.names("condition-a")
+
+    def test_a_logical_reference_is_in_no_record_she_may_see(self, clinics: Clinics) -> None:
+        by_identifier = {"subject:identifier": f"{RESIDENT_ID_SYSTEM}|{clinics.resident_id}"}
+        doctor = clinics.doctor_of_clinic_a()
+        assert clinics.search("Observation", by_identifier, doctor)[0] == set()
+        everything = clinics.search("Observation", by_identifier, FULL_ACCESS)[0]
+        assert everything == clinics.names("height-logical")
+
+    def test_totals_count_only_what_she_may_see(self, clinics: Clinics) -> None:
+        doctor = clinics.doctor_of_clinic_a()
+        heights = {"code": f"{LOINC}|8302-2"}
+        # One per page: the total comes from the bounded count, not from the page.
+        assert clinics.search("Observation", {**heights, "_count": "1"}, doctor)[1] == 3
+        assert clinics.search("Observation", {**heights, "_count": "1"}, FULL_ACCESS)[1] == 5
+        accurate = {**heights, "_count": "1", "_total": "accurate"}
+        assert clinics.search("Observation", accurate, doctor)[1] == 3
+        assert clinics.search("Observation", {**heights, "_count": "5"}, doctor)[1] == 3
+
+    def test_a_walk_in_rid_order_sees_only_her_patients_too(self, clinics: Clinics) -> None:
+        """Counting priced as costly (here: always), pages come from a walk in rid order."""
+        doctor = clinics.doctor_of_clinic_a()
+        heights = {"code": f"{LOINC}|8302-2", "_count": "2"}
+        walked = clinics.search("Observation", heights, doctor, costly_count=0)[0]
+        assert walked == clinics.names("height-a1", "height-a2")  # the first two in rid order
+        names = clinics.search("Patient", {"name": "建"}, doctor, costly_count=0)[0]
+        assert names == clinics.names("patient-a")

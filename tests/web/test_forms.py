@@ -1,0 +1,313 @@
+"""The pages' forms over plain HTTP: what they refuse and why (beside the field, nothing
+written), what they write as FHIR, and that each admin change is on the audit trail."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from health.core.naming import HOUSEHOLD_NUMBER_SYSTEM, HOUSEHOLD_RELATIONSHIP_URL
+from health.web.vitals import VITALS, read_vital
+from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
+from tests.web.conftest import Session, WebApp
+
+
+def form_of(html: str) -> dict[str, str]:
+    """The hidden fields of the page's first form that carries a visit key or a CSRF token."""
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html))
+
+
+@pytest.fixture
+def doctor(web: WebApp) -> Iterator[Session]:
+    session = Session(web, "village-doctor")
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def admin(web: WebApp) -> Iterator[Session]:
+    session = Session(web, "admin")
+    yield session
+    session.close()
+
+
+def register(doctor: Session, **fields: str) -> httpx.Response:
+    page = doctor.http.get("/patients/new").text
+    data = {"csrf_token": form_of(page)["csrf_token"], "clinic": "", **fields}
+    clinic = re.search(r'<select id="clinic" name="clinic">\s*<option value="([^"]+)"', page)
+    assert clinic
+    data.setdefault("clinic", clinic.group(1))
+    if not data["clinic"]:
+        data["clinic"] = clinic.group(1)
+    return doctor.http.post("/patients/new", data=data)
+
+
+def new_patient(doctor: Session, rng: random.Random, **extra: str) -> tuple[str, str]:
+    name = "冶" + rng.choice("福成海龙德俊") + rng.choice("甲乙丙丁戊己庚辛")
+    born = dt.date(1960, 1, 1) + dt.timedelta(days=rng.randrange(15000))
+    number = make_resident_id("640121", born, rng.randrange(1000), "female")
+    response = register(doctor, name=name, resident_id=number, **extra)
+    assert response.status_code == 303, response.text[-2000:]
+    return response.headers["location"].split("/patients/")[1].split("?")[0], number
+
+
+class TestVitals:
+    def test_units_are_converted_to_the_stored_unit(self) -> None:
+        assert read_vital(VITALS["weight"], "130", "jin").value == Decimal("65.0")
+        assert read_vital(VITALS["temperature"], "98.6", "degF").value == Decimal("37.0")
+        assert read_vital(VITALS["glucose"], "126", "mg/dL").value == Decimal("7.0")
+        assert read_vital(VITALS["height"], "1.62", "m").value == Decimal("162.0")
+
+    def test_unusual_warns_and_impossible_refuses(self) -> None:
+        assert read_vital(VITALS["systolic"], "245", "mmHg").problem == "implausible"
+        assert read_vital(VITALS["systolic"], "900", "mmHg").problem == "impossible"
+        assert read_vital(VITALS["temperature"], "37.2", "Cel").problem == ""
+        # 37 typed with the unit left at ℉ is 2.8 ℃: impossible, caught before it is saved.
+        assert read_vital(VITALS["temperature"], "37", "degF").problem == "impossible"
+        assert read_vital(VITALS["glucose"], "seven", "mmol/L").problem == "number"
+
+
+class TestRegistration:
+    def test_sex_and_birth_date_are_cross_checked_with_the_id(self, doctor: Session) -> None:
+        number = make_resident_id("640121", dt.date(1980, 5, 17), 123, "female")
+        response = register(
+            doctor, name="马测试", resident_id=number, gender="male", birth_date="1980-05-18"
+        )
+        assert response.status_code == 400
+        assert "身份证号显示此人为女性" in response.text
+        assert "身份证号显示出生日期为1980-05-17" in response.text
+
+    def test_a_form_without_its_token_is_refused(self, doctor: Session, web: WebApp) -> None:
+        number = make_resident_id("640121", dt.date(1981, 5, 17), 125, "female")
+        response = doctor.http.post(
+            "/patients/new", data={"name": "马无令", "resident_id": number, "clinic": web.village}
+        )
+        assert response.status_code == 403
+        assert (
+            web.system.get(
+                "/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{number}"}
+            ).json()["total"]
+            == 0
+        )
+
+    def test_insured_patients_get_their_coverage(self, doctor: Session, web: WebApp) -> None:
+        patient, number = new_patient(doctor, random.Random(uuid.uuid4().int), insured="yes")
+        coverage = web.system.get("/Coverage", params={"beneficiary": f"Patient/{patient}"}).json()
+        assert coverage["entry"][0]["resource"]["subscriberId"] == number
+
+
+class TestHousehold:
+    def test_start_join_change_and_leave(self, doctor: Session, web: WebApp) -> None:
+        rng = random.Random(uuid.uuid4().int)
+        number = f"640121105201{rng.randrange(900000, 999999)}"
+        head, _ = new_patient(
+            doctor, rng, household_number=number, relationship="head", registry_status="monitored"
+        )
+        spouse, _ = new_patient(doctor, rng)
+        page = doctor.http.get(f"/patients/{spouse}/household").text
+        joined = doctor.http.post(
+            f"/patients/{spouse}/household",
+            data={
+                "csrf_token": form_of(page)["csrf_token"],
+                "action": "join",
+                "household_number": number,
+                "relationship": "spouse",
+            },
+        )
+        assert joined.status_code == 303
+        chart = doctor.http.get(f"/patients/{head}").text
+        assert number in chart and "防返贫监测户" in chart and "配偶" in chart
+
+        group = web.system.get(
+            "/Group", params={"identifier": f"{HOUSEHOLD_NUMBER_SYSTEM}|{number}"}
+        ).json()["entry"][0]["resource"]
+        relationships = {
+            m["entity"]["reference"]: next(
+                e["valueCodeableConcept"]["coding"][0]["code"]
+                for e in m["extension"]
+                if e["url"] == HOUSEHOLD_RELATIONSHIP_URL
+            )
+            for m in group["member"]
+        }
+        assert relationships == {f"Patient/{head}": "ONESELF", f"Patient/{spouse}": "SPS"}
+        assert group["quantity"] == 2
+
+        # A second head is refused beside the field.
+        page = doctor.http.get(f"/patients/{spouse}/household").text
+        refused = doctor.http.post(
+            f"/patients/{spouse}/household",
+            data={
+                "csrf_token": form_of(page)["csrf_token"],
+                "action": "relationship",
+                "relationship": "head",
+            },
+        )
+        assert refused.status_code == 400 and "此家庭户已有户主" in refused.text
+
+        left = doctor.http.post(
+            f"/patients/{spouse}/household",
+            data={"csrf_token": form_of(page)["csrf_token"], "action": "leave"},
+        )
+        assert left.status_code == 303
+        assert "未加入家庭户" in doctor.http.get(f"/patients/{spouse}").text
+        group = web.system.get(f"/Group/{group['id']}").json()
+        assert group["quantity"] == 1
+
+
+class TestVisit:
+    def visit_form(self, doctor: Session, patient: str) -> dict[str, str]:
+        page = doctor.http.get(f"/patients/{patient}/visit").text
+        return {**form_of(page), "complaint": "咳嗽两天"}
+
+    def encounters(self, web: WebApp, patient: str) -> int:
+        return int(web.system.get("/Encounter", params={"patient": patient}).json()["total"])
+
+    def test_impossible_values_are_refused_and_nothing_is_written(
+        self, doctor: Session, web: WebApp
+    ) -> None:
+        patient, _ = new_patient(doctor, random.Random(uuid.uuid4().int))
+        data = {
+            **self.visit_form(doctor, patient),
+            "systolic": "900",
+            "diastolic": "80",
+            "diagnosis_query": "Z99.99",
+            "fee_drugs": "12.345",
+            "paid_basic": "5",
+        }
+        response = doctor.http.post(f"/patients/{patient}/visit", data=data)
+        assert response.status_code == 400
+        assert re.search(r'id="systolic-error"[^>]*>900 mmHg 不可能正确', response.text)
+        assert "请从输入时出现的列表中选择诊断" in response.text
+        assert 'id="fee_drugs-error"' in response.text
+        assert self.encounters(web, patient) == 0
+
+    def test_a_form_sent_twice_records_one_visit(self, doctor: Session, web: WebApp) -> None:
+        patient, _ = new_patient(doctor, random.Random(uuid.uuid4().int))
+        data = {**self.visit_form(doctor, patient), "diagnosis": "J06.9", "heart_rate": "88"}
+        first = doctor.http.post(f"/patients/{patient}/visit", data=data)
+        second = doctor.http.post(f"/patients/{patient}/visit", data=data)
+        assert first.status_code == second.status_code == 303
+        assert self.encounters(web, patient) == 1
+        condition = web.system.get("/Condition", params={"patient": patient}).json()
+        assert condition["total"] == 1
+
+    def test_a_known_condition_is_followed_up_not_diagnosed_again(
+        self, doctor: Session, web: WebApp
+    ) -> None:
+        patient, _ = new_patient(doctor, random.Random(uuid.uuid4().int))
+        for _ in range(2):
+            data = {**self.visit_form(doctor, patient), "diagnosis": "I10"}
+            assert doctor.http.post(f"/patients/{patient}/visit", data=data).status_code == 303
+        assert web.system.get("/Condition", params={"patient": patient}).json()["total"] == 1
+        encounters = web.system.get("/Encounter", params={"patient": patient}).json()["entry"]
+        diagnosed = {e["resource"]["diagnosis"][0]["condition"]["reference"] for e in encounters}
+        assert len(diagnosed) == 1
+
+
+class TestRoles:
+    @pytest.mark.parametrize(
+        ("username", "path"),
+        [("analyst", "/patients/new"), ("admin", "/patients"), ("specialist", "/admin/users")],
+    )
+    def test_pages_of_other_roles_are_refused(self, web: WebApp, username: str, path: str) -> None:
+        session = Session(web, username)
+        response = session.http.get(path)
+        session.close()
+        assert response.status_code == 403 and "此页面供其他角色使用" in response.text
+
+    def test_pages_are_compressed(self, doctor: Session) -> None:
+        response = doctor.http.get("/patients/new", headers={"Accept-Encoding": "gzip"})
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.num_bytes_downloaded < len(response.content) / 2
+
+
+def audit_events(web: WebApp, subtype: str, username: str) -> list[dict[str, Any]]:
+    client = web.as_user("admin")
+    found = client.get("/AuditEvent", params={"subtype": subtype, "_count": "200"}).json()
+    client.close()
+    return [
+        e["resource"]
+        for e in found.get("entry", [])
+        if e["resource"]["entity"][0]["what"]["identifier"]["value"] == username
+    ]
+
+
+class TestAdmin:
+    def test_disable_enable_and_reset_a_password_each_audited(
+        self, admin: Session, web: WebApp
+    ) -> None:
+        username = f"nurse-{uuid.uuid4().hex[:6]}"
+        web.server.cli(
+            "user", "add", username, "--role", "village_doctor", "--org", web.village,
+            "--password-stdin", input="first-password-1\n",
+        )  # fmt: skip
+        victim = Session(web, username, "first-password-1")
+        page = admin.http.get(f"/admin/users/{username}").text
+        token = form_of(page)["csrf_token"]
+        post = lambda **data: admin.http.post(  # noqa: E731
+            f"/admin/users/{username}", data={"csrf_token": token, **data}
+        )
+        assert post(action="disable").status_code == 303
+        assert victim.http.get("/").status_code == 303  # her session ended
+        assert post(action="enable").status_code == 303
+        weak = post(action="password", password="12345")
+        assert weak.status_code == 400 and "密码至少需要10个字符" in weak.text
+        assert post(action="password", password="second-password-2").status_code == 303
+        Session(web, username, "second-password-2").close()
+        for change in ("user-disable", "user-enable", "user-password"):
+            (event,) = audit_events(web, change, username)
+            assert event["agent"][0]["altId"] == "admin"
+            assert "second-password" not in str(event)
+        victim.close()
+
+    def test_a_new_village_clinic_is_in_the_directory_under_its_township(
+        self, admin: Session, web: WebApp
+    ) -> None:
+        village = web.system.get(f"/Organization/{web.village}").json()
+        township = village["partOf"]["reference"].split("/")[1]
+        code = f"640121105{random.randrange(300, 999)}"
+        page = admin.http.get("/admin/directory/new", params={"kind": "village-clinic"}).text
+        response = admin.http.post(
+            "/admin/directory/new",
+            data={
+                "csrf_token": form_of(page)["csrf_token"],
+                "code": code,
+                "name": f"闽宁镇新村{code[-3:]}卫生室",
+                "kind": "village-clinic",
+                "parent": township,
+                "phone": "0951-1234567",
+            },
+        )
+        assert response.status_code == 303
+        found = web.system.get(
+            "/Organization",
+            params={"identifier": f"https://fhir.yinchuan-health.cn/sid/organization-code|{code}"},
+        ).json()["entry"][0]["resource"]
+        assert found["partOf"]["reference"] == f"Organization/{township}"
+        assert f"闽宁镇新村{code[-3:]}卫生室" in admin.http.get("/admin/directory").text
+        client = web.as_user("admin")
+        written = client.get("/AuditEvent", params={"entity": f"Organization/{found['id']}"}).json()
+        client.close()
+        assert written["total"] >= 1
+
+    def test_a_department_needs_a_hospital(self, admin: Session) -> None:
+        page = admin.http.get("/admin/directory/new", params={"kind": "department"}).text
+        response = admin.http.post(
+            "/admin/directory/new",
+            data={
+                "csrf_token": form_of(page)["csrf_token"],
+                "code": "640100H09-D01",
+                "name": "无主科室",
+                "kind": "department",
+                "parent": "",
+            },
+        )
+        assert response.status_code == 400 and "科室须隶属于一家医院" in response.text
