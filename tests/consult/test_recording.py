@@ -95,7 +95,8 @@ async def test_a_recorded_call_plays_back_with_both_tracks_of_each_participant(
         for client in (doctor, specialist):
             await client.wait_for(lambda c: recording_state(c, "off"), DEADLINE)
         # The files began between the request and the notice, and end by the notice of
-        # the stop (less, at most, the frames in flight).
+        # the stop (give or take the frames in flight through the hub: more of them on a
+        # loaded machine, so the bounds allow a second and a half either way).
         shortest, longest = stopping - started, loop.time() - asked
         assert specialist.recording is not None and specialist.recording.document == document
     # The record: a final DocumentReference with one file per participant.
@@ -121,7 +122,7 @@ async def test_a_recorded_call_plays_back_with_both_tracks_of_each_participant(
         assert played["video"]["frames"] >= 100 and played["audio"]["frames"] >= 150
         assert played["video"]["errors"] == 0
         assert played["duration"] is not None
-        assert shortest - 1.5 <= played["duration"] <= longest + 0.5
+        assert shortest - 1.5 <= played["duration"] <= longest + 1.5
     # The village doctor's file spans the reconnection: no gap of more than a few seconds.
     village_file = decoded(folder / urls[0].rsplit("/", 1)[1])
     assert village_file["audio"]["last"] - village_file["audio"]["first"] >= shortest - 3
