@@ -12,7 +12,9 @@ session (writes then carry ``X-CSRF-Token``):
 - ``POST /api/consults/{id}/accept`` (``{"start"?, "minutes"?}``), ``/reject``
   (``{"reason"}``), ``/cancel`` (``{"reason"?}``), ``/start``, ``/schedule``
   (``{"start", "minutes"}``), ``/no-show``, ``/invite`` (``{"practitioner"}``),
-  ``/report`` (``{"conclusion", "recommendations"}``).
+  ``/report`` (``{"conclusion", "recommendations"}``), ``/recording-consent``
+  (``{"agreed": true|false}``: the patient's consent to recording the call, recorded or
+  withdrawn by the requesting clinic; the consult's ``recordingConsent`` names it).
 
 WebSockets, for the consult's people (a session cookie from this site's pages, or a bearer
 token), refused before the handshake completes for anyone else:
@@ -37,7 +39,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool
 from starlette.websockets import WebSocketDisconnect
 
 from consult.rooms import ConsultRooms
@@ -131,6 +133,10 @@ class ScheduleBody(BaseModel):
 
 class InviteBody(BaseModel):
     practitioner: str = Field(min_length=1, max_length=64)
+
+
+class RecordingConsentBody(BaseModel):
+    agreed: StrictBool
 
 
 class ReportBody(BaseModel):
@@ -246,6 +252,13 @@ async def no_show(consult_id: str, request: Request) -> Response:
 @router.post("/api/consults/{consult_id}/invite")
 async def invite(consult_id: str, body: InviteBody, request: Request) -> Response:
     return await _act(request, consult_id, "invite", practitioner=body.practitioner)
+
+
+@router.post("/api/consults/{consult_id}/recording-consent")
+async def recording_consent(
+    consult_id: str, body: RecordingConsentBody, request: Request
+) -> Response:
+    return await _act(request, consult_id, "consent_to_recording", agreed=body.agreed)
 
 
 @router.post("/api/consults/{consult_id}/report")

@@ -16,6 +16,13 @@ packetises them without encoding. Keyframe requests from viewers go back to the 
 Every connection of a room uses one video codec, so frames can pass unchanged: the first
 participant's preferred one of VP8 and H.264 (VP8 unless it does not offer VP8), and later
 participants must offer it too; audio is Opus.
+
+Weak links are ``consult.quality``'s: each participant has a
+:class:`~consult.quality.LinkMonitor` for as long as they are in the room (across
+reconnections), and the hub's :class:`~consult.quality.LinkSupervisor` caps bit rates,
+switches participants to audio only and back, and reports. Whatever else wants the room's
+media — the recorder — is a :class:`MediaTap`, told of every source as it starts; a
+participant's data channel goes to :attr:`MediaHub.on_datachannel`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import (
     MediaStreamTrack,
@@ -41,7 +48,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from consult.ice import peer_configuration
 from consult.passthrough import on_keyframe_request, receive_encoded
-from consult.protocol import TrackInfo
+from consult.protocol import Participant, TrackInfo
+from consult.quality import LinkMonitor, LinkPolicy, LinkSupervisor, limit_in_answer
 from consult.tracks import EncodedSource, ForwardedTrack
 
 logger = logging.getLogger(__name__)
@@ -79,6 +87,8 @@ class Peer:
 
     participant_id: str
     connection: RTCPeerConnection
+    link: LinkMonitor
+    participant: Participant | None = None
     sources: dict[str, EncodedSource] = field(default_factory=dict)
     slots: dict[str, list[Slot]] = field(default_factory=lambda: {"audio": [], "video": []})
     closing: bool = False
@@ -103,6 +113,15 @@ class HubRoom:
     room_id: str
     video_codec: str | None = None
     peers: dict[str, Peer] = field(default_factory=dict)
+    #: Each participant's link, kept across reconnections until they leave for good.
+    links: dict[str, LinkMonitor] = field(default_factory=dict)
+    taps: list[MediaTap] = field(default_factory=list)
+
+
+class MediaTap(Protocol):
+    """Something that takes a room's media besides the viewers (the recorder)."""
+
+    def source_added(self, peer: Peer, source: EncodedSource) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,8 @@ class Negotiated:
 
 #: Called with (room id, participant id) when a participant's connection fails.
 ConnectionLost = Callable[[str, str], Awaitable[None]]
+#: Called with (room id, participant id, RTCDataChannel) when a participant opens one.
+DataChannelOpened = Callable[[str, str, Any], None]
 
 
 def _codec_capabilities(mime_type: str, kind: str) -> list[RTCRtpCodecCapability]:
@@ -141,10 +162,13 @@ class MediaHub:
         *,
         configuration: RTCConfiguration | None = None,
         on_connection_lost: ConnectionLost | None = None,
+        link_policy: LinkPolicy | None = None,
     ) -> None:
         self._configuration = configuration or peer_configuration([])
         #: Called with (room id, participant id) when a participant's connection fails.
         self.on_connection_lost = on_connection_lost
+        self.on_datachannel: DataChannelOpened | None = None
+        self.supervisor = LinkSupervisor(self, link_policy or LinkPolicy())
         self._rooms: dict[str, HubRoom] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -152,15 +176,29 @@ class MediaHub:
     def rooms(self) -> dict[str, HubRoom]:
         return self._rooms
 
-    async def negotiate(self, room_id: str, participant_id: str, offer_sdp: str) -> Negotiated:
+    async def negotiate(
+        self,
+        room_id: str,
+        participant_id: str,
+        offer_sdp: str,
+        *,
+        participant: Participant | None = None,
+    ) -> Negotiated:
         """Answer a participant's offer with a new peer connection (replacing any old one)."""
         description = self._parse(offer_sdp)
         room = self._rooms.get(room_id) or HubRoom(room_id)
         video_codec = room.video_codec or self._choose_video_codec(description)
-        previous = await self.remove(room_id, participant_id, keep_room=True)
+        previous = await self.remove(room_id, participant_id, keep_room=True, forget=False)
         self._rooms[room_id] = room
+        link = room.links.get(participant_id)
+        if link is None:
+            role = participant.role if participant else None
+            link = room.links[participant_id] = self.supervisor.monitor(participant_id, role)
+        link.new_connection()
         try:
-            peer = await self._answer(room, participant_id, description, offer_sdp, video_codec)
+            peer = await self._answer(
+                room, participant_id, description, offer_sdp, video_codec, link, participant
+            )
         except NegotiationError as error:
             error.track_maps = previous
             if not room.peers:
@@ -174,18 +212,50 @@ class MediaHub:
                 if self._fill(other, room):
                     changed.add(other.participant_id)
         self._fill(peer, room)
+        self.supervisor.apply_modes(room)
+        self.supervisor.ensure_running()
         local = peer.connection.localDescription
         return Negotiated(
-            sdp=local.sdp,
+            sdp=self._with_limits(peer, description, local.sdp),
             track_maps={pid: room.peers[pid].track_map() for pid in changed},
         )
 
-    async def remove(
-        self, room_id: str, participant_id: str, *, keep_room: bool = False
-    ) -> dict[str, list[TrackInfo]]:
-        """Close a participant's connection; the others' ``tracks`` that changed."""
+    def link(self, room_id: str, participant_id: str) -> LinkMonitor | None:
         room = self._rooms.get(room_id)
+        return room.links.get(participant_id) if room else None
+
+    def add_tap(self, room_id: str, tap: MediaTap) -> None:
+        """Tell ``tap`` of the room's sources now and of each new one as it starts."""
+        room = self._rooms.setdefault(room_id, HubRoom(room_id))
+        room.taps.append(tap)
+        for peer in room.peers.values():
+            for source in peer.sources.values():
+                tap.source_added(peer, source)
+
+    def remove_tap(self, room_id: str, tap: MediaTap) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None and tap in room.taps:
+            room.taps.remove(tap)
+
+    async def remove(
+        self,
+        room_id: str,
+        participant_id: str,
+        *,
+        keep_room: bool = False,
+        forget: bool = True,
+    ) -> dict[str, list[TrackInfo]]:
+        """Close a participant's connection; the others' ``tracks`` that changed.
+
+        Without ``forget`` the participant's link (mode, limits) stays for their next
+        connection: a reconnection, not a departure.
+        """
+        room = self._rooms.get(room_id)
+        if room is not None and forget:
+            room.links.pop(participant_id, None)
         if room is None or participant_id not in room.peers:
+            if room is not None and not room.peers and not keep_room and not room.taps:
+                del self._rooms[room_id]
             return {}
         peer = room.peers.pop(participant_id)
         changed = {}
@@ -201,7 +271,8 @@ class MediaHub:
                 self._fill(other, room)
                 changed[other.participant_id] = other.track_map()
         await self._close_peer(peer)
-        if not room.peers and not keep_room:
+        self.supervisor.apply_modes(room)
+        if not room.peers and not keep_room and not room.taps:
             del self._rooms[room_id]
         return changed
 
@@ -213,6 +284,7 @@ class MediaHub:
             room.peers.clear()
 
     async def close(self) -> None:
+        await self.supervisor.close()
         for room_id in list(self._rooms):
             await self.close_room(room_id)
         for task in list(self._tasks):
@@ -229,6 +301,10 @@ class MediaHub:
             for pid, peer in room.peers.items():
                 peers[pid] = {
                     "connectionState": peer.connection.connectionState,
+                    "mode": peer.link.mode,
+                    "limitKbps": None
+                    if peer.link.limit_bps is None
+                    else peer.link.limit_bps // 1000,
                     "sources": {
                         kind: {
                             "frames": source.frames_received,
@@ -303,9 +379,16 @@ class MediaHub:
         description: aiortc_sdp.SessionDescription,
         offer_sdp: str,
         video_codec: str | None,
+        link: LinkMonitor,
+        participant: Participant | None = None,
     ) -> Peer:
         connection = RTCPeerConnection(self._configuration)
-        peer = Peer(participant_id=participant_id, connection=connection)
+        peer = Peer(
+            participant_id=participant_id,
+            connection=connection,
+            link=link,
+            participant=participant,
+        )
         name = f"{room.room_id}/{participant_id}"
         ssrcs: dict[str, int] = {}
         receiving: set[str] = set()
@@ -334,7 +417,9 @@ class MediaHub:
                 transceiver = connection.addTransceiver(kind, direction=direction)
                 transceiver.setCodecPreferences(_codec_capabilities(mime, kind))
                 if direction in ("sendonly", "sendrecv"):
-                    peer.slots[kind].append(self._make_slot(transceiver, kind))
+                    slot = self._make_slot(transceiver, kind)
+                    peer.slots[kind].append(slot)
+                    self.supervisor.watch_slot(peer, slot)
 
             @connection.on("track")
             def on_track(track: Any) -> None:
@@ -348,7 +433,15 @@ class MediaHub:
                     name=f"{name}/{track.kind}",
                 )
                 peer.sources[track.kind] = source
+                self.supervisor.watch_source(peer, source)
                 source.start()
+                for tap in list(room.taps):
+                    tap.source_added(peer, source)
+
+            @connection.on("datachannel")
+            def on_datachannel(channel: Any) -> None:
+                if self.on_datachannel is not None and not peer.closing:
+                    self.on_datachannel(room.room_id, participant_id, channel)
 
             @connection.on("connectionstatechange")
             async def on_state() -> None:
@@ -381,6 +474,21 @@ class MediaHub:
             video_codec,
         )
         return peer
+
+    @staticmethod
+    def _with_limits(
+        peer: Peer, description: aiortc_sdp.SessionDescription, answer_sdp: str
+    ) -> str:
+        """The answer, with the participant's send limit on the video m-line it sends on."""
+        kbps = peer.link.send_kbps
+        if kbps is None:
+            return answer_sdp
+        sending = {
+            str(t.mid)
+            for t in peer.connection.getTransceivers()
+            if t.kind == "video" and t.direction in ("recvonly", "sendrecv")
+        }
+        return limit_in_answer(answer_sdp, {mid: kbps for mid in sending})
 
     def _make_slot(self, transceiver: RTCRtpTransceiver, kind: str) -> Slot:
         """A receiving m-line of the participant's: the hub sends others' frames on it."""

@@ -26,6 +26,15 @@ than misbehaving quietly):
   on the class): aiortc calls it when the remote peer sends PLI or FIR.
 - :func:`request_keyframe` sends a PLI from a receiver through its
   ``_send_rtcp_pli(media_ssrc)``.
+- :func:`watch_sender_feedback` wraps ``_handle_rtcp_packet`` on one sender instance, to
+  read the receiver reports (loss, RTT) and REMB bandwidth estimates a participant sends
+  about the hub's stream to it, before aiortc handles them as it always does.
+- :func:`watch_receiver_feedback` wraps ``_send_rtcp`` on one receiver instance, to read
+  the receiver reports the hub sends about a participant's stream and to cap the REMB
+  estimate aiortc's bandwidth estimator sends back to the participant;
+  :func:`send_bitrate_limit` sends a REMB of its own through the same ``_send_rtcp``, from
+  the receiver's RTCP SSRC (aiortc keeps it in the receiver's private
+  ``__rtcp_ssrc``).
 
 Senders need nothing patched to send encoded frames: given an ``av.Packet`` instead of a
 frame, ``RTCRtpSender`` packetises it with its codec's ``pack()`` without encoding.
@@ -46,6 +55,15 @@ from typing import Any
 import aiortc
 import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +88,10 @@ def _check_aiortc() -> None:
         problems.append("RTCRtpSender._send_keyframe()")
     if not callable(getattr(RTCRtpReceiver, "_send_rtcp_pli", None)):
         problems.append("RTCRtpReceiver._send_rtcp_pli(media_ssrc)")
+    if not callable(getattr(RTCRtpReceiver, "_send_rtcp", None)):
+        problems.append("RTCRtpReceiver._send_rtcp(packet)")
+    if not callable(getattr(RTCRtpSender, "_handle_rtcp_packet", None)):
+        problems.append("RTCRtpSender._handle_rtcp_packet(packet)")
     if problems:
         raise ImportError(
             "consult.passthrough is written against aiortc 1.16's internals; this aiortc "
@@ -198,3 +220,95 @@ def on_keyframe_request(
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Ask the peer that sends to ``receiver`` for a keyframe: an RTCP PLI for its SSRC."""
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+#: Called with each receiver report block about a stream: (ssrc, cumulative packets lost,
+#: highest sequence number received, interarrival jitter in the stream's clock).
+OnReport = Callable[[RtcpReceiverInfo], None]
+
+
+def watch_sender_feedback(
+    sender: RTCRtpSender,
+    *,
+    on_report: OnReport,
+    on_estimate: Callable[[int, list[int]], None],
+    on_rtcp: Callable[[], None],
+) -> None:
+    """Read what the remote peer reports about ``sender``'s stream, then let aiortc act.
+
+    ``on_report`` gets each receiver report block about this sender's SSRC, ``on_estimate``
+    each REMB that names it (bitrate in bit/s, the SSRCs it covers), ``on_rtcp`` is called
+    for every RTCP packet routed to the sender (the peer is alive).
+    """
+    own = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        on_rtcp()
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    on_report(report)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass
+            else:
+                if sender._ssrc in ssrcs:
+                    on_estimate(bitrate, ssrcs)
+        await own(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def watch_receiver_feedback(
+    receiver: RTCRtpReceiver,
+    *,
+    on_report: OnReport,
+    limit_estimate: Callable[[int], int],
+) -> None:
+    """Read the hub's own reports about a participant's stream; cap its REMB estimates.
+
+    ``on_report`` gets each report block aiortc sends about the streams ``receiver``
+    receives; each REMB aiortc's bandwidth estimator sends goes out with the bitrate
+    ``limit_estimate(estimate)`` returns instead.
+    """
+    own = receiver._send_rtcp
+
+    async def send_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            for report in packet.reports:
+                on_report(report)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass
+            else:
+                packet = RtcpPsfbPacket(
+                    fmt=RTCP_PSFB_APP,
+                    ssrc=packet.ssrc,
+                    media_ssrc=0,
+                    fci=pack_remb_fci(max(0, limit_estimate(bitrate)), ssrcs),
+                )
+        await own(packet)
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    receiver._unwatched_send_rtcp = own  # type: ignore[attr-defined]
+
+
+async def send_bitrate_limit(receiver: RTCRtpReceiver, bitrate: int, ssrcs: list[int]) -> None:
+    """Tell the peer sending to ``receiver`` to send at most ``bitrate`` bit/s (a REMB)."""
+    rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+    if rtcp_ssrc is None or not ssrcs:
+        return  # not started yet: the next round will send it
+    # Past watch_receiver_feedback, if any: this limit is not the estimator's estimate.
+    send = getattr(receiver, "_unwatched_send_rtcp", receiver._send_rtcp)
+    await send(
+        RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(max(0, int(bitrate)), ssrcs),
+        )
+    )

@@ -13,6 +13,15 @@ Every message is an object with a ``type``. The participant sends:
   connection, replacing the previous one: that is how to reconnect (aiortc has no ICE
   restart).
 - ``{"type": "leave"}`` — leave the room; the server closes the socket.
+- ``{"type": "media-mode", "mode": "audio-only" | "video"}`` — the manual switch: take your
+  camera off the call and stop receiving the others' video (a thin link), or come back.
+  While you chose audio only, the server never switches you back by itself.
+- ``{"type": "link-limits", "sendKbps": 300, "receiveKbps": 600}`` — what your link
+  carries, if you know it (either may be null): the server holds what you send and what it
+  sends you to it, never above the limits configured for the consult.
+- ``{"type": "recording", "action": "start" | "stop"}`` — record the call (only when the
+  patient's Consent for recording is on file; otherwise an ``error``
+  ``recording-not-allowed``), or stop recording.
 
 The server sends:
 
@@ -23,7 +32,24 @@ The server sends:
 - ``tracks`` — which of your receiving m-lines carries whom:
   ``[{"mid": "2", "kind": "video", "participantId": "..."}]``; sent after each answer and
   whenever someone's media comes or goes. An m-line not listed carries nobody now.
-- ``presence`` — ``{"event": "joined" | "left", "participant": {...}}``.
+- ``presence`` — ``{"event": "joined" | "left" | "reconnecting" | "reconnected",
+  "participant": {...}}``. A participant whose link drops is ``reconnecting`` (their place
+  is kept for a grace period and their media comes back when they do), not ``left``.
+- ``media-mode`` — ``{"participantId", "mode": "audio-only" | "video", "reason":
+  "weak-link" | "link-recovered" | "manual", "automatic": bool, "message"}``: someone's call
+  became audio only, or video again; sent to everyone, the participant included. To that
+  participant it is also an instruction: on ``audio-only`` stop sending video
+  (``sender.replaceTrack(null)``), on ``video`` send it again. Show the others a notice.
+- ``quality`` — every two seconds, your connection as the server measures it, for the
+  quality indicator: ``{"rttMs", "level": "good" | "fair" | "poor", "mode",
+  "uplink": {"lossPercent", "kbps", "estimateKbps", "limitKbps", "framesPerSecond"},
+  "downlink": {"lossPercent", "kbps", "estimateKbps", "limitKbps"},
+  "participants": [{"participantId", "framesPerSecond", "mode", "level"}]}`` — figures
+  not measured yet are null; ``participants[].framesPerSecond`` is the frame rate of that
+  participant's video reaching you through the server.
+- ``recording`` — ``{"state": "on" | "off", "startedBy", "since", "document"}``: the call
+  is being recorded (show it to everyone, the patient first), or no longer; ``document``
+  is the DocumentReference that keeps it.
 - ``error`` — ``{"code": "...", "message": "...", "inReplyTo": "offer"}``: something a
   person can act on; the conversation goes on.
 - ``bye`` — ``{"reason": "..."}``; the server closes the socket after it.
@@ -145,7 +171,45 @@ class Leave:
         return {"type": self.type}
 
 
-ClientMessage = Join | Offer | Leave
+# Media quality, modes and recording (weak rural links, recording with consent).
+
+MEDIA_MODES = ("audio-only", "video")
+MediaModeName = Literal["audio-only", "video"]
+
+
+@dataclass(frozen=True)
+class MediaMode:
+    """The participant's manual switch between audio only and video."""
+
+    mode: MediaModeName
+    type: ClassVar[str] = "media-mode"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class LinkLimits:
+    """What the participant says their link carries, in kbit/s (None: not said)."""
+
+    send_kbps: int | None = None
+    receive_kbps: int | None = None
+    type: ClassVar[str] = "link-limits"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "sendKbps": self.send_kbps, "receiveKbps": self.receive_kbps}
+
+
+@dataclass(frozen=True)
+class RecordingControl:
+    action: Literal["start", "stop"]
+    type: ClassVar[str] = "recording"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "action": self.action}
+
+
+ClientMessage = Join | Offer | Leave | MediaMode | LinkLimits | RecordingControl
 
 
 # Messages from the server.
@@ -187,9 +251,13 @@ class Tracks:
         return {"type": self.type, "tracks": [t.to_dict() for t in self.tracks]}
 
 
+PresenceEvent = Literal["joined", "left", "reconnecting", "reconnected"]
+PRESENCE_EVENTS = ("joined", "left", "reconnecting", "reconnected")
+
+
 @dataclass(frozen=True)
 class Presence:
-    event: Literal["joined", "left"]
+    event: PresenceEvent
     participant: Participant
     type: ClassVar[str] = "presence"
 
@@ -220,7 +288,71 @@ class Bye:
         return {"type": self.type, "reason": self.reason}
 
 
-ServerMessage = Joined | Answer | Tracks | Presence | Error | Bye
+@dataclass(frozen=True)
+class MediaModeChanged:
+    participant_id: str
+    mode: MediaModeName
+    reason: Literal["weak-link", "link-recovered", "manual"]
+    automatic: bool
+    message: str
+    type: ClassVar[str] = "media-mode"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "participantId": self.participant_id,
+            "mode": self.mode,
+            "reason": self.reason,
+            "automatic": self.automatic,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A participant's connection as the hub measures it (see the module docstring)."""
+
+    rtt_ms: float | None
+    level: str
+    mode: str
+    uplink: dict[str, float | None]
+    downlink: dict[str, float | None]
+    participants: list[dict[str, Any]] = field(default_factory=list)
+    type: ClassVar[str] = "quality"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "rttMs": self.rtt_ms,
+            "level": self.level,
+            "mode": self.mode,
+            "uplink": dict(self.uplink),
+            "downlink": dict(self.downlink),
+            "participants": [dict(p) for p in self.participants],
+        }
+
+
+@dataclass(frozen=True)
+class RecordingState:
+    state: Literal["on", "off"]
+    started_by: Participant | None = None
+    since: str | None = None
+    document: str | None = None
+    type: ClassVar[str] = "recording"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "state": self.state,
+            "startedBy": self.started_by.to_dict() if self.started_by else None,
+            "since": self.since,
+            "document": self.document,
+        }
+
+
+ServerMessage = (
+    Joined | Answer | Tracks | Presence | Error | Bye | MediaModeChanged | Quality | RecordingState
+)
 
 
 def encode(message: ClientMessage | ServerMessage) -> str:
@@ -256,11 +388,49 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
                 "invalid-message", 'an offer carries its SDP as a string in "sdp"', in_reply_to=kind
             )
         return Offer(sdp=sdp)
+    if kind in ("media-mode", "link-limits", "recording"):
+        return _parse_media_message(kind, data)
     raise ProtocolError(
         "unknown-type",
-        f'unknown message type "{kind[:40]}"; send join, offer or leave',
+        f'unknown message type "{kind[:40]}"; send join, offer, leave, media-mode, '
+        "link-limits or recording",
         in_reply_to=kind[:40],
     )
+
+
+#: The link limits a participant may state, in kbit/s (below the lower one no call works).
+LINK_KBPS_RANGE = (32, 100_000)
+
+
+def _parse_media_message(kind: str, data: dict[str, Any]) -> ClientMessage:
+    if kind == "media-mode":
+        mode = data.get("mode")
+        if mode not in MEDIA_MODES:
+            raise ProtocolError(
+                "invalid-message", '"mode" must be "audio-only" or "video"', in_reply_to=kind
+            )
+        return MediaMode(mode=mode)
+    if kind == "recording":
+        action = data.get("action")
+        if action not in ("start", "stop"):
+            raise ProtocolError(
+                "invalid-message", '"action" must be "start" or "stop"', in_reply_to=kind
+            )
+        return RecordingControl(action=action)
+    limits: dict[str, int | None] = {}
+    low, high = LINK_KBPS_RANGE
+    for name in ("sendKbps", "receiveKbps"):
+        value = data.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise ProtocolError(
+                "invalid-message",
+                f'"{name}" must be a whole number of kbit/s from {low} to {high}, or null',
+                in_reply_to=kind,
+            )
+        limits[name] = value
+    return LinkLimits(send_kbps=limits["sendKbps"], receive_kbps=limits["receiveKbps"])
 
 
 def parse_server_message(text: str | bytes) -> ServerMessage:
@@ -280,7 +450,7 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
         if kind == "tracks":
             return Tracks(tracks=[TrackInfo.from_dict(t) for t in data["tracks"]])
         if kind == "presence":
-            if data["event"] not in ("joined", "left"):
+            if data["event"] not in PRESENCE_EVENTS:
                 raise ValueError(data["event"])
             return Presence(
                 event=data["event"], participant=Participant.from_dict(data["participant"])
@@ -293,6 +463,41 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
             )
         if kind == "bye":
             return Bye(reason=str(data["reason"]))
+        if kind == "media-mode":
+            if data["mode"] not in MEDIA_MODES or data["reason"] not in (
+                "weak-link",
+                "link-recovered",
+                "manual",
+            ):
+                raise ValueError(data["mode"])
+            return MediaModeChanged(
+                participant_id=str(data["participantId"]),
+                mode=data["mode"],
+                reason=data["reason"],
+                automatic=bool(data["automatic"]),
+                message=str(data["message"]),
+            )
+        if kind == "quality":
+            if not isinstance(data["uplink"], dict) or not isinstance(data["downlink"], dict):
+                raise ValueError("uplink and downlink are objects")
+            return Quality(
+                rtt_ms=data["rttMs"],
+                level=str(data["level"]),
+                mode=str(data["mode"]),
+                uplink=dict(data["uplink"]),
+                downlink=dict(data["downlink"]),
+                participants=[dict(p) for p in data["participants"]],
+            )
+        if kind == "recording":
+            if data["state"] not in ("on", "off"):
+                raise ValueError(data["state"])
+            started_by = data.get("startedBy")
+            return RecordingState(
+                state=data["state"],
+                started_by=Participant.from_dict(started_by) if started_by else None,
+                since=data.get("since"),
+                document=data.get("document"),
+            )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError("invalid-message", f"malformed {kind} message: {error!r}") from None
     raise ProtocolError("unknown-type", f'unknown message type "{kind[:40]}"')
@@ -309,10 +514,16 @@ __all__ = [
     "Join",
     "Joined",
     "Leave",
+    "LinkLimits",
+    "MediaMode",
+    "MediaModeChanged",
     "Offer",
     "Participant",
     "Presence",
     "ProtocolError",
+    "Quality",
+    "RecordingControl",
+    "RecordingState",
     "ServerMessage",
     "TrackInfo",
     "Tracks",

@@ -9,7 +9,10 @@ ServiceRequest; the call is an **Encounter** of class ``VR`` (virtual) based on 
 specialist's opinion is a **Composition** (LOINC 11488-4 "Consult note", sections
 "Conclusion" and "Recommendations") whose ``encounter`` is that Encounter, named in the
 Task's ``output``. People invited into the call are the participants of the consult's
-**CareTeam** (identifier ``CONSULT_SYSTEM|<consult id>``).
+**CareTeam** (identifier ``CONSULT_SYSTEM|<consult id>``). The patient's agreement to the
+call being recorded is a second **Consent** of the consult (the same identifier, category
+:data:`RECORDING_CONSENT`, ``provision.data`` naming the ServiceRequest), recorded by the
+requesting clinic; it ends with the consult as the sharing one does.
 """
 
 from __future__ import annotations
@@ -20,12 +23,20 @@ import re
 from typing import Any
 
 from health.core.clock import fhir_instant
-from health.core.naming import CONSULT_SYSTEM, CONSULTATION_CATEGORY, SNOMED
+from health.core.naming import CONSULT_SYSTEM, CONSULTATION_CATEGORY, NAMESPACE, SNOMED
 
 LOINC = "http://loinc.org"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
+#: Consent.category of a patient's consent to the recording of a consult: the consult's
+#: Consent (its identifier) with it, active, provision ``permit`` whose period covers now,
+#: ``provision.data`` naming the consult's ServiceRequest.
+RECORDING_CONSENT = {
+    "system": f"{NAMESPACE}/CodeSystem/consent-category",
+    "code": "consult-recording",
+    "display": "远程会诊录像同意 consent to recording a remote consult",
+}
 
 #: Task.status of a consult, and where each may go.
 REQUESTED, ACCEPTED, IN_PROGRESS = "requested", "accepted", "in-progress"
@@ -239,6 +250,58 @@ def consent(
     if organization:
         shared["organization"] = [{"reference": f"Organization/{organization}"}]
     return shared
+
+
+def is_recording_consent(resource: dict[str, Any] | None) -> bool:
+    """Whether a Consent is a patient's consent to recording (not the record's sharing)."""
+    return any(
+        coding.get("system") == RECORDING_CONSENT["system"]
+        and coding.get("code") == RECORDING_CONSENT["code"]
+        for concept in (resource or {}).get("category") or []
+        for coding in concept.get("coding") or []
+    )
+
+
+def recording_consent(
+    *, consult_id: str, patient: dict[str, Any], organization: str | None, start: dt.datetime
+) -> dict[str, Any]:
+    """The patient's consent, given to the requesting clinic, to recording this consult."""
+    agreed: dict[str, Any] = {
+        "resourceType": "Consent",
+        "identifier": [consult_identifier(consult_id)],
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [dict(RECORDING_CONSENT)]}],
+        "patient": {"reference": patient["reference"]},
+        "dateTime": fhir_instant(start),
+        "provision": {
+            "type": "permit",
+            "period": {"start": fhir_instant(start)},
+            "action": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                            "code": "collect",
+                        }
+                    ]
+                }
+            ],
+            "data": [
+                {"meaning": "related", "reference": {"reference": f"ServiceRequest/{consult_id}"}}
+            ],
+        },
+    }
+    if organization:
+        agreed["organization"] = [{"reference": f"Organization/{organization}"}]
+    return agreed
 
 
 def encounter(

@@ -12,6 +12,14 @@ session sends what its participant says to the owner's channel; the owner replie
 session's worker's channel. Messages for one room are handled one at a time, in order.
 With the in-process bus (no Redis) the single worker owns every room and the same path
 runs in memory.
+
+A participant whose link drops — the WebSocket closes without a ``leave``, the media
+connection fails, or no packet has come from them for a few seconds — keeps their place:
+the others see them ``reconnecting``, and ``reconnected`` once they are back (a new socket
+joins as the same participant and negotiates afresh, or the old connection's packets flow
+again). Only after ``reconnect_seconds`` without them are they ``left``. The room's
+recording (``consult.recording``) and each participant's media mode and link limits
+(``consult.quality``) carry on across the reconnection.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from consult.call_records import ConsultRecords
+from consult.datachannel import CallData
 from consult.hub import MediaHub, NegotiationError
 from consult.ice import hub_configuration, participant_ice_servers
 from consult.protocol import (
@@ -32,12 +42,16 @@ from consult.protocol import (
     Bye,
     Error,
     Joined,
+    MediaModeChanged,
     Participant,
     Presence,
+    Quality,
     ServerMessage,
     TrackInfo,
     Tracks,
 )
+from consult.quality import LinkPolicy
+from consult.recording import RoomRecording, finish_abandoned
 from health.core.bus import MessageBus, Subscription
 from health.core.settings import Settings
 
@@ -62,6 +76,10 @@ class Member:
     worker_id: str
     #: Loop time since which the participant has had no media connection (None: has one).
     without_media_since: float | None
+    #: Why the participant is reconnecting: "signalling" (their socket closed), "media"
+    #: (their media failed or stalled). Empty while they are connected.
+    lost: set[str] = field(default_factory=set)
+    lost_since: float | None = None
 
 
 class _Room:
@@ -70,6 +88,9 @@ class _Room:
         self.members: dict[str, Member] = {}
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=ROOM_INBOX)
         self.task: asyncio.Task[None] | None = None
+        self.recording: RoomRecording | None = None
+        #: Whether this worker, owning the room, has completed what a dead owner left.
+        self.taken_over = False
 
 
 class ConsultRooms:
@@ -86,16 +107,29 @@ class ConsultRooms:
         settings: Settings,
         worker_id: str | None = None,
         lease_seconds: float = 15.0,
-        media_grace_seconds: float = 60.0,
+        media_grace_seconds: float | None = None,
         hub: MediaHub | None = None,
+        records: ConsultRecords | None = None,
     ) -> None:
         self.worker_id = worker_id or uuid.uuid4().hex
-        self.hub = hub or MediaHub(configuration=hub_configuration(settings))
+        self.hub = hub or MediaHub(
+            configuration=hub_configuration(settings),
+            link_policy=LinkPolicy.from_settings(settings),
+        )
         self.hub.on_connection_lost = self._media_lost
+        self.hub.supervisor.on_event = self._media_event
+        #: Where readings, chat, files and recordings are kept (None: nowhere, and the call
+        #: refuses them).
+        self.records = records
+        self.call_data = CallData(self.hub, records, max_file_bytes=settings.consult_max_file_bytes)
         self._bus = bus
         self._settings = settings
         self._lease_seconds = lease_seconds
-        self._media_grace_seconds = media_grace_seconds
+        self._media_grace_seconds = (
+            settings.consult_reconnect_seconds
+            if media_grace_seconds is None
+            else media_grace_seconds
+        )
         self._rooms: dict[str, _Room] = {}
         self._sessions: dict[str, Deliver] = {}
         self._subscription: Subscription | None = None
@@ -131,6 +165,7 @@ class ConsultRooms:
         self._rooms.clear()
         if self._subscription is not None:
             await self._subscription.close()
+        await self.call_data.close()
         await self.hub.close()
 
     def owned_rooms(self) -> dict[str, list[Participant]]:
@@ -232,6 +267,8 @@ class ConsultRooms:
                         Error("internal-error", "the consult server failed on that message"),
                     )
             if not room.members and room.inbox.empty():
+                await self._stop_recording(room)
+                await self.call_data.close_room(room.room_id)
                 await self.hub.close_room(room.room_id)
                 await self._bus.release(ROOM_LEASE.format(room.room_id), self.worker_id)
                 if room.inbox.empty():
@@ -247,12 +284,18 @@ class ConsultRooms:
         if internal == "renew":
             await self._renew(room)
             return
+        if internal == "media-event":
+            await self._on_media_event(room, envelope["event"])
+            return
         holder = await self._bus.claim(
             ROOM_LEASE.format(room.room_id), self.worker_id, self._lease_seconds
         )
         if holder != self.worker_id:
             await self._pass_on(room, envelope, holder)
             return
+        if not room.taken_over:
+            room.taken_over = True
+            await self._finish_abandoned(room)
         participant = Participant.from_dict(envelope["participant"])
         kind = envelope["message"]["type"]
         member = room.members.get(participant.id)
@@ -262,9 +305,15 @@ class ConsultRooms:
         elif kind == "offer":
             if same_session or await self._join(room, envelope, participant):
                 await self._negotiate(room, envelope, participant, envelope["message"]["sdp"])
-        elif kind in ("leave", "disconnected"):
+        elif kind == "leave":
             if same_session:
                 await self._remove(room, participant.id)
+        elif kind == "disconnected":
+            if same_session and member is not None:
+                await self._lose(room, member, "signalling")
+        elif kind in ("media-mode", "link-limits", "recording"):
+            if same_session and member is not None:
+                await self._control(room, member, envelope["message"])
         else:
             logger.warning("consult room %s: unknown message %r", room.room_id, kind)
 
@@ -299,6 +348,7 @@ class ConsultRooms:
                 member.session_id = envelope["session"]
                 member.worker_id = envelope["worker"]
                 member.participant = participant
+            await self._regain(room, member, "signalling")
         else:
             if len(room.members) >= MAX_PARTICIPANTS:
                 await self._send(
@@ -329,15 +379,39 @@ class ConsultRooms:
                 ice_servers=participant_ice_servers(self._settings, participant.id),
             ),
         )
+        await self._tell_state(room, member)
         logger.info("%s joined consult %s", participant.id, room.room_id)
         return True
+
+    async def _tell_state(self, room: _Room, member: Member) -> None:
+        """What a (re)joining participant needs beyond ``joined``: who is reconnecting, who
+        is on audio only, whether the call is being recorded."""
+        for other in room.members.values():
+            if other is not member and other.lost:
+                await self._tell(member, Presence("reconnecting", other.participant))
+        for other in room.members.values():
+            link = self.hub.link(room.room_id, other.participant.id)
+            if link is not None and link.mode != "video":
+                await self._tell(
+                    member,
+                    self._mode_message(
+                        other.participant,
+                        link.mode,
+                        "manual" if link.manual else "weak-link",
+                        not link.manual,
+                    ),
+                )
+        if room.recording is not None:
+            await self._tell(member, room.recording.state())
 
     async def _negotiate(
         self, room: _Room, envelope: dict[str, Any], participant: Participant, sdp: str
     ) -> None:
         member = room.members[participant.id]
         try:
-            negotiated = await self.hub.negotiate(room.room_id, participant.id, sdp)
+            negotiated = await self.hub.negotiate(
+                room.room_id, participant.id, sdp, participant=participant
+            )
         except NegotiationError as error:
             await self._tell(member, Error(error.code, error.message, in_reply_to="offer"))
             await self._tell_tracks(room, error.track_maps)
@@ -375,13 +449,193 @@ class ConsultRooms:
             ),
         )
         await self._tell_tracks(room, changed)
+        await self._lose(room, member, "media")
+
+    # Reconnecting: a participant's place kept while their link is down.
+
+    async def _lose(self, room: _Room, member: Member, cause: str) -> None:
+        if not member.lost:
+            member.lost_since = asyncio.get_running_loop().time()
+            for other in room.members.values():
+                if other is not member:
+                    await self._tell(other, Presence("reconnecting", member.participant))
+            logger.info(
+                "%s is reconnecting to consult %s (%s)", member.participant.id, room.room_id, cause
+            )
+        member.lost.add(cause)
+
+    async def _regain(self, room: _Room, member: Member, cause: str) -> None:
+        if cause not in member.lost:
+            return
+        member.lost.discard(cause)
+        if not member.lost:
+            member.lost_since = None
+            for other in room.members.values():
+                if other is not member:
+                    await self._tell(other, Presence("reconnected", member.participant))
+            logger.info("%s reconnected to consult %s", member.participant.id, room.room_id)
+
+    async def _media_event(self, room_id: str, event: dict[str, Any]) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                room.inbox.put_nowait({"internal": "media-event", "event": event})
+
+    async def _on_media_event(self, room: _Room, event: dict[str, Any]) -> None:
+        member = room.members.get(event["participantId"])
+        if member is None:
+            return
+        kind = event["event"]
+        if kind == "media-stalled":
+            await self._lose(room, member, "media")
+        elif kind == "media-flowing":
+            await self._regain(room, member, "media")
+        elif kind == "quality":
+            quality: Quality = event["quality"]
+            await self._tell(member, quality)
+        elif kind == "media-mode":
+            message = self._mode_message(
+                member.participant, event["mode"], event["reason"], event["automatic"]
+            )
+            for other in room.members.values():
+                await self._tell(other, message)
+
+    @staticmethod
+    def _mode_message(
+        participant: Participant, mode: str, reason: str, automatic: bool
+    ) -> MediaModeChanged:
+        name = participant.display_name
+        if mode == "audio-only":
+            text = (
+                f"{name}'s connection is too weak for video: audio only until it recovers"
+                if automatic
+                else f"{name} switched to audio only"
+            )
+        else:
+            text = (
+                f"{name}'s connection has recovered: video is back"
+                if automatic
+                else f"{name} turned video back on"
+            )
+        return MediaModeChanged(
+            participant_id=participant.id,
+            mode=mode,  # type: ignore[arg-type]
+            reason=reason,  # type: ignore[arg-type]
+            automatic=automatic,
+            message=text,
+        )
+
+    # The call's controls: media mode, link limits, recording.
+
+    async def _control(self, room: _Room, member: Member, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        participant = member.participant
+        if kind == "media-mode":
+            hub_room = self.hub.rooms.get(room.room_id)
+            link = self.hub.link(room.room_id, participant.id)
+            if hub_room is None or link is None:
+                await self._tell(
+                    member,
+                    Error("not-connected", "negotiate media before switching it", in_reply_to=kind),
+                )
+                return
+            await self.hub.supervisor.set_manual_mode(hub_room, participant.id, message["mode"])
+        elif kind == "link-limits":
+            link = self.hub.link(room.room_id, participant.id)
+            if link is None:
+                await self._tell(
+                    member,
+                    Error(
+                        "not-connected",
+                        "negotiate media before stating link limits",
+                        in_reply_to=kind,
+                    ),
+                )
+                return
+            link.state_limits(message.get("sendKbps"), message.get("receiveKbps"))
+        elif message["action"] == "start":
+            await self._start_recording(room, member)
+        else:
+            await self._stop_recording(room)
+
+    async def _start_recording(self, room: _Room, member: Member) -> None:
+        if room.recording is not None:
+            await self._tell(member, room.recording.state())
+            return
+        if self.records is None:
+            await self._tell(
+                member,
+                Error(
+                    "recording-unavailable",
+                    "this consult server keeps no records, so it cannot record",
+                    in_reply_to="recording",
+                ),
+            )
+            return
+        refusal = await self.records.recording_refusal(room.room_id, member.participant)
+        if refusal is not None:
+            await self._tell(
+                member, Error("recording-not-allowed", refusal, in_reply_to="recording")
+            )
+            return
+        recording = RoomRecording(
+            consult_id=room.room_id,
+            started_by=member.participant,
+            directory=self._settings.consult_recording_dir,
+            records=self.records,
+            hub=self.hub,
+        )
+        try:
+            await recording.start()
+        except Exception as error:
+            logger.exception("could not start recording consult %s", room.room_id)
+            await self._tell(
+                member,
+                Error(
+                    "recording-failed",
+                    f"the recording could not start: {error}",
+                    in_reply_to="recording",
+                ),
+            )
+            return
+        room.recording = recording
+        state = recording.state()
+        for other in room.members.values():
+            await self._tell(other, state)
+
+    async def _finish_abandoned(self, room: _Room) -> None:
+        """Complete recordings of this consult that a worker which died left unfinished."""
+        if self.records is None:
+            return
+        try:
+            await finish_abandoned(self._settings.consult_recording_dir, room.room_id, self.records)
+        except Exception:
+            logger.exception("could not complete the old recordings of %s", room.room_id)
+
+    async def _stop_recording(self, room: _Room) -> None:
+        recording, room.recording = room.recording, None
+        if recording is None:
+            return
+        try:
+            await recording.stop()
+        except Exception:
+            logger.exception("could not finish the recording of consult %s", room.room_id)
+        state = recording.state()
+        for other in room.members.values():
+            await self._tell(other, state)
 
     async def _check_media(self, room: _Room) -> None:
-        """Drop members who have had no media for too long (their worker may have died)."""
+        """Drop members who have had no media for too long (their worker may have died), or
+        who have not come back from a dropped link in time."""
         now = asyncio.get_running_loop().time()
         for participant_id, member in list(room.members.items()):
             since = member.without_media_since
-            if since is not None and now - since > self._media_grace_seconds:
+            if member.lost_since is not None and now - member.lost_since > (
+                self._media_grace_seconds
+            ):
+                await self._tell(member, Bye("your link was down too long; join again"), close=True)
+                await self._remove(room, participant_id)
+            elif since is not None and now - since > self._media_grace_seconds:
                 await self._tell(member, Bye("no media connection; join again"), close=True)
                 await self._remove(room, participant_id)
 
@@ -405,9 +659,11 @@ class ConsultRooms:
             await self._check_media(room)
 
     async def _close_room(self, room: _Room, reason: str) -> None:
+        await self._stop_recording(room)
         for member in list(room.members.values()):
             await self._tell(member, Bye(reason), close=True)
         room.members.clear()
+        await self.call_data.close_room(room.room_id)
         await self.hub.close_room(room.room_id)
         await self._bus.release(ROOM_LEASE.format(room.room_id), self.worker_id)
 

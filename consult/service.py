@@ -58,6 +58,8 @@ class Consult:
     appointments: list[dict[str, Any]] = field(default_factory=list)
     encounters: list[dict[str, Any]] = field(default_factory=list)
     care_team: dict[str, Any] | None = None
+    #: The consult's Consents the caller can see: the record's sharing, the recording's.
+    consents: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] | None = None
     #: Directory entries the consult names (Practitioner, PractitionerRole, Organization).
     directory: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -101,6 +103,20 @@ class Consult:
     @property
     def performer(self) -> tuple[str, str] | None:
         return split_reference((self.request.get("performer") or [None])[0])
+
+    @property
+    def recording_consent(self) -> dict[str, Any] | None:
+        """The patient's standing consent to recording this consult, if one is on file."""
+        return next(
+            (
+                c
+                for c in self.consents
+                if shapes.is_recording_consent(c)
+                and c.get("status") == "active"
+                and not ((c.get("provision") or {}).get("period") or {}).get("end")
+            ),
+            None,
+        )
 
     @property
     def encounter(self) -> dict[str, Any] | None:
@@ -204,6 +220,9 @@ class Consult:
                 for p in self.invited
             ],
             "supportingInfo": [reference_text(s) for s in self.request.get("supportingInfo") or []],
+            "recordingConsent": (
+                f"Consent/{self.recording_consent['id']}" if self.recording_consent else None
+            ),
         }
 
 
@@ -276,6 +295,9 @@ class ConsultService:
             caller, "CareTeam", [("identifier", f"{CONSULT_SYSTEM}|{consult_id}")], base_url
         )
         consult.care_team = teams[0] if teams else None
+        consult.consents = await self._search(
+            caller, "Consent", [("identifier", f"{CONSULT_SYSTEM}|{consult_id}")], base_url
+        )
         await self._directory(caller, consult, base_url)
         for output in (consult.task or {}).get("output") or []:
             target = split_reference(output.get("valueReference"))
@@ -671,6 +693,35 @@ class ConsultService:
             ),
             base_url,
         )
+        return await self.load(caller, consult_id, base_url=base_url)
+
+    async def consent_to_recording(
+        self, caller: Caller, party: Party, consult_id: str, *, agreed: bool, base_url: str
+    ) -> Consult:
+        """Record the patient's consent to recording the call, or withdraw it."""
+        consult = await self.load(caller, consult_id, base_url=base_url)
+        current = consult.recording_consent
+        if agreed and current is None:
+            _practitioner, organization = consult.requester()
+            body = shapes.recording_consent(
+                consult_id=consult.id,
+                patient=consult.request["subject"],
+                organization=organization or party.organization,
+                start=utcnow(),
+            )
+            await self._perform(caller, FhirRequest("POST", "Consent", body=body), base_url)
+        elif not agreed and current is not None:
+            withdrawn = {k: v for k, v in current.items() if k != "meta"}
+            await self._perform(
+                caller,
+                FhirRequest(
+                    "PUT",
+                    f"Consent/{current['id']}",
+                    body={**withdrawn, "status": "inactive"},
+                    if_match=f'W/"{current["meta"]["versionId"]}"',
+                ),
+                base_url,
+            )
         return await self.load(caller, consult_id, base_url=base_url)
 
     async def invite(

@@ -33,6 +33,7 @@ import orjson
 from starlette.websockets import WebSocketDisconnect
 
 from consult.protocol import (
+    ClientMessage,
     Error,
     Join,
     Leave,
@@ -150,7 +151,7 @@ class SignallingSession:
             if self._closing:
                 return
 
-    async def _act(self, message: Join | Offer | Leave) -> None:
+    async def _act(self, message: ClientMessage) -> None:
         if isinstance(message, Join):
             if self._joined:
                 raise ProtocolError("already-joined", "you have joined already", in_reply_to="join")
@@ -161,6 +162,13 @@ class SignallingSession:
             if not self._joined:
                 raise ProtocolError("not-joined", "send join before an offer", in_reply_to="offer")
             self._expect("answer", "offer")
+            await self._route(message.to_dict())
+        elif not isinstance(message, Leave):
+            # The call's own controls (media-mode, link-limits, recording): for the room.
+            if not self._joined:
+                raise ProtocolError(
+                    "not-joined", f"send join before {message.type}", in_reply_to=message.type
+                )
             await self._route(message.to_dict())
         else:
             if self._joined:

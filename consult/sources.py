@@ -5,6 +5,10 @@ spells :func:`pattern_code` of the sender's participant id, and :func:`read_patt
 reads it back from a decoded picture, so a receiver can tell that the picture shown under
 someone's name is that person's camera. Below the band a bar moves, so the encoder has
 motion to encode.
+
+Timestamps follow the clock, so a track that nobody read for a while (its sender paused it:
+:class:`PausableTrack`, the call went audio only) goes on from the present moment rather
+than rushing out the frames it missed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ logger = logging.getLogger(__name__)
 PATTERN_BITS = 16
 AUDIO_RATE = 48000
 AUDIO_SAMPLES = 960  # 20 ms
+#: A frame due this long ago is not made late: the track starts again from now.
+LATE_SECONDS = 0.5
 _WHITE, _BLACK, _BACKGROUND = 235, 16, 96
 
 
@@ -80,6 +86,7 @@ class TestPatternTrack(MediaStreamTrack):
         self._chroma = (chroma, bytes([128]) * (self._stride[2] * (height // 2)))
         self._frames = 0
         self._start: float | None = None
+        self._due = 0.0
 
     @property
     def frames(self) -> int:
@@ -89,10 +96,13 @@ class TestPatternTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        now = time.monotonic()
         if self._start is None:
-            self._start = time.monotonic()
+            self._start = self._due = now
+        elif self._due < now - LATE_SECONDS:
+            self._due = now  # not read for a while: carry on from now
         else:
-            await asyncio.sleep(max(0.0, self._start + self._frames / self.fps - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._due - now))
         x = (self._frames * 4) % (self.width - self._bar)
         row = (
             bytes([_BACKGROUND]) * x
@@ -104,9 +114,10 @@ class TestPatternTrack(MediaStreamTrack):
         frame.planes[0].update(self._band + row * self._body_rows)
         frame.planes[1].update(self._chroma[0])
         frame.planes[2].update(self._chroma[1])
-        frame.pts = int(self._frames * VIDEO_CLOCK_RATE / self.fps)
+        frame.pts = int((self._due - self._start) * VIDEO_CLOCK_RATE)
         frame.time_base = VIDEO_TIME_BASE
         self._frames += 1
+        self._due += 1 / self.fps
         return frame
 
 
@@ -182,6 +193,7 @@ class FileVideoTrack(MediaStreamTrack):
         self._offset = 0
         self._last_pts = 0
         self._start: float | None = None
+        self._shift = 0
 
     def _step(self) -> int:
         rate = self._stream.average_rate or self._stream.guessed_rate or 30
@@ -192,10 +204,21 @@ class FileVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         item = await asyncio.to_thread(self._next)
         seconds = float((item.pts or 0) * self._time_base)
+        now = time.monotonic()
         if self._start is None:
-            self._start = time.monotonic() - seconds
+            self._start = now - seconds
+        elif self._start + seconds < now - LATE_SECONDS:
+            # Not read for a while: go on from now, with timestamps that say so.
+            late = now - (self._start + seconds)
+            self._start += late
+            self._shift += round(late / float(self._time_base))
         else:
-            await asyncio.sleep(max(0.0, self._start + seconds - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._start + seconds - now))
+        item.pts = (item.pts or 0) + self._shift
+        if isinstance(item, av.VideoFrame):
+            # aiortc's encoders keep their rate only for frames in the 90 kHz clock.
+            item.pts = int(item.pts * self._time_base / VIDEO_TIME_BASE)
+            item.time_base = VIDEO_TIME_BASE
         return item
 
     def stop(self) -> None:
@@ -238,3 +261,42 @@ class FileVideoTrack(MediaStreamTrack):
                 # encoder send every frame as one.
                 item.pict_type = av.video.frame.PictureType.NONE
             self._pending.append(item)
+
+
+class PausableTrack(MediaStreamTrack):
+    """Another track that can be held: while paused the sender gets nothing, sends nothing.
+
+    What a participant's camera becomes when the call goes audio only: aiortc's sender
+    waits on :meth:`recv`, so no frame is encoded or sent until :meth:`resume`.
+    """
+
+    def __init__(self, inner: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self.inner = inner
+        self._running = asyncio.Event()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    async def recv(self) -> av.frame.Frame | av.Packet:
+        while True:
+            await self._running.wait()
+            if self.readyState != "live":
+                raise MediaStreamError
+            item = await self.inner.recv()
+            if self._running.is_set():
+                return item
+
+    def stop(self) -> None:
+        super().stop()
+        self.inner.stop()
+        self._running.set()

@@ -8,6 +8,10 @@ grows when that participant's link or CPU falls behind, and that starts and rest
 a keyframe, asking the source for one so a viewer never waits for the sender's next periodic
 keyframe. Keyframe requests from viewers reach the source the same way; the source sends
 them upstream as RTCP PLI, coalesced to at most one per ``KEYFRAME_REQUEST_INTERVAL``.
+
+A source offers its frames to any :class:`FrameSink`: the forwarded tracks, and the
+recorder (``consult.recording``). A forwarded track can be paused (its viewer, or the
+participant it carries, is on audio only) and resumes at a keyframe.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import logging
 from collections import deque
 from fractions import Fraction
+from typing import Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver
@@ -37,6 +42,16 @@ AUDIO_QUEUE_FRAMES = 50
 _FRAME_STEP = {"audio": 960, "video": 3000}
 
 
+class FrameSink(Protocol):
+    """Something a source offers each of its frames to, on the event loop."""
+
+    def offer(self, packet: av.Packet) -> None: ...
+
+    def detach(self) -> None:
+        """The source is going away (or the sink is being taken off it)."""
+        ...
+
+
 class EncodedSource:
     """One participant's audio or video at the hub, read once and offered to every viewer."""
 
@@ -54,10 +69,12 @@ class EncodedSource:
         self.bytes_received = 0
         self.keyframes_received = 0
         self.keyframe_requests_sent = 0
+        #: Loop time of the last frame received (None before the first).
+        self.last_frame_at: float | None = None
         self._track = track
         self._receiver = receiver
         self._media_ssrc = media_ssrc
-        self._sinks: set[ForwardedTrack] = set()
+        self._sinks: set[FrameSink] = set()
         self._keyframe_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,10 +85,23 @@ class EncodedSource:
                 asyncio.create_task(self._request_keyframes(), name=f"keyframes {self.name}")
             )
 
-    def attach(self, sink: ForwardedTrack) -> None:
+    @property
+    def receiver(self) -> RTCRtpReceiver:
+        return self._receiver
+
+    @property
+    def media_ssrc(self) -> int | None:
+        """The SSRC the participant sends this track on (from its offer, or as first seen)."""
+        if self._media_ssrc is None:
+            sources = self._receiver.getSynchronizationSources()
+            if sources:
+                return max(sources, key=lambda s: s.timestamp).source
+        return self._media_ssrc
+
+    def attach(self, sink: FrameSink) -> None:
         self._sinks.add(sink)
 
-    def detach(self, sink: ForwardedTrack) -> None:
+    def detach(self, sink: FrameSink) -> None:
         self._sinks.discard(sink)
 
     def request_keyframe(self) -> None:
@@ -100,6 +130,7 @@ class EncodedSource:
                 raise TypeError(f"source {self.name} gave {type(packet).__name__}, not encoded")
             self.frames_received += 1
             self.bytes_received += packet.size
+            self.last_frame_at = asyncio.get_running_loop().time()
             if packet.is_keyframe and self.kind == "video":
                 self.keyframes_received += 1
             for sink in list(self._sinks):
@@ -109,10 +140,7 @@ class EncodedSource:
         while True:
             await self._keyframe_wanted.wait()
             self._keyframe_wanted.clear()
-            ssrc = self._media_ssrc
-            if ssrc is None:
-                sources = self._receiver.getSynchronizationSources()
-                ssrc = max(sources, key=lambda s: s.timestamp).source if sources else None
+            ssrc = self.media_ssrc
             if ssrc is not None:
                 await request_keyframe(self._receiver, ssrc)
                 self.keyframe_requests_sent += 1
@@ -134,6 +162,7 @@ class ForwardedTrack(MediaStreamTrack):
         self._source: EncodedSource | None = None
         self._reading = False
         self._awaiting_keyframe = kind == "video"
+        self._paused = False
         self._rebase = False
         self._offset = 0
         self._next_pts: int | None = None
@@ -141,6 +170,25 @@ class ForwardedTrack(MediaStreamTrack):
     @property
     def source(self) -> EncodedSource | None:
         return self._source
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Forward nothing until :meth:`resume` (what is queued is dropped)."""
+        if not self._paused:
+            self._paused = True
+            self.frames_dropped += len(self._frames)
+            self._frames.clear()
+
+    def resume(self) -> None:
+        """Forward again, from the source's next keyframe (asked for now)."""
+        if self._paused:
+            self._paused = False
+            self._awaiting_keyframe = self.kind == "video"
+            if self._reading:
+                self.request_keyframe()
 
     def attach(self, source: EncodedSource) -> None:
         """Forward ``source`` from now on, starting at its next keyframe."""
@@ -165,6 +213,8 @@ class ForwardedTrack(MediaStreamTrack):
             self._source.request_keyframe()
 
     def offer(self, packet: av.Packet) -> None:
+        if self._paused:
+            return
         if not self._reading:
             # Nobody reads yet (the viewer's connection is still being set up): keep nothing,
             # and start at a keyframe asked for when reading begins.
@@ -197,7 +247,8 @@ class ForwardedTrack(MediaStreamTrack):
             raise MediaStreamError
         if not self._reading:
             self._reading = True
-            self.request_keyframe()
+            if not self._paused:
+                self.request_keyframe()
         while not self._frames:
             self._ready.clear()
             await self._ready.wait()

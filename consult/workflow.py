@@ -745,6 +745,9 @@ class ConsultWorkflow:
 
     def _check_consent(self, party: Party, consult: _Consult, item: _Item) -> None:
         before, after = item.before, item.after
+        if before is None and shapes.is_recording_consent(after):
+            self._check_recording_consent(party, consult, after)
+            return
         if before is None or after is None:
             raise refuse(
                 403,
@@ -768,6 +771,39 @@ class ConsultWorkflow:
                 "The patient's own clinic withdraws the patient's consent",
                 "Consent",
                 "forbidden",
+            )
+
+    def _check_recording_consent(
+        self, party: Party, consult: _Consult, after: dict[str, Any] | None
+    ) -> None:
+        """The patient agrees to recording before the people who will be recorded: the
+        requesting clinic records it, for this consult, while the consult is open."""
+        assert after is not None
+        if not self._requests(party, consult):
+            raise refuse(
+                403,
+                "The patient's own clinic records the patient's consent to recording",
+                "Consent",
+                "forbidden",
+            )
+        if consult.status not in OPEN_STATES:
+            raise refuse(409, "The consult is over: there is no call to record", "Task.status")
+        if after.get("status") != "active":
+            raise refuse(422, "A consent to recording is recorded active", "Consent.status")
+        if (after.get("patient") or {}).get("reference") != consult.request["subject"].get(
+            "reference"
+        ):
+            raise refuse(422, "Consent.patient must be the consult's patient", "Consent.patient")
+        data = [
+            reference_text(d.get("reference") or {})
+            for d in (after.get("provision") or {}).get("data") or []
+        ]
+        if data != [consult.ref]:
+            raise refuse(
+                422,
+                f"Consent.provision.data must name {consult.ref} alone: the consent is to "
+                "recording this consult",
+                "Consent.provision.data",
             )
 
     def _check_encounter(self, item: _Item) -> None:

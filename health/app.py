@@ -16,8 +16,12 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consult.call_records import RecordsRefused
 from consult.endpoints import ConsultContext
 from consult.endpoints import router as consult_router
+from consult.fhir_call_records import Callers, FhirCallRecords, ParticipantOnRecord
+from consult.protocol import Participant
+from consult.recordings_api import router as recordings_router
 from consult.rooms import ConsultRooms
 from consult.service import ConsultService
 from consult.workflow import ConsultWorkflow, Party
@@ -25,9 +29,10 @@ from health.auth import accounts
 from health.auth.audit import AuditWriter, chain_key
 from health.auth.endpoints import capability_security
 from health.auth.endpoints import router as auth_router
-from health.auth.gate import Gate, RequestCaller
+from health.auth.gate import USER_SCOPES, Gate, RequestCaller, actor_of, user_subject
 from health.auth.logins import LoginThrottle
 from health.auth.policy import SYSTEM_ROLE
+from health.auth.scopes import parse_scopes
 from health.auth.tokens import TokenSigner, service_secret
 from health.core.bus import create_bus
 from health.core.database import Database
@@ -52,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 CONSULT_STATIC_DIR = Path(__file__).parent.parent / "consult" / "static"
+#: The base of references in what calls write when HEALTH_FHIR_BASE_URL is not set.
+DEFAULT_FHIR_BASE = "https://fhir.yinchuan-health.cn/fhir"
 
 
 def outbox_delivery(database: Database, settings: Settings) -> OutboxDelivery:
@@ -97,6 +104,24 @@ def consult_party(gate: Gate) -> Any:
     return identify
 
 
+def participant_on_record(gate: Gate) -> Callers:
+    """How a call's writes are made as the participant: the signalling route names each
+    participant by their username (``ConsultService.participant``); their caller is that
+    user's, with a user's scopes, their clinic's access policy and their audit trail."""
+
+    async def caller_of(participant: Participant) -> ParticipantOnRecord:
+        async with gate.database.transaction(write=False) as session:
+            user = await accounts.get_user(session, username=participant.id)
+        if user is None or user.disabled:
+            raise RecordsRefused(f"{participant.id} has no account here")
+        subject = user_subject(user, parse_scopes(USER_SCOPES))
+        caller = RequestCaller(subject, gate.policy(subject), actor_of(subject, None), gate)
+        reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
+        return ParticipantOnRecord(caller=caller, reference=reference)
+
+    return caller_of
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     secret = service_secret(settings.secret_key, VAR_DIR / "secret.key")
@@ -115,11 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit=audit,
         )
         app.state.gate = gate
+        app.state.settings = settings
         app.state.bus = bus
         app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
-        # This worker's consult rooms and media hub: the consult signalling route hands each
-        # participant's WebSocket to consult.signalling.SignallingSession with these.
-        app.state.consult_rooms = await ConsultRooms.create(bus=bus, settings=settings)
         records = RecordsContext(
             database=database,
             indexer=indexer,
@@ -132,6 +155,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             security=capability_security,
         )
         app.state.records = records
+        # This worker's consult rooms and media hub: the consult signalling route hands each
+        # participant's WebSocket to consult.signalling.SignallingSession with these. What a
+        # call keeps (readings, chat, files, recordings) goes through records.perform as the
+        # participant.
+        app.state.consult_rooms = await ConsultRooms.create(
+            bus=bus,
+            settings=settings,
+            lease_seconds=settings.consult_room_lease_seconds,
+            records=FhirCallRecords(
+                records,
+                callers=participant_on_record(gate),
+                base_url=settings.fhir_base_url or DEFAULT_FHIR_BASE,
+            ),
+        )
         identify = consult_party(gate)
         # The consult's rules hold for every write, whichever door it came through.
         records.write_hooks.append(ConsultWorkflow(identify=identify, bus=bus))
@@ -171,6 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_pages(app)
     app.include_router(consult_router)
     app.include_router(fhir_router)
+    # Recorded consult files, for those the records let read the recording's DocumentReference.
+    app.include_router(recordings_router)
     app.mount("/static/consult", StaticFiles(directory=CONSULT_STATIC_DIR), name="consult-static")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins.strip():

@@ -625,20 +625,40 @@ def consult() -> None:
     help="send this file's video instead of the test pattern",
 )
 @click.option("--duration", default=30.0, show_default=True, type=float, help="seconds to stay")
+@click.option(
+    "--vitals",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="send the vital-sign readings of this JSON-lines file, as a device gateway",
+)
 def consult_join(
-    consult_id: str, token: str, server: str, video: Path | None, duration: float
+    consult_id: str,
+    token: str,
+    server: str,
+    video: Path | None,
+    duration: float,
+    vitals: Path | None,
 ) -> None:
-    """Join a consult with a test pattern (or --video) and a tone; print what was received."""
+    """Join a consult with a test pattern (or --video) and a tone; print what was received.
+
+    With --vitals, each line of the file is a reading ({"kind": "blood-pressure",
+    "systolic": 148, "diastolic": 92, "unit": "mm[Hg]"}, optionally "afterSeconds"), sent
+    over the call's data channel; the summary's "replies" say where each was kept.
+    """
     import orjson
 
-    from consult.client import consult_socket_url, run_client
+    from consult.client import consult_socket_url, read_vitals, run_client
 
+    try:
+        readings = read_vitals(vitals) if vitals is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--vitals") from None
     summary = asyncio.run(
         run_client(
             consult_socket_url(server, consult_id),
             token=token,
             seconds=duration,
             video_file=video,
+            vitals=readings,
         )
     )
     click.echo(orjson.dumps(summary).decode())

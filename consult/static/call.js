@@ -3,7 +3,13 @@
 // sends this browser's audio and video and receives the first other participant's, and two
 // receiving pairs for the others, all BUNDLEd on one transport; the complete SDP goes over
 // the signalling WebSocket (the hub does no trickle ICE). The `tracks` message says which
-// m-line carries whom. A quality indicator reads getStats() every two seconds.
+// m-line carries whom. A quality indicator reads getStats() every two seconds (with the
+// server's measure of this browser's uplink from its `quality` messages). On a weak link the
+// server switches a participant to audio only (`media-mode`; the page stops sending video
+// and says so) and back; anyone can switch by hand. A dropped socket or a failed peer
+// connection is rejoined with a fresh negotiation (aiortc has no ICE restart), while the
+// others see "reconnecting". Recording is offered only when the consult has the patient's
+// consent to it, and everyone sees while the call is recorded.
 "use strict";
 (function () {
   const root = document.getElementById("call");
@@ -24,6 +30,14 @@
     joinedAt: null,
     left: false,
     lastStats: null,
+    videoSender: null,
+    mode: "video", // this browser's media mode, as the server last said
+    manual: false, // whether audio only was chosen here
+    recording: null, // the server's `recording` message while on
+    reconnecting: false,
+    retries: 0,
+    serverQuality: null,
+    consent: root.dataset.recordingConsent === "yes",
   };
 
   function say(element, text) {
@@ -71,22 +85,55 @@
 
   // -- signalling ---------------------------------------------------------------------------
 
+  function notice(text) {
+    const element = $("media-notice");
+    element.textContent = text;
+    element.hidden = !text;
+  }
+
+  function nameOf(participantId) {
+    if (state.me && participantId === state.me.id) return t.you;
+    const other = state.present.get(participantId);
+    return other ? other.displayName : participantId;
+  }
+
   function join() {
     $("join").disabled = true;
     $("precheck").hidden = true;
     $("stage").hidden = false;
     $("local").srcObject = state.stream;
     say("call-status", t.connecting);
+    connect();
+  }
+
+  function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/consult/${consultId}/ws`);
     state.socket = socket;
-    state.joinedAt = performance.now();
+    if (state.joinedAt === null) state.joinedAt = performance.now();
     socket.addEventListener("open", () => send({ type: "join" }));
     socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
-    socket.addEventListener("close", () => {
-      if (!state.left) say("call-status", t.failed);
+    socket.addEventListener("close", (event) => {
+      if (state.socket !== socket) return;
       closePeer();
+      if (event.code === 4403) {
+        // Refused (no longer the consult's participant, or the consult is over).
+        state.left = true;
+        say("call-status", t.failed);
+      } else if (!state.left) reconnect();
     });
+  }
+
+  // A dropped line: join afresh, backing off to five seconds between tries; the server keeps
+  // our place for its grace period, and the others see us as reconnecting meanwhile.
+  function reconnect() {
+    state.reconnecting = true;
+    say("call-status", t.reconnecting);
+    const wait = Math.min(5000, 500 * 2 ** state.retries);
+    state.retries += 1;
+    setTimeout(() => {
+      if (!state.left) connect();
+    }, wait);
   }
 
   function send(message) {
@@ -99,28 +146,55 @@
     switch (message.type) {
       case "joined":
         state.me = message.participant;
+        state.present.clear();
         for (const other of message.participants) state.present.set(other.id, other);
         renderPresence();
         await negotiate(message.iceServers || []);
         break;
       case "answer":
         await state.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
-        say("call-status", state.present.size ? t.connected : t.waiting);
+        say(
+          "call-status",
+          state.reconnecting ? t.reconnected : state.present.size ? t.connected : t.waiting,
+        );
+        state.reconnecting = false;
+        state.retries = 0;
         break;
       case "tracks":
         state.tracks = new Map(message.tracks.map((track) => [track.mid, track.participantId]));
         renderTiles();
         break;
       case "presence":
-        if (message.event === "joined") {
-          state.present.set(message.participant.id, message.participant);
-          say("call-status", format(t.joinedNow, { name: message.participant.displayName }));
-        } else {
-          state.present.delete(message.participant.id);
-          say("call-status", format(t.leftNow, { name: message.participant.displayName }));
+        {
+          const name = { name: message.participant.displayName };
+          if (message.event === "joined") {
+            state.present.set(message.participant.id, message.participant);
+            say("call-status", format(t.joinedNow, name));
+          } else if (message.event === "reconnecting") {
+            say("call-status", format(t.otherReconnecting, name));
+          } else if (message.event === "reconnected") {
+            state.present.set(message.participant.id, message.participant);
+            say("call-status", format(t.otherReconnected, name));
+          } else {
+            state.present.delete(message.participant.id);
+            say("call-status", format(t.leftNow, name));
+          }
+          const tile = state.tiles.get(message.participant.id);
+          if (tile) tile.figure.classList.toggle("reconnecting", message.event === "reconnecting");
         }
         renderPresence();
         renderTiles();
+        break;
+      case "media-mode":
+        await mediaMode(message);
+        break;
+      case "quality":
+        state.serverQuality = message;
+        break;
+      case "recording":
+        state.recording = message.state === "on" ? message : null;
+        $("recording").hidden = !state.recording;
+        $("record").textContent = state.recording ? t.recordStop : t.recordStart;
         break;
       case "error":
         say("call-status", message.message);
@@ -157,7 +231,11 @@
     const [audio] = state.stream.getAudioTracks();
     const [video] = state.stream.getVideoTracks();
     pc.addTransceiver(audio, { direction: "sendrecv", streams: [state.stream] });
-    pc.addTransceiver(video, { direction: "sendrecv", streams: [state.stream] });
+    state.videoSender = pc.addTransceiver(video, {
+      direction: "sendrecv",
+      streams: [state.stream],
+    }).sender;
+    if (state.mode === "audio-only") await state.videoSender.replaceTrack(null);
     for (let n = 1; n < receivePairs; n += 1) {
       pc.addTransceiver("audio", { direction: "recvonly" });
       pc.addTransceiver("video", { direction: "recvonly" });
@@ -167,7 +245,12 @@
       renderTiles();
     });
     pc.addEventListener("connectionstatechange", () => {
-      if (pc.connectionState === "failed") say("call-status", t.failed);
+      // The media path failed while signalling still stands: negotiate afresh.
+      if (pc.connectionState === "failed" && state.pc === pc && !state.left) {
+        state.reconnecting = true;
+        say("call-status", t.reconnecting);
+        negotiate(state.iceServers || []).catch(() => say("call-status", t.failed));
+      }
     });
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
@@ -234,6 +317,40 @@
     }
   }
 
+  // -- weak links and recording --------------------------------------------------------------
+
+  async function mediaMode(message) {
+    const mine = state.me && message.participantId === state.me.id;
+    const audioOnly = message.mode === "audio-only";
+    const name = { name: nameOf(message.participantId) };
+    if (mine) {
+      state.mode = message.mode;
+      const [video] = state.stream.getVideoTracks();
+      if (state.videoSender) await state.videoSender.replaceTrack(audioOnly ? null : video);
+      const button = $("media-mode");
+      button.textContent = audioOnly ? t.videoAgain : t.audioOnly;
+      button.setAttribute("aria-pressed", String(audioOnly));
+      root.dataset.mode = message.mode;
+    }
+    let text;
+    if (!audioOnly) text = mine ? t.videoBackMe : format(t.videoBackOther, name);
+    else if (message.reason === "manual") text = format(t.audioOnlyChosen, name);
+    else text = mine ? t.audioOnlyMe : format(t.audioOnlyOther, name);
+    notice(text);
+    const tile = state.tiles.get(message.participantId);
+    if (tile) tile.figure.classList.toggle("audio-only", audioOnly);
+  }
+
+  function switchMode() {
+    state.manual = state.mode !== "audio-only";
+    send({ type: "media-mode", mode: state.manual ? "audio-only" : "video" });
+  }
+
+  function record() {
+    if (!state.consent) return;
+    send({ type: "recording", action: state.recording ? "stop" : "start" });
+  }
+
   // -- controls ---------------------------------------------------------------------------
 
   function toggle(kind, button, offText, onText) {
@@ -277,7 +394,15 @@
     state.lastStats = { received, lost };
     const newReceived = received - previous.received;
     const newLost = lost - previous.lost;
-    const lossRate = newReceived + newLost > 0 ? newLost / (newReceived + newLost) : 0;
+    let lossRate = newReceived + newLost > 0 ? newLost / (newReceived + newLost) : 0;
+    // The server measures what this browser sends it; the worse of the two ways counts.
+    const uplink = state.serverQuality && state.serverQuality.uplink;
+    if (uplink && uplink.lossPercent !== null) {
+      lossRate = Math.max(lossRate, uplink.lossPercent / 100);
+    }
+    if (rtt === null && state.serverQuality && state.serverQuality.rttMs !== null) {
+      rtt = state.serverQuality.rttMs / 1000;
+    }
     const rttMs = rtt === null ? 0 : Math.round(rtt * 1000);
     let level = "good";
     if (rttMs > 600 || lossRate > 0.08) level = "poor";
@@ -330,6 +455,11 @@
     },
     quality: () => $("quality").dataset.level || null,
     joinedAt: () => state.joinedAt,
+    mode: () => state.mode,
+    notice: () => $("media-notice").textContent,
+    recording: () => (state.recording ? state.recording.document || "on" : null),
+    reconnecting: () => state.reconnecting,
+    dropSignalling: () => state.socket && state.socket.close(),
   };
 
   $("join").addEventListener("click", join);
@@ -338,6 +468,8 @@
     toggle("video", event.target, t.cameraOff, t.cameraOn),
   );
   $("leave").addEventListener("click", leave);
+  $("media-mode").addEventListener("click", switchMode);
+  $("record").addEventListener("click", record);
   setInterval(() => quality().catch(() => {}), 2000);
   precheck();
 })();

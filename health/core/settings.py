@@ -117,6 +117,31 @@ class Settings(BaseSettings):
     #: Seconds to wait for the registry's answer before trying again later.
     registry_timeout_seconds: float = 10.0
 
+    # Consult media on weak links, recording and files shared in calls (consult.quality,
+    # consult.recording, consult.shared_files).
+    #: Most a participant may send / receive, kbit/s, by role (``"*"``: everyone else), as
+    #: JSON: ``{"village_doctor": 500, "*": 1500}``. The village uplink is the constraint.
+    consult_send_kbps: dict[str, int] = {"village_doctor": 500, "*": 1500}
+    consult_receive_kbps: dict[str, int] = {"village_doctor": 1200, "*": 4000}
+    #: Loss (%) either way at which a participant's call goes audio only, and at or under
+    #: which (for ``consult_recover_seconds``) video comes back.
+    consult_audio_only_loss_percent: float = 5.0
+    consult_video_loss_percent: float = 2.0
+    #: A bandwidth estimate under this (kbit/s) also means audio only.
+    consult_min_video_kbps: int = 150
+    consult_recover_seconds: float = 10.0
+    #: No packet from a participant for this long: their link dropped ("reconnecting").
+    consult_stall_seconds: float = 4.0
+    #: How long a dropped participant's place is kept for them to reconnect.
+    consult_reconnect_seconds: float = 60.0
+    #: Where call recordings are written (every worker of a host must see the same folder).
+    consult_recording_dir: Path = VAR_DIR / "recordings"
+    #: Largest image or PDF shared in a call.
+    consult_max_file_bytes: int = 8 * 1024 * 1024
+    #: A room's owner renews its lease on the bus every third of this; a worker that dies
+    #: leaves its rooms to another worker this long after.
+    consult_room_lease_seconds: float = 15.0
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

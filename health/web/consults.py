@@ -371,6 +371,8 @@ async def consult_page(request: Request, consult_id: str) -> Response:
             "call": service.participant(consult, party) is not None,
             "record": owns and consult.status in ("accepted", "in-progress", "completed"),
             "report": owns and consult.status in ("accepted", "in-progress"),
+            "consent_recording": requests
+            and consult.status in ("requested", "accepted", "in-progress"),
         },
         invitable=invitable,
     )
@@ -444,6 +446,10 @@ async def consult_action(request: Request, consult_id: str, action: str) -> Resp
                 consult_id,
                 practitioner=str(form.get("practitioner") or ""),
                 base_url=base,
+            )
+        elif action == "recording-consent":
+            await service.consent_to_recording(
+                caller, party, consult_id, agreed=form.get("agreed") == "yes", base_url=base
             )
         elif action == "report":
             await service.report(

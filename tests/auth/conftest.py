@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -150,13 +152,13 @@ def created(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def network(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def clinic_network(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, settings: dict[str, str]
 ) -> Iterator[Network]:
-    backend = request.param
-    url = fresh_database(request, backend, tmp_path_factory.mktemp(f"network-{backend}"))
-    server = AppServer(url, settings=SETTINGS)
+    """The network described above, on ``backend``, its server run with ``settings``."""
+    url = fresh_database(request, backend, tmp_path)
+    server = AppServer(url, settings=settings)
     server.cli("seed", "--demo", "--patients", "0")
     for username, clinic in (("hostile", VILLAGE_B), ("outsider", VILLAGE_C)):
         server.cli(
@@ -187,3 +189,14 @@ def network(
     finally:
         system.close()
         server.stop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    backend = request.param
+    with clinic_network(
+        request, tmp_path_factory.mktemp(f"network-{backend}"), backend, SETTINGS
+    ) as net:
+        yield net

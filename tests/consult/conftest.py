@@ -29,16 +29,13 @@ from consult.protocol import Participant
 from consult.rooms import ConsultRooms
 from consult.signalling import REPLY_SECONDS, SignallingSession
 from health.core.bus import InProcessBus, MessageBus, RedisBus
-from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.core.settings import Settings
-from tests.auth.conftest import VILLAGE_A, fhir_client
-from tests.conftest import BACKENDS, fresh_database
+from tests.conftest import BACKENDS
 from tests.consult.network import (
-    CARDIOLOGY,
     ConsultNetwork,
     consult_receiver,
     make_network,
-    settings,
+    make_two_workers,
 )
 from tests.receivers import Receiver
 from tests.services import PROJECT_ROOT, AppServer, PostgresServer, RedisServer, free_port
@@ -197,7 +194,17 @@ class WorkerProcess:
         assert self._process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self._process.stdout.readline), DEADLINE)
         assert line.strip() == b"ready", line
-        return self
+        # "ready" comes from the app's start-up, a moment before uvicorn listens.
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline, "the worker never listened"
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return self
 
     def url(self, consult_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/consult/{consult_id}/ws"
@@ -239,25 +246,19 @@ def two_workers(
 ) -> Iterator[tuple[ConsultNetwork, AppServer]]:
     """Two ``health serve`` processes on one PostgreSQL database and one Redis: what
     ``--workers 2`` behind a load balancer amounts to."""
-    url = fresh_database(request, "postgresql", tmp_path_factory.mktemp("two-workers"))
-    first = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
-    first.cli("seed", "--demo", "--patients", "0")
-    first.start()
-    second = AppServer(url, redis_url=redis_server.url, settings=settings(consult_receiver))
-    second.secret = first.secret
-    second.start()
-    system = fhir_client(first, first.system_token())
-    organizations: dict[str, Any] = {}
-    for code in (VILLAGE_A, CARDIOLOGY):
-        found = system.get(
-            "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{code}"}
-        ).json()
-        organizations[code] = found["entry"][0]["resource"]["id"]
-    net = ConsultNetwork(first, "postgresql", organizations, system, receiver=consult_receiver)
-    net.departments = {CARDIOLOGY: organizations[CARDIOLOGY]}
+    net, second = make_two_workers(request, tmp_path_factory, redis_server, consult_receiver)
     try:
         yield net, second
     finally:
-        system.close()
+        net.system.close()
         second.stop()
-        first.stop()
+        net.server.stop()
+
+
+@pytest.fixture(scope="session")
+def on_record(consult_network: ConsultNetwork) -> Any:
+    """Consults on record: the consult network's consults, opened through the workflow,
+    whose calls (through the app's own authenticated signalling) keep to its record."""
+    from tests.consult.on_record import ConsultsOnRecord
+
+    return ConsultsOnRecord(consult_network)

@@ -10,6 +10,10 @@ People (password ``yinchuan-demo`` for the demo ones):
 - ``township-doctor`` at 闽宁镇卫生院 (sees the township's villages);
 - ``specialist`` and ``colleague``, cardiologists of 银川市第一人民医院心血管内科;
 - ``endocrinologist`` of the same hospital's 内分泌科: another department.
+
+Calls are recorded into the network's ``recording_dir``; a file shared in a call may be
+256 KiB at most here (so that a test can send a bigger one), and a dead worker's rooms are
+taken over after 2 s.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,17 +32,22 @@ from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from tests.auth.conftest import VILLAGE_A, VILLAGE_B, VILLAGE_C, Network, fhir_client
 from tests.conftest import fresh_database
 from tests.receivers import Receiver
-from tests.services import AppServer
+from tests.services import AppServer, RedisServer
 
 CARDIOLOGY = "640100H01-D01"
 ENDOCRINOLOGY = "640100H01-D02"
 #: The consult's share outlives it by this much here (a day in production), so that tests
 #: can see the grace hold and then end.
 GRACE_SECONDS = 15
+MAX_FILE_BYTES = 256 * 1024
+ROOM_LEASE_SECONDS = 2.0
 
 
-def settings(receiver: Receiver, **extra: str) -> dict[str, str]:
+def settings(receiver: Receiver, recording_dir: Path, **extra: str) -> dict[str, str]:
     return {
+        "HEALTH_CONSULT_RECORDING_DIR": str(recording_dir),
+        "HEALTH_CONSULT_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
+        "HEALTH_CONSULT_ROOM_LEASE_SECONDS": str(ROOM_LEASE_SECONDS),
         "HEALTH_CONSENT_GRACE_SECONDS": str(GRACE_SECONDS),
         "HEALTH_NOTIFIER": "sms",
         "HEALTH_NOTIFY_GATEWAY_URL": receiver.url,
@@ -53,6 +63,7 @@ def settings(receiver: Receiver, **extra: str) -> dict[str, str]:
 class ConsultNetwork(Network):
     receiver: Receiver = field(default_factory=Receiver)
     departments: dict[str, str] = field(default_factory=dict)
+    recording_dir: Path = Path("var/recordings")
 
     def api(self, username: str) -> httpx.Client:
         """The consult JSON API as a user (bearer token)."""
@@ -106,8 +117,9 @@ def make_network(
     receiver: Receiver,
     **extra: str,
 ) -> ConsultNetwork:
-    url = fresh_database(request, backend, tmp_path_factory.mktemp(f"consult-{backend}"))
-    server = AppServer(url, settings=settings(receiver, **extra))
+    folder = tmp_path_factory.mktemp(f"consult-{backend}")
+    url = fresh_database(request, backend, folder)
+    server = AppServer(url, settings=settings(receiver, folder / "recordings", **extra))
     server.cli("seed", "--demo", "--patients", "0")
     server.start()
     system = fhir_client(server, server.system_token())
@@ -132,7 +144,14 @@ def make_network(
         ("endocrinologist", "specialist", ENDOCRINOLOGY, staff(ENDOCRINOLOGY)[0]),
     ]
     demo_specialist = None
-    net = ConsultNetwork(server, backend, organizations, system, receiver=receiver)
+    net = ConsultNetwork(
+        server,
+        backend,
+        organizations,
+        system,
+        receiver=receiver,
+        recording_dir=folder / "recordings",
+    )
     demo_specialist = net.practitioner("specialist")
     colleague = next(p for p in staff(CARDIOLOGY) if p != demo_specialist)
     users.append(("colleague", "specialist", CARDIOLOGY, colleague))
@@ -147,6 +166,42 @@ def make_network(
     }
     net.make_patient("a", VILLAGE_A, name="马福兰")
     return net
+
+
+def make_two_workers(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    receiver: Receiver,
+) -> tuple[ConsultNetwork, AppServer]:
+    """Two ``health serve`` processes on one fresh PostgreSQL database and one Redis, with
+    one recordings folder (as on one host); the network is the first's."""
+    folder = tmp_path_factory.mktemp("two-workers")
+    url = fresh_database(request, "postgresql", folder)
+    shared = settings(receiver, folder / "recordings")
+    first = AppServer(url, redis_url=redis_server.url, settings=shared)
+    first.cli("seed", "--demo", "--patients", "0")
+    first.start()
+    second = AppServer(url, redis_url=redis_server.url, settings=shared)
+    second.secret = first.secret
+    second.start()
+    system = fhir_client(first, first.system_token())
+    organizations: dict[str, Any] = {}
+    for code in (VILLAGE_A, CARDIOLOGY):
+        found = system.get(
+            "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{code}"}
+        ).json()
+        organizations[code] = found["entry"][0]["resource"]["id"]
+    net = ConsultNetwork(
+        first,
+        "postgresql",
+        organizations,
+        system,
+        receiver=receiver,
+        recording_dir=folder / "recordings",
+    )
+    net.departments = {CARDIOLOGY: organizations[CARDIOLOGY]}
+    return net, second
 
 
 @pytest.fixture(scope="session")

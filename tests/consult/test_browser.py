@@ -240,3 +240,95 @@ async def _text_is_not(page: Any, selector: str, text: str) -> bool:
 async def _without(page: Any, participant: str) -> bool:
     present: list[str] = await page.evaluate("() => window.consultCall.participants()")
     return participant not in present
+
+
+async def test_consent_recording_audio_only_and_reconnecting_as_the_pages_show_them(
+    browser: Any, browser_network: ConsultNetwork
+) -> None:
+    """What issue 7 adds to the call, as the two doctors see it on their pages: the
+    patient's consent to recording recorded from the consult page, the recording shown to
+    both while it runs, a switch to audio only noticed by the other side, and a dropped
+    line that comes back into the same call."""
+    net = browser_network
+    setup = Setup(net, {name: net.server.url for name in PEOPLE})
+    patient = await asyncio.to_thread(net.fresh_patient, VILLAGE_A)
+    consult = (await asyncio.to_thread(net.request_consult, patient))["id"]
+    accepted = await asyncio.to_thread(net.act, "specialist", consult, "accept")
+    assert accepted.status_code == 200, accepted.text
+    village = await signed_in(browser, setup, "village-doctor")
+    specialist = await signed_in(browser, setup, "specialist")
+
+    # Without the patient's consent the call cannot be recorded, and both pages say so.
+    await village.goto(f"/consult/{consult}")
+    assert await village.get_attribute("#recording-consent", "data-consent") == "no"
+    await village.click("#record-recording-consent")
+    await village.wait_for_url(f"{net.server.url}/consult/{consult}")
+    assert await village.get_attribute("#recording-consent", "data-consent") == "yes"
+
+    await join_call(village, consult)
+    await join_call(specialist, consult)
+    await eventually(lambda: decodes(village, "specialist"), "village decodes specialist")
+    await eventually(lambda: decodes(specialist, "village-doctor"), "specialist decodes village")
+    for page in (village, specialist):
+        assert await page.get_attribute("#recording-consent", "data-consent") == "yes"
+        assert await page.locator("#record").is_enabled()
+
+    # She records; both pages show it while it runs; he stops it.
+    await village.click("#record")
+    for page in (village, specialist):
+        await eventually(lambda p=page: _recording(p), "the recording shown")
+        assert await page.locator("#recording").is_visible()
+    document = await village.evaluate("() => window.consultCall.recording()")
+    assert str(document).startswith("DocumentReference/")
+    await specialist.click("#record")
+    for page in (village, specialist):
+        await eventually(lambda p=page: _not_recording(p), "the recording's end shown")
+
+    # He switches to audio only: his page stops sending video, hers says so; and back.
+    await specialist.click("#media-mode")
+    await eventually(lambda: _mode(specialist, "audio-only"), "his page in audio only")
+    await eventually(lambda: _notice_has(village, "仅语音"), "her notice of his audio only")
+    await specialist.click("#media-mode")
+    await eventually(lambda: _mode(specialist, "video"), "his page with video again")
+    await eventually(lambda: _notice_has(village, "视频已恢复"), "her notice of his video")
+
+    # Her line drops: he sees her reconnecting, then back, and her video comes again.
+    await village.evaluate("() => window.consultCall.dropSignalling()")
+    await eventually(
+        lambda: _text_has(specialist, "#call-status", "连接已断开"), "him seeing her reconnecting"
+    )
+    await eventually(
+        lambda: _text_has(specialist, "#call-status", "已重新连接"), "him seeing her back"
+    )
+    seen = int((await remote(specialist)).get("village-doctor", {}).get("framesDecoded", 0))
+    await eventually(
+        lambda: decodes(specialist, "village-doctor", seen + 20), "her video after reconnecting"
+    )
+    assert not await village.evaluate("() => window.consultCall.reconnecting()")
+
+    # The recording is in the record, finished, for the specialist.
+    with net.as_user("specialist") as fhir:
+        kept = (await asyncio.to_thread(fhir.get, f"/{document}")).json()
+    assert kept["docStatus"] == "final"
+    for page in (village, specialist):
+        await page.context.close()
+
+
+async def _recording(page: Any) -> bool:
+    return bool(await page.evaluate("() => window.consultCall.recording()"))
+
+
+async def _not_recording(page: Any) -> bool:
+    return not await _recording(page)
+
+
+async def _mode(page: Any, mode: str) -> bool:
+    return bool(await page.evaluate("() => window.consultCall.mode()") == mode)
+
+
+async def _notice_has(page: Any, text: str) -> bool:
+    return text in str(await page.evaluate("() => window.consultCall.notice()"))
+
+
+async def _text_has(page: Any, selector: str, text: str) -> bool:
+    return text in (await page.text_content(selector) or "")

@@ -131,13 +131,43 @@ async def test_a_fifth_participant_is_told_the_room_is_full(worker: SignallingWo
             await socket.close()
 
 
-async def test_closing_the_socket_is_leaving(worker: SignallingWorker) -> None:
-    async with worker.client("consult-gone", SPECIALIST) as specialist:
-        socket = await open_socket(worker, "consult-gone", PATIENT)
+async def test_a_closed_socket_is_reconnecting_and_after_the_grace_period_left() -> None:
+    from health.core.bus import InProcessBus
+
+    worker = await SignallingWorker(
+        InProcessBus(), media_grace_seconds=1.0, lease_seconds=1.5
+    ).start()
+    try:
+        async with worker.client("consult-gone", SPECIALIST) as specialist:
+            socket = await open_socket(worker, "consult-gone", PATIENT)
+            assert (await reply(socket, '{"type": "join"}'))["type"] == "joined"
+            await specialist.wait_for(lambda c: PATIENT.id in c.present, DEADLINE)
+            await socket.close()  # no leave: a dropped line
+            await specialist.wait_for(lambda c: PATIENT.id in c.reconnecting, DEADLINE)
+            assert PATIENT.id in specialist.present
+            # Not back within the grace period: gone.
+            await specialist.wait_for(lambda c: PATIENT.id not in c.present, DEADLINE)
+            assert PATIENT.id not in specialist.reconnecting
+    finally:
+        await worker.stop()
+
+
+async def test_a_participant_who_comes_back_in_time_keeps_their_place(
+    worker: SignallingWorker,
+) -> None:
+    async with worker.client("consult-back", SPECIALIST) as specialist:
+        socket = await open_socket(worker, "consult-back", PATIENT)
         assert (await reply(socket, '{"type": "join"}'))["type"] == "joined"
         await specialist.wait_for(lambda c: PATIENT.id in c.present, DEADLINE)
         await socket.close()
-        await specialist.wait_for(lambda c: PATIENT.id not in c.present, DEADLINE)
+        await specialist.wait_for(lambda c: PATIENT.id in c.reconnecting, DEADLINE)
+        again = await open_socket(worker, "consult-back", PATIENT)
+        try:
+            assert (await reply(again, '{"type": "join"}'))["type"] == "joined"
+            await specialist.wait_for(lambda c: PATIENT.id not in c.reconnecting, DEADLINE)
+            assert PATIENT.id in specialist.present
+        finally:
+            await again.close()
 
 
 @given(

@@ -1,7 +1,8 @@
 """A consult signalling worker in its own process, for tests that kill one (``kill -9``).
 
 Run as ``python -m tests.consult.worker_process REDIS_URL PORT LEASE_SECONDS``; it prints
-``ready`` once it serves.
+``ready`` once it serves. (A worker of the whole app that keeps calls' records and is killed
+mid-recording is an ``AppServer``: see ``tests/consult/test_recording.py``.)
 """
 
 from __future__ import annotations
