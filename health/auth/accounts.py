@@ -253,7 +253,9 @@ async def check_password(
     """The user, if the password is right and the account usable; else :class:`LoginRefused`.
 
     ``lockout_after`` failures in a row lock the account for ``lockout_seconds``; while it is
-    locked even the right password is refused, so guessing cannot continue.
+    locked even the right password is refused, so guessing cannot continue. Only the right
+    password hears that the account is locked: to a wrong one a locked account answers as an
+    unknown name does, so the lock tells a guesser nothing about which accounts exist.
     """
     row = (
         await session.execute(select(users).where(users.c.username == username).with_for_update())
@@ -263,6 +265,8 @@ async def check_password(
     if row is None or row.disabled or not row.password_hash:
         raise LoginRefused("Wrong username or password")
     if row.locked_until is not None and _aware(row.locked_until) > now:
+        if not matches:
+            raise LoginRefused("Wrong username or password")
         raise LoginRefused("This account is locked after repeated failed logins; try later")
     if not matches:
         failures = row.failed_logins + 1

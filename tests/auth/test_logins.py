@@ -165,6 +165,12 @@ class TestBruteForce:
         try:
             for _ in range(5):
                 assert browser.login(username, "wrong-password").status_code == 401
+            # A guesser cannot tell the locked account from a name that does not exist.
+            guessed = browser.login(username, "another-guess")
+            unknown = browser.login(f"nobody-{uuid.uuid4().hex[:8]}", "another-guess")
+            assert guessed.status_code == unknown.status_code == 401
+            assert "锁定" not in guessed.text and "用户名或密码" in guessed.text
+            # Whoever knows the password is told why it does not work.
             locked = browser.login(username, "right-password-1")
             assert locked.status_code == 401 and "锁定" in locked.text
             network.server.cli("user", "password", username, input="new-password-22\n")
