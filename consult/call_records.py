@@ -52,12 +52,14 @@ class RecordsRefused(Exception):
 
 @dataclass(frozen=True)
 class Measurement:
-    """One measured value: a LOINC code and a UCUM unit."""
+    """One measured value: a LOINC code and the UCUM unit it is stored in."""
 
     loinc: str
     display: str
     value: float
     unit: str
+    #: The value as measured, when it came in another unit ("100.4 [degF]").
+    measured: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class VitalSignReading:
     panel: bool = False
     #: Further (LOINC code, display) codings of the observation.
     also: tuple[tuple[str, str], ...] = ()
+    #: Fields whose values are possible but unusual (kept, and the reply says so).
+    unusual: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ Observation, Communication or DocumentReference), or ``{"type": "error", "id", "
 blood pressure of 400). The others get:
 
 - ``{"type": "reading", "from": participant, "id", "kind", <values>, "unit", "time",
-  "device", "observation"}``;
+  "device", "observation"}`` — values in the unit the record stores them in, and
+  ``"unusual": [fields]`` when some are possible but far from usual;
 - ``{"type": "chat", "from", "id", "text", "sent", "communication"}``;
 - ``{"type": "file", "from", "id", "name", "contentType", "size", "description",
   "document"}`` — the file itself is read from the record (``GET /fhir/DocumentReference/…``),

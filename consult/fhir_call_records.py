@@ -331,6 +331,9 @@ def observation(
         "performer": [_reference(who.reference, by)],
         "note": [{"text": f"Measured during remote consult {consult_id}"}],
     }
+    measured = [m.measured for m in reading.measurements if m.measured]
+    if measured:
+        resource["note"].append({"text": "As measured: " + ", ".join(measured)})
     if reading.device:
         resource["device"] = {"display": reading.device}
     if reading.panel:

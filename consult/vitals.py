@@ -17,11 +17,14 @@ specialist must see), that the unit is one the kind is measured in, and the time
 returns a :class:`~consult.call_records.VitalSignReading` with the LOINC codes and UCUM
 units the Observation carries, or raises :class:`InvalidReading` naming the field.
 
-Units are UCUM codes; the spellings devices and people use (``mmHg``, ``bpm``, ``°C``,
-``mg/dl``...) are accepted and stored as the UCUM code. Values are kept as measured, in
-the unit they came in; the range check converts. Glucose takes its LOINC code from its
-unit: 15074-8 (moles/volume, mmol/L, what Chinese meters show) or 2339-0 (mass/volume,
-mg/dL).
+The table behind the check is the record's one (``records.vitals``), which the visit form
+reads too: the same LOINC codes, the same stored units, the same limits. Units are UCUM
+codes; the spellings devices and people use (``mmHg``, ``bpm``, ``°C``, ``mg/dl``...) are
+accepted. A value is converted on the way in to the unit its code is stored in (°F to Cel,
+kPa to mm[Hg], glucose in mg/dL to mmol/L, LOINC 15074-8), so that charts and searches
+compare like with like; what was measured stays in the Observation's note. A value outside
+the table's possible range is refused; an unusual one (a temperature of 41.5 Cel) is kept
+and shown — the specialist must see it — marked with the fields that are (``unusual``).
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from consult.call_records import Measurement, VitalSignReading
 from health.core.clock import utcnow
+from records.vitals import BLOOD_PRESSURE_PANEL, VITALS, Unit, Vital, read_vital
 
 #: Readings older than this are refused (a gateway's stored readings, sent late, are fine).
 MAX_AGE = dt.timedelta(hours=24)
@@ -55,126 +58,44 @@ class InvalidReading(ValueError):
 
 
 @dataclass(frozen=True)
-class _Unit:
-    ucum: str
-    #: To the kind's canonical unit, for the range check.
-    to_canonical: Callable[[float], float]
+class Kind:
+    """What a reading of one ``kind`` carries: its message fields, each a vital of the table."""
 
-
-def _same(value: float) -> float:
-    return value
-
-
-_MMHG = _Unit("mm[Hg]", _same)
-_KPA = _Unit("kPa", lambda v: v * 7.50062)
-_PER_MIN = _Unit("/min", _same)
-_PERCENT = _Unit("%", _same)
-_CELSIUS = _Unit("Cel", _same)
-_FAHRENHEIT = _Unit("[degF]", lambda v: (v - 32) * 5 / 9)
-_MMOL_L = _Unit("mmol/L", _same)
-_MG_DL = _Unit("mg/dL", lambda v: v / 18.016)
-
-#: Accepted spellings of each unit (compared case-sensitively after these, as UCUM is).
-_SPELLINGS: dict[str, _Unit] = {
-    "mm[Hg]": _MMHG,
-    "mmHg": _MMHG,
-    "mmhg": _MMHG,
-    "kPa": _KPA,
-    "kpa": _KPA,
-    "/min": _PER_MIN,
-    "bpm": _PER_MIN,
-    "beats/min": _PER_MIN,
-    "{beats}/min": _PER_MIN,
-    "次/分": _PER_MIN,
-    "%": _PERCENT,
-    "Cel": _CELSIUS,
-    "°C": _CELSIUS,
-    "℃": _CELSIUS,
-    "C": _CELSIUS,
-    "degC": _CELSIUS,
-    "[degF]": _FAHRENHEIT,
-    "°F": _FAHRENHEIT,
-    "F": _FAHRENHEIT,
-    "degF": _FAHRENHEIT,
-    "mmol/L": _MMOL_L,
-    "mmol/l": _MMOL_L,
-    "mg/dL": _MG_DL,
-    "mg/dl": _MG_DL,
-}
-
-
-@dataclass(frozen=True)
-class _Field:
-    name: str
     loinc: str
     display: str
-    low: float
-    high: float
+    fields: tuple[tuple[str, Vital], ...]
+
+    @property
+    def category(self) -> str:
+        return self.fields[0][1].category
+
+    @property
+    def units(self) -> tuple[Unit, ...]:
+        return self.fields[0][1].units
+
+    @property
+    def also(self) -> tuple[tuple[str, str], ...]:
+        return self.fields[0][1].also
 
 
-@dataclass(frozen=True)
-class _Kind:
-    loinc: str
-    display: str
-    category: str
-    units: tuple[_Unit, ...]
-    canonical: str
-    fields: tuple[_Field, ...]
-    #: Further codings of the observation (pulse oximetry is also 2708-6).
-    also: tuple[tuple[str, str], ...] = ()
+def _single(key: str) -> Kind:
+    vital = VITALS[key]
+    return Kind(vital.loinc, vital.display, (("value", vital),))
 
 
-KINDS: dict[str, _Kind] = {
-    "blood-pressure": _Kind(
-        loinc="85354-9",
-        display="Blood pressure panel with all children optional",
-        category="vital-signs",
-        units=(_MMHG, _KPA),
-        canonical="mm[Hg]",
-        fields=(
-            _Field("systolic", "8480-6", "Systolic blood pressure", 50, 300),
-            _Field("diastolic", "8462-4", "Diastolic blood pressure", 20, 200),
-        ),
+KINDS: dict[str, Kind] = {
+    "blood-pressure": Kind(
+        BLOOD_PRESSURE_PANEL[0],
+        BLOOD_PRESSURE_PANEL[1],
+        (("systolic", VITALS["systolic"]), ("diastolic", VITALS["diastolic"])),
     ),
-    "heart-rate": _Kind(
-        loinc="8867-4",
-        display="Heart rate",
-        category="vital-signs",
-        units=(_PER_MIN,),
-        canonical="/min",
-        fields=(_Field("value", "8867-4", "Heart rate", 20, 300),),
-    ),
-    "spo2": _Kind(
-        loinc="59408-5",
-        display="Oxygen saturation in Arterial blood by Pulse oximetry",
-        category="vital-signs",
-        units=(_PERCENT,),
-        canonical="%",
-        fields=(
-            _Field(
-                "value", "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", 50, 100
-            ),
-        ),
-        also=(("2708-6", "Oxygen saturation in Arterial blood"),),
-    ),
-    "temperature": _Kind(
-        loinc="8310-5",
-        display="Body temperature",
-        category="vital-signs",
-        units=(_CELSIUS, _FAHRENHEIT),
-        canonical="Cel",
-        fields=(_Field("value", "8310-5", "Body temperature", 30, 45),),
-    ),
-    "glucose": _Kind(
-        loinc="15074-8",
-        display="Glucose [Moles/volume] in Blood",
-        category="laboratory",
-        units=(_MMOL_L, _MG_DL),
-        canonical="mmol/L",
-        fields=(_Field("value", "15074-8", "Glucose [Moles/volume] in Blood", 0.5, 40),),
-    ),
+    "heart-rate": _single("heart_rate"),
+    "spo2": _single("spo2"),
+    "temperature": _single("temperature"),
+    "glucose": _single("glucose"),
+    "weight": _single("weight"),
+    "height": _single("height"),
 }
-_GLUCOSE_MASS = ("2339-0", "Glucose [Mass/volume] in Blood")
 
 
 def _number(data: dict[str, Any], name: str) -> float:
@@ -226,32 +147,39 @@ def parse_reading(data: dict[str, Any], *, now: dt.datetime | None = None) -> Vi
             "kind", f'"kind" must be one of {", ".join(KINDS)}, not {kind_name!r:.40}'
         )
     unit_text = data.get("unit", kind.units[0].ucum)
-    unit = _SPELLINGS.get(unit_text) if isinstance(unit_text, str) else None
-    if unit is None or unit not in kind.units:
+    unit = kind_unit(kind, unit_text)
+    if unit is None:
         accepted = " or ".join(u.ucum for u in kind.units)
         raise InvalidReading(
             "unit", f"{kind_name} is measured in {accepted}, not {unit_text!r:.20}"
         )
     measurements = []
-    values: dict[str, float] = {}
-    for field in kind.fields:
-        value = _number(data, field.name)
-        canonical = unit.to_canonical(value)
-        if not field.low <= canonical <= field.high:
-            shown = f"{_format(value)} {unit.ucum}"
+    unusual = []
+    for name, vital in kind.fields:
+        value = _number(data, name)
+        judged = read_vital(vital, str(value), unit.key, strict=True)
+        shown = f"{_format(value)} {unit.ucum}"
+        if judged.problem == "impossible":
+            low, high = vital.possible
             raise InvalidReading(
-                field.name,
-                f"{field.name} {shown} is outside the plausible range "
-                f"{_format(field.low)}–{_format(field.high)} {kind.canonical}: "
+                name,
+                f"{name} {shown} is outside the plausible range "
+                f"{_format(float(low))}–{_format(float(high))} {vital.ucum}: "
                 "measure again, or check the unit",
                 code="implausible-reading",
             )
-        values[field.name] = canonical
-        loinc, display = field.loinc, field.display
-        if kind_name == "glucose" and unit is _MG_DL:
-            loinc, display = _GLUCOSE_MASS
-        measurements.append(Measurement(loinc, display, value, unit.ucum))
-    if kind_name == "blood-pressure" and values["diastolic"] >= values["systolic"]:
+        if judged.problem == "implausible":
+            unusual.append(name)
+        measurements.append(
+            Measurement(
+                vital.loinc,
+                vital.display,
+                judged.stored,
+                vital.ucum,
+                measured=shown if unit.ucum != vital.ucum else None,
+            )
+        )
+    if kind_name == "blood-pressure" and measurements[1].value >= measurements[0].value:
         raise InvalidReading(
             "diastolic",
             "diastolic must be lower than systolic: were the two swapped?",
@@ -260,25 +188,30 @@ def parse_reading(data: dict[str, Any], *, now: dt.datetime | None = None) -> Vi
     device = data.get("device")
     if device is not None and (not isinstance(device, str) or len(device) > MAX_DEVICE_CHARS):
         raise InvalidReading("device", f'"device" must be text of at most {MAX_DEVICE_CHARS}')
-    loinc, display = kind.loinc, kind.display
-    if kind_name == "glucose" and unit is _MG_DL:
-        loinc, display = _GLUCOSE_MASS
     return VitalSignReading(
         reading_id=reading_id,
         kind=str(kind_name),
-        loinc=loinc,
-        display=display,
+        loinc=kind.loinc,
+        display=kind.display,
         category=kind.category,
         measurements=tuple(measurements),
         effective=_time(data, now),
         device=device,
         panel=len(kind.fields) > 1,
         also=kind.also,
+        unusual=tuple(unusual),
     )
 
 
+def kind_unit(kind: Kind, name: object) -> Unit | None:
+    """The unit ``name`` (a UCUM code or a usual spelling) if the kind is measured in it."""
+    if not isinstance(name, str):
+        return None
+    return kind.fields[0][1].unit(name)
+
+
 def reading_to_message(reading: VitalSignReading) -> dict[str, Any]:
-    """The reading as the other participants receive it (values in the unit measured)."""
+    """The reading as the other participants receive it (values in the stored unit)."""
     message: dict[str, Any] = {
         "kind": reading.kind,
         "id": reading.reading_id,
@@ -287,9 +220,11 @@ def reading_to_message(reading: VitalSignReading) -> dict[str, Any]:
         "device": reading.device,
     }
     fields = KINDS[reading.kind].fields
-    for field, measurement in zip(fields, reading.measurements, strict=True):
-        message[field.name] = measurement.value
+    for (name, _vital), measurement in zip(fields, reading.measurements, strict=True):
+        message[name] = measurement.value
+    if reading.unusual:
+        message["unusual"] = list(reading.unusual)
     return message
 
 
-__all__ = ["KINDS", "InvalidReading", "parse_reading", "reading_to_message"]
+__all__ = ["KINDS", "InvalidReading", "Kind", "kind_unit", "parse_reading", "reading_to_message"]

@@ -9,12 +9,16 @@
 // and says so) and back; anyone can switch by hand. A dropped socket or a failed peer
 // connection is rejoined with a fresh negotiation (aiortc has no ICE restart), while the
 // others see "reconnecting". Recording is offered only when the consult has the patient's
-// consent to it, and everyone sees while the call is recorded.
+// consent to it, and everyone sees while the call is recorded. The call's data channel
+// (consult/datachannel.py) carries vital-sign readings, chat lines and shared images or PDFs:
+// the server checks and keeps each in the patient's record before the others see it, and
+// its refusals are shown beside the form they came from.
 "use strict";
 (function () {
   const root = document.getElementById("call");
   if (!root) return;
   const t = JSON.parse(root.dataset.i18n);
+  const unitLabels = JSON.parse(root.dataset.units); // UCUM code -> as shown
   const consultId = root.dataset.consult;
   const $ = (id) => document.getElementById(id);
   const receivePairs = 3; // a full room of four: three others
@@ -38,6 +42,12 @@
     retries: 0,
     serverQuality: null,
     consent: root.dataset.recordingConsent === "yes",
+    channel: null, // the data channel of the current peer connection
+    outbox: [], // {data, file}: what waits for the data channel
+    pumping: false,
+    sendingFile: null, // the id of the file whose content is going out
+    pending: new Map(), // our message id -> what we sent, until the server's reply
+    seen: new Set(), // "from/type/id" of what is shown: a replay shows nothing twice
   };
 
   function say(element, text) {
@@ -240,6 +250,7 @@
       pc.addTransceiver("audio", { direction: "recvonly" });
       pc.addTransceiver("video", { direction: "recvonly" });
     }
+    openChannel(pc);
     pc.addEventListener("track", (event) => {
       state.receivers.set(event.transceiver.mid, event.track);
       renderTiles();
@@ -351,6 +362,341 @@
     send({ type: "recording", action: state.recording ? "stop" : "start" });
   }
 
+  // -- the call's data channel: readings, chat and files ---------------------------------------
+
+  const CHUNK_BYTES = 16 * 1024; // consult.datachannel.CHUNK_BYTES
+  const HIGH_WATER = 1024 * 1024; // wait for the channel to drain past this
+
+  function newId(prefix) {
+    const random = Math.random().toString(36).slice(2, 10);
+    return `${prefix}-${Date.now().toString(36)}-${random}`;
+  }
+
+  function openChannel(pc) {
+    const channel = pc.createDataChannel("consult", { ordered: true });
+    channel.binaryType = "arraybuffer";
+    channel.bufferedAmountLowThreshold = HIGH_WATER / 4;
+    state.channel = channel;
+    channel.addEventListener("open", () => {
+      if (state.channel === channel) pump();
+    });
+    channel.addEventListener("close", () => {
+      if (state.channel !== channel) return;
+      // A file cut off halfway cannot be finished on the next channel: say so, drop the rest.
+      const cut = state.sendingFile;
+      if (cut !== null) {
+        state.outbox = state.outbox.filter((item) => item.file !== cut);
+        state.sendingFile = null;
+        state.pending.delete(cut);
+        showError("file-error", format(t.fileRefused, { message: t.failed }));
+        say("file-status", "");
+      }
+    });
+    channel.addEventListener("message", (event) => {
+      if (typeof event.data === "string") dataMessage(JSON.parse(event.data));
+    });
+  }
+
+  function channelSend(data, file = null) {
+    state.outbox.push({ data, file });
+    pump();
+  }
+
+  // Sends what waits while the channel is open, pausing while its buffer is full; what is
+  // left waits for the next channel (after a reconnection).
+  async function pump() {
+    if (state.pumping) return;
+    state.pumping = true;
+    try {
+      while (state.outbox.length) {
+        const channel = state.channel;
+        if (!channel || channel.readyState !== "open") break;
+        if (channel.bufferedAmount > HIGH_WATER) {
+          await new Promise((resolve) => {
+            channel.addEventListener("bufferedamountlow", resolve, { once: true });
+            channel.addEventListener("close", resolve, { once: true });
+          });
+          continue;
+        }
+        const item = state.outbox.shift();
+        if (item.file !== null && typeof item.data === "string") {
+          state.sendingFile = JSON.parse(item.data).type === "file" ? item.file : null;
+        }
+        channel.send(item.data);
+      }
+    } finally {
+      state.pumping = false;
+    }
+  }
+
+  function dataMessage(message) {
+    switch (message.type) {
+      case "stored":
+        stored(message);
+        break;
+      case "error":
+        refused(message);
+        break;
+      case "reading":
+      case "chat":
+      case "file":
+        {
+          const key = `${message.from.id}/${message.type}/${message.id}`;
+          if (state.seen.has(key)) return;
+          state.seen.add(key);
+          if (message.type === "reading") showReading(message, message.from, message.observation);
+          else if (message.type === "chat") showChat(message, message.from, message.communication);
+          else showFile(message, message.from, message.document);
+        }
+        break;
+    }
+  }
+
+  function stored(message) {
+    const sent = state.pending.get(message.id);
+    if (!sent) return;
+    state.pending.delete(message.id);
+    const mine = state.me || { id: "", displayName: t.you };
+    const key = `${mine.id}/${sent.message.type}/${message.id}`;
+    if (state.seen.has(key)) return;
+    state.seen.add(key);
+    if (sent.message.type === "reading") {
+      say("reading-status", t.kept);
+      showReading(sent.message, mine, message.resource);
+    } else if (sent.message.type === "chat") {
+      sent.element.classList.remove("pending");
+      sent.element.dataset.communication = message.resource;
+    } else {
+      state.sendingFile = null;
+      say("file-status", t.kept);
+      showFile(sent.message, mine, message.resource, sent.blob);
+    }
+  }
+
+  function refused(message) {
+    const sent = message.id ? state.pending.get(message.id) : null;
+    if (!sent) {
+      say("call-status", message.message);
+      return;
+    }
+    state.pending.delete(message.id);
+    const type = sent.message.type;
+    if (type === "reading") {
+      say("reading-status", "");
+      const kind = sent.message.kind;
+      const label =
+        message.field === "value" ? t.kinds[kind] : t.fields[message.field] || message.field;
+      const text =
+        message.code === "implausible-reading"
+          ? format(t.impossibleReading, { field: label })
+          : format(t.refusedField, { field: label, message: message.message });
+      readingError(kind, message.field, text);
+    } else if (type === "chat") {
+      sent.element.remove();
+      showError("chat-error", message.message);
+    } else {
+      state.sendingFile = null;
+      say("file-status", "");
+      showError("file-error", format(t.fileRefused, { message: message.message }));
+    }
+  }
+
+  function showError(element, text) {
+    $(element).textContent = text;
+    $(element).hidden = !text;
+  }
+
+  function when(time) {
+    const moment = time ? new Date(time) : new Date();
+    return moment.toLocaleTimeString(document.documentElement.lang || undefined, {
+      hour: "2-digit",
+      minute: "2-digit",
+    });
+  }
+
+  function byline(from) {
+    const name = document.createElement("span");
+    name.className = "from";
+    name.textContent = state.me && from.id === state.me.id ? t.you : from.displayName;
+    return name;
+  }
+
+  function showReading(reading, from, observation) {
+    const item = document.createElement("li");
+    item.dataset.kind = reading.kind;
+    item.dataset.from = from.id;
+    item.dataset.observation = observation;
+    const values =
+      reading.kind === "blood-pressure"
+        ? `${reading.systolic}/${reading.diastolic}`
+        : String(reading.value);
+    const what = document.createElement("span");
+    what.className = "value";
+    what.textContent = `${t.kinds[reading.kind] || reading.kind} ${values} ${
+      unitLabels[reading.unit] || reading.unit
+    }`;
+    const time = document.createElement("time");
+    time.textContent = when(reading.time);
+    item.append(what, " · ", byline(from), " · ", time);
+    if (reading.unusual && reading.unusual.length) {
+      item.classList.add("unusual");
+      const warning = document.createElement("span");
+      warning.className = "field-warning";
+      warning.textContent = ` ${t.unusual}`;
+      item.append(warning);
+    }
+    $("readings").prepend(item);
+  }
+
+  function showChat(line, from, communication) {
+    const item = document.createElement("li");
+    item.dataset.from = from.id;
+    if (communication) item.dataset.communication = communication;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = line.text;
+    const time = document.createElement("time");
+    time.textContent = when(line.sent);
+    item.append(byline(from), "：", text, " ", time);
+    $("chat-log").append(item);
+    return item;
+  }
+
+  function showFile(file, from, document_, blob = null) {
+    const item = document.createElement("li");
+    item.dataset.from = from.id;
+    item.dataset.document = document_;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = file.name;
+    item.append(byline(from), "：", name);
+    $("shared").prepend(item);
+    // The file itself comes from the record, as the viewer's own access allows.
+    const content = blob ? Promise.resolve(blob) : fromRecord(document_);
+    content
+      .then((data) => {
+        const url = URL.createObjectURL(data);
+        if (data.type.startsWith("image/")) {
+          const image = document.createElement("img");
+          image.src = url;
+          image.alt = file.name;
+          item.append(image);
+        } else {
+          const link = document.createElement("a");
+          link.href = url;
+          link.download = file.name;
+          link.textContent = t.openFile;
+          item.append(" ", link);
+        }
+      })
+      .catch((error) => {
+        item.append(` (${error.message})`);
+      });
+  }
+
+  async function fromRecord(reference) {
+    const response = await fetch(`/fhir/${reference}`, {
+      headers: { Accept: "application/fhir+json" },
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(String(response.status));
+    const attachment = (await response.json()).content[0].attachment;
+    const bytes = Uint8Array.from(atob(attachment.data), (c) => c.charCodeAt(0));
+    return new Blob([bytes], { type: attachment.contentType });
+  }
+
+  function chooseKind() {
+    const kind = $("reading-kind").value;
+    for (const fieldset of root.querySelectorAll("fieldset.reading-kind")) {
+      const chosen = fieldset.dataset.kind === kind;
+      fieldset.hidden = !chosen;
+      fieldset.disabled = !chosen;
+    }
+    clearReadingError();
+  }
+
+  function clearReadingError() {
+    showError("reading-error", "");
+    for (const input of root.querySelectorAll("fieldset.reading-kind input")) {
+      input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
+    }
+  }
+
+  function readingError(kind, field, text) {
+    showError("reading-error", text);
+    const input = $(`reading-${kind}-${field}`);
+    if (input) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", "reading-error");
+      input.focus();
+    }
+  }
+
+  function sendReading(event) {
+    event.preventDefault();
+    clearReadingError();
+    const kind = $("reading-kind").value;
+    const fieldset = root.querySelector(`fieldset.reading-kind[data-kind="${kind}"]`);
+    const message = { type: "reading", id: newId("r"), kind };
+    for (const input of fieldset.querySelectorAll("input[data-field]")) {
+      const typed = input.value.trim().replace(/[，,]/g, ".");
+      const number = Number(typed);
+      if (!typed || !Number.isFinite(number)) {
+        readingError(kind, input.dataset.field, t.enterNumber);
+        return;
+      }
+      message[input.dataset.field] = number;
+    }
+    const unit = fieldset.querySelector("[data-unit]");
+    message.unit = unit.tagName === "SELECT" ? unit.value : unit.dataset.value;
+    state.pending.set(message.id, { message });
+    say("reading-status", t.sending);
+    channelSend(JSON.stringify(message));
+    for (const input of fieldset.querySelectorAll("input[data-field]")) input.value = "";
+  }
+
+  function sendChat(event) {
+    event.preventDefault();
+    showError("chat-error", "");
+    const text = $("chat-text").value.trim();
+    if (!text) return;
+    const message = { type: "chat", id: newId("c"), text };
+    const element = showChat(message, state.me || { id: "", displayName: t.you }, null);
+    element.classList.add("pending");
+    state.pending.set(message.id, { message, element });
+    state.seen.add(`${state.me ? state.me.id : ""}/chat/${message.id}`);
+    channelSend(JSON.stringify(message));
+    $("chat-text").value = "";
+  }
+
+  async function shareFile(event) {
+    event.preventDefault();
+    showError("file-error", "");
+    const file = $("share-file").files[0];
+    if (!file) {
+      showError("file-error", t.chooseFile);
+      return;
+    }
+    const data = new Uint8Array(await file.arrayBuffer());
+    const message = {
+      type: "file",
+      id: newId("f"),
+      name: file.name,
+      size: data.byteLength,
+      contentType: file.type || null,
+      description: null,
+    };
+    state.pending.set(message.id, { message, blob: file });
+    say("file-status", t.sending);
+    channelSend(JSON.stringify(message), message.id);
+    for (let start = 0; start < data.byteLength; start += CHUNK_BYTES) {
+      channelSend(data.slice(start, start + CHUNK_BYTES), message.id);
+    }
+    channelSend(JSON.stringify({ type: "file-end", id: message.id }), message.id);
+    $("share-file").value = "";
+  }
+
   // -- controls ---------------------------------------------------------------------------
 
   function toggle(kind, button, offText, onText) {
@@ -460,6 +806,7 @@
     recording: () => (state.recording ? state.recording.document || "on" : null),
     reconnecting: () => state.reconnecting,
     dropSignalling: () => state.socket && state.socket.close(),
+    dataChannel: () => (state.channel ? state.channel.readyState : null),
   };
 
   $("join").addEventListener("click", join);
@@ -470,6 +817,12 @@
   $("leave").addEventListener("click", leave);
   $("media-mode").addEventListener("click", switchMode);
   $("record").addEventListener("click", record);
+  $("reading-kind").addEventListener("change", chooseKind);
+  $("reading-form").addEventListener("submit", sendReading);
+  $("chat-form").addEventListener("submit", sendChat);
+  $("file-form").addEventListener("submit", (event) => {
+    shareFile(event).catch((error) => showError("file-error", error.message));
+  });
   setInterval(() => quality().catch(() => {}), 2000);
   precheck();
 })();

@@ -38,7 +38,7 @@ from health.web.display import (
 from health.web.patients import _patient_or_404, household_of
 from health.web.signed_in import Resource, SignedIn, signed_in
 from health.web.trends import Band, Series, trend_svg
-from health.web.vitals import GLUCOSE_MASS, GLUCOSE_MG_PER_MMOL, LOINC, VITALS
+from records.vitals import GLUCOSE_MASS, GLUCOSE_MG_PER_MMOL, LOINC, VITALS
 
 router = APIRouter(include_in_schema=False)
 

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from consult.endpoints import ConsultContext, parse_local_time
 from consult.resources import PRIORITIES, reference_text, split_reference
 from consult.service import Consult, ConsultInputError, NewConsult
+from consult.vitals import KINDS
 from consult.workflow import Party
 from health.auth.gate import RequestCaller
 from health.core.naming import ORGANIZATION_KIND_SYSTEM, SPECIALTY_SYSTEM
@@ -24,6 +25,7 @@ from health.web.signed_in import SignedIn, signed_in
 from records.api.service import RecordsContext, resources_of
 from records.interactions import FhirRequest
 from records.outcome import FhirError
+from records.vitals import VITALS
 
 router = APIRouter(include_in_schema=False)
 
@@ -588,4 +590,26 @@ async def call_page(request: Request, consult_id: str) -> Response:
             ),
             f"/consult/{consult_id}",
         )
-    return _page(me, "consult/call.html", consult=consult.summary(), me=party.username)
+    return _page(
+        me,
+        "consult/call.html",
+        consult=consult.summary(),
+        me=party.username,
+        reading_kinds=_reading_kinds(),
+        unit_labels={
+            **{u.ucum: u.label for kind in KINDS.values() for u in kind.units},
+            **{v.ucum: v.unit_text for v in VITALS.values()},
+        },
+    )
+
+
+def _reading_kinds() -> list[dict[str, Any]]:
+    """What the call page's reading form offers: ``consult.vitals``' kinds and their units."""
+    return [
+        {
+            "key": name,
+            "fields": [{"name": field, "vital": vital.key} for field, vital in kind.fields],
+            "units": [{"ucum": unit.ucum, "label": unit.label} for unit in kind.units],
+        }
+        for name, kind in KINDS.items()
+    ]

@@ -1,7 +1,7 @@
 """Today's visit: one form, saved as one FHIR transaction.
 
 The form holds the complaint, the vital signs (in the units the clinic types them; see
-``health.web.vitals``), the diagnoses (ICD-10 from the picker, or a follow-up of a condition
+``records.vitals``), the diagnoses (ICD-10 from the picker, or a follow-up of a condition
 already on the record), a note, the prescription and the bill. It becomes, in one
 transaction — all of it or nothing:
 
@@ -45,7 +45,8 @@ from health.web.display import CHINA_TIME, name_of, resident_id_of
 from health.web.icd10 import current_catalogue
 from health.web.patients import _patient_or_404, coverage_for, insurer_of
 from health.web.signed_in import Resource, SignedIn, field_errors, signed_in
-from health.web.vitals import (
+from records.outcome import FhirError
+from records.vitals import (
     BLOOD_PRESSURE_PANEL,
     LOINC,
     UCUM,
@@ -53,7 +54,6 @@ from health.web.vitals import (
     Reading,
     read_vital,
 )
-from records.outcome import FhirError
 
 router = APIRouter(include_in_schema=False)
 
@@ -248,13 +248,16 @@ def _observation(
     category: str,
     code: tuple[str, str, str],
     body: Resource,
+    also: tuple[tuple[str, str], ...] = (),
 ) -> Resource:
     observation: Resource = {
         "resourceType": "Observation",
         "status": "final",
         "category": [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": category}]}],
         "code": {
-            "coding": [{"system": LOINC, "code": code[0], "display": code[1]}],
+            "coding": [
+                {"system": LOINC, "code": c, "display": d} for c, d in ((code[0], code[1]), *also)
+            ],
             "text": code[2],
         },
         "subject": subject,
@@ -269,9 +272,7 @@ def _observation(
 
 def _quantity(reading: Reading) -> Resource:
     vital = reading.vital
-    assert reading.value is not None
-    value: int | float = int(reading.value) if vital.decimals == 0 else float(reading.value)
-    return {"value": value, "unit": vital.unit_text, "system": UCUM, "code": vital.ucum}
+    return {"value": reading.stored, "unit": vital.unit_text, "system": UCUM, "code": vital.ucum}
 
 
 def visit_entries(
@@ -426,6 +427,7 @@ def visit_entries(
                 vital.category,
                 (vital.loinc, vital.display, vital.text),
                 {"valueQuantity": _quantity(reading)},
+                also=vital.also,
             )
         )
     if visit.note:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.auth.conftest import VILLAGE_A
 from tests.consult.network import CARDIOLOGY, ConsultNetwork, make_network
+from tests.consult.test_call_records import png_image
 from tests.receivers import Receiver
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -34,6 +35,8 @@ ARGS = [
 ]
 DEADLINE = 90.0
 DEMO_PASSWORD = "yinchuan-demo"
+#: The password ``tests.consult.network`` gives the users it adds (hostile, outsider...).
+OUTSIDER_PASSWORD = "consult-password-1"
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,9 @@ def setup(request: pytest.FixtureRequest) -> Setup:
 PEOPLE = ("village-doctor", "specialist", "township-doctor")
 
 
-async def signed_in(browser: Any, setup: Setup, username: str) -> Any:
+async def signed_in(
+    browser: Any, setup: Setup, username: str, password: str = DEMO_PASSWORD
+) -> Any:
     """A page of a browser of the user's own (its own cookies), logged in."""
     base = setup.servers[username]
     context = await browser.new_context(locale="zh-CN", base_url=base)
@@ -93,7 +98,7 @@ async def signed_in(browser: Any, setup: Setup, username: str) -> Any:
     page = await context.new_page()
     await page.goto("/login?next=/consult")
     await page.fill("#username", username)
-    await page.fill("#password", DEMO_PASSWORD)
+    await page.fill("#password", password)
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{base}/consult")
     return page
@@ -332,3 +337,90 @@ async def _notice_has(page: Any, text: str) -> bool:
 
 async def _text_has(page: Any, selector: str, text: str) -> bool:
     return text in (await page.text_content(selector) or "")
+
+
+async def test_readings_chat_and_an_image_from_the_village_page_reach_the_specialist(
+    browser: Any, browser_network: ConsultNetwork
+) -> None:
+    """The call's data channel as the two doctors use it: she enters a blood pressure on
+    her page, he sees it on his and it is an Observation in the patient's record; an
+    impossible one is refused beside her form, naming the field; a chat line and a photo
+    she shares reach him; an outsider's page cannot join the call."""
+    net = browser_network
+    setup = Setup(net, {name: net.server.url for name in (*PEOPLE, "outsider")})
+    patient = await asyncio.to_thread(net.fresh_patient, VILLAGE_A)
+    consult = (await asyncio.to_thread(net.request_consult, patient))["id"]
+    accepted = await asyncio.to_thread(net.act, "specialist", consult, "accept")
+    assert accepted.status_code == 200, accepted.text
+    village = await signed_in(browser, setup, "village-doctor")
+    specialist = await signed_in(browser, setup, "specialist")
+    await join_call(village, consult)
+    await join_call(specialist, consult)
+
+    # She measures a blood pressure and sends it; his page shows it, from her.
+    await village.select_option("#reading-kind", "blood-pressure")
+    await village.fill("#reading-blood-pressure-systolic", "158")
+    await village.fill("#reading-blood-pressure-diastolic", "96")
+    await village.click("#send-reading")
+    seen = specialist.locator(
+        "#readings li[data-kind='blood-pressure'][data-from='village-doctor']"
+    )
+    await seen.wait_for(timeout=DEADLINE * 1000)
+    assert "158/96 mmHg" in (await seen.text_content() or "")
+    await eventually(lambda: _text_is(village, "#reading-status", "已存入健康档案"), "her reply")
+    observation = await seen.get_attribute("data-observation")
+    assert str(observation).startswith("Observation/")
+    with net.as_user("specialist") as fhir:
+        kept = (await asyncio.to_thread(fhir.get, f"/{observation}")).json()
+    assert kept["subject"]["reference"] == f"Patient/{patient}"
+    components = {c["code"]["coding"][0]["code"]: c["valueQuantity"] for c in kept["component"]}
+    assert (components["8480-6"]["value"], components["8462-4"]["value"]) == (158, 96)
+
+    # A temperature in ℉ is kept in ℃, as the visit form keeps it.
+    await village.select_option("#reading-kind", "temperature")
+    await village.select_option("fieldset[data-kind=temperature] select[data-unit]", "[degF]")
+    await village.fill("#reading-temperature-value", "100.4")
+    await village.click("#send-reading")
+    fever = specialist.locator("#readings li[data-kind='temperature']")
+    await fever.wait_for(timeout=DEADLINE * 1000)
+    assert "体温 38 ℃" in (await fever.text_content() or "")
+
+    # An impossible one is refused beside her form, naming the field; he never sees it.
+    await village.select_option("#reading-kind", "blood-pressure")
+    await village.fill("#reading-blood-pressure-systolic", "400")
+    await village.fill("#reading-blood-pressure-diastolic", "90")
+    await village.click("#send-reading")
+    error = village.locator("#reading-error")
+    await error.wait_for(state="visible", timeout=DEADLINE * 1000)
+    assert "收缩压" in (await error.text_content() or "")
+    systolic = village.locator("#reading-blood-pressure-systolic")
+    assert await systolic.get_attribute("aria-invalid") == "true"
+
+    # A chat line, and a photo of the lesion: both reach him, the photo from the record.
+    await village.fill("#chat-text", "请看皮损照片")
+    await village.click("#send-chat")
+    line = specialist.locator("#chat-log li[data-from='village-doctor']")
+    await line.wait_for(timeout=DEADLINE * 1000)
+    assert "请看皮损照片" in (await line.text_content() or "")
+    await village.set_input_files(
+        "#share-file", {"name": "lesion.png", "mimeType": "image/png", "buffer": png_image()}
+    )
+    await village.click("#share")
+    photo = specialist.locator("#shared li[data-from='village-doctor'] img")
+    await photo.wait_for(timeout=DEADLINE * 1000)
+    await eventually(
+        lambda: _image_decoded(photo, 64), "the shared photo shown on the specialist's page"
+    )
+    assert await specialist.locator("#readings li").count() == 2
+
+    # Someone from another clinic gets no call page, and so no data channel.
+    outsider = await signed_in(browser, setup, "outsider", OUTSIDER_PASSWORD)
+    response = await outsider.goto(f"/consult/{consult}/call")
+    assert response is not None and response.status == 403
+    assert await outsider.locator("#join").count() == 0
+    for page in (village, specialist, outsider):
+        await page.context.close()
+
+
+async def _image_decoded(image: Any, width: int) -> bool:
+    return bool(await image.evaluate("(img) => img.complete && img.naturalWidth") == width)

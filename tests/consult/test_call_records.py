@@ -148,8 +148,13 @@ async def test_readings_are_checked_shown_live_and_kept_as_observations(
         assert bundle["hr"]["valueQuantity"]["code"] == "/min"
         assert codes(bundle["spo2"]["code"]) == {"59408-5", "2708-6"}
         assert codes(bundle["temp"]["code"]) == {"8310-5"}
-        assert bundle["temp"]["valueQuantity"]["code"] == "[degF]"
-        assert codes(bundle["glucose"]["code"]) == {"2339-0"}
+        # Converted on the way in to the unit the record keeps each code in.
+        assert bundle["temp"]["valueQuantity"]["code"] == "Cel"
+        assert bundle["temp"]["valueQuantity"]["value"] == 38.0
+        assert {"text": "As measured: 100.4 [degF]"} in bundle["temp"]["note"]
+        assert codes(bundle["glucose"]["code"]) == {"15074-8"}
+        assert bundle["glucose"]["valueQuantity"]["code"] == "mmol/L"
+        assert bundle["glucose"]["valueQuantity"]["value"] == 7.0
         # And a clinician finds them the usual way: by code in the patient's record.
         found = fhir.get(
             "/Observation",

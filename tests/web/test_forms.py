@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from health.core.naming import HOUSEHOLD_NUMBER_SYSTEM, HOUSEHOLD_RELATIONSHIP_URL
-from health.web.vitals import VITALS, read_vital
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
+from records.vitals import VITALS, read_vital
 from tests.web.conftest import Session, WebApp
 
 

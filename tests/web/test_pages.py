@@ -26,7 +26,7 @@ SAME_PAGE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 NOT_WALKED = ("/lang/", "/logout", "/fhir", "/api/", "/static/", "/auth/")
 #: Latin words a Chinese page may show: units, code systems, the language switch, usernames.
 LATIN_ALLOWED = {
-    "English", "ICD", "mmHg", "mmol", "kg", "cm", "min", "jin", "Cel", "degF", "mg", "dL",
+    "English", "ICD", "mmHg", "kPa", "mmol", "kg", "cm", "min", "jin", "Cel", "degF", "mg", "dL",
     "IU", "maxiulan", "mxl", "gxy", "hypertension",
 }  # fmt: skip
 

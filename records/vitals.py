@@ -1,11 +1,16 @@
-"""The vital signs a visit records: LOINC codes, UCUM units, the units a clinic types them in,
-and the ranges that make a value implausible (a warning) or impossible (refused).
+"""The vital signs the record keeps: one table for every way in.
+
+A visit form (``health.web.visits``) and a call's data channel (``consult.vitals``) both
+read readings through this table: its LOINC codes, the UCUM unit each code is stored in,
+the units a clinic or a device gives them in, and the ranges that make a value unusual
+(the form warns) or impossible (refused everywhere).
 
 Values are stored in one unit per code (mm[Hg], /min, Cel, kg, cm, %, mmol/L) so that charts
-and ``code-value-quantity`` searches compare like with like; a value typed in another unit
-(°F, 斤 — half a kilogram, the unit markets and many patients weigh in — or glucose in mg/dL)
-is converted when the form is read. Blood glucose is LOINC 15074-8 (moles/volume, mmol/L),
-as the demo data records it and Chinese clinics report it.
+and ``code-value-quantity`` searches compare like with like; a value given in another unit
+(°F, kPa, 斤 — half a kilogram, the unit markets and many patients weigh in — or glucose in
+mg/dL) is converted on the way in. Blood glucose is LOINC 15074-8 (moles/volume, mmol/L),
+as the demo data records it and Chinese clinics report it; :data:`GLUCOSE_MASS` (2339-0,
+mg/dL) is only read, from records that came from elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ GLUCOSE_MG_PER_MMOL = Decimal("18.016")
 class Unit:
     key: str  # the form's value for the unit
     label: str  # as shown on the page (units are not translated)
+    ucum: str  # the UCUM code, as a device sends it (斤 has none: its label)
     to_stored: tuple[Decimal, Decimal]  # stored = typed * factor + offset
+    #: Other spellings devices and people use (``mmHg``, ``bpm``, ``°C``...).
+    spellings: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return (self.key, self.label, self.ucum, *self.spellings)
 
 
 @dataclass(frozen=True)
@@ -41,11 +52,23 @@ class Vital:
     plausible: tuple[Decimal, Decimal]  # in the stored unit: outside it, warn
     possible: tuple[Decimal, Decimal]  # outside it, refuse
     decimals: int
+    #: Further (LOINC code, display) codings of the observation (pulse oximetry is 2708-6).
+    also: tuple[tuple[str, str], ...] = ()
+
+    def unit(self, name: str) -> Unit | None:
+        """The unit called ``name`` (form key, label, UCUM code or a usual spelling)."""
+        return next((u for u in self.units if name in u.names()), None)
 
 
-def _unit(key: str, label: str, factor: str = "1", offset: str = "0") -> Unit:
-    return Unit(key, label, (Decimal(factor), Decimal(offset)))
+def _unit(
+    key: str, label: str, ucum: str, factor: str = "1", offset: str = "0", *spellings: str
+) -> Unit:
+    return Unit(key, label, ucum, (Decimal(factor), Decimal(offset)), spellings)
 
+
+_MMHG = _unit("mmHg", "mmHg", "mm[Hg]", "1", "0", "mmhg")
+_KPA = _unit("kPa", "kPa", "kPa", "7.50062", "0", "kpa")
+_PER_MIN = _unit("per-min", "/min", "/min", "1", "0", "bpm", "beats/min", "{beats}/min", "次/分")
 
 VITALS: dict[str, Vital] = {
     v.key: v
@@ -58,7 +81,7 @@ VITALS: dict[str, Vital] = {
             "mm[Hg]",
             "mmHg",
             "vital-signs",
-            (_unit("mmHg", "mmHg"),),
+            (_MMHG, _KPA),
             (Decimal(70), Decimal(230)),
             (Decimal(30), Decimal(320)),
             0,
@@ -71,7 +94,7 @@ VITALS: dict[str, Vital] = {
             "mm[Hg]",
             "mmHg",
             "vital-signs",
-            (_unit("mmHg", "mmHg"),),
+            (_MMHG, _KPA),
             (Decimal(40), Decimal(140)),
             (Decimal(10), Decimal(220)),
             0,
@@ -84,7 +107,7 @@ VITALS: dict[str, Vital] = {
             "/min",
             "次/分",
             "vital-signs",
-            (_unit("per-min", "/min"),),
+            (_PER_MIN,),
             (Decimal(40), Decimal(160)),
             (Decimal(15), Decimal(300)),
             0,
@@ -97,7 +120,18 @@ VITALS: dict[str, Vital] = {
             "Cel",
             "℃",
             "vital-signs",
-            (_unit("Cel", "℃"), _unit("degF", "℉", str(Decimal(5) / Decimal(9)), "-17.7777778")),
+            (
+                _unit("Cel", "℃", "Cel", "1", "0", "°C", "C", "degC"),
+                _unit(
+                    "degF",
+                    "℉",
+                    "[degF]",
+                    str(Decimal(5) / Decimal(9)),
+                    "-17.7777778",
+                    "°F",
+                    "F",
+                ),
+            ),
             (Decimal("35.0"), Decimal("41.0")),
             (Decimal("25.0"), Decimal("45.0")),
             1,
@@ -110,7 +144,7 @@ VITALS: dict[str, Vital] = {
             "kg",
             "kg",
             "vital-signs",
-            (_unit("kg", "kg"), _unit("jin", "斤", "0.5")),
+            (_unit("kg", "kg", "kg"), _unit("jin", "斤", "斤", "0.5")),
             (Decimal(2), Decimal(200)),
             (Decimal("0.3"), Decimal(400)),
             1,
@@ -123,7 +157,7 @@ VITALS: dict[str, Vital] = {
             "cm",
             "cm",
             "vital-signs",
-            (_unit("cm", "cm"), _unit("m", "m", "100")),
+            (_unit("cm", "cm", "cm"), _unit("m", "m", "m", "100")),
             (Decimal(40), Decimal(210)),
             (Decimal(20), Decimal(260)),
             1,
@@ -136,10 +170,11 @@ VITALS: dict[str, Vital] = {
             "%",
             "%",
             "vital-signs",
-            (_unit("percent", "%"),),
+            (_unit("percent", "%", "%"),),
             (Decimal(85), Decimal(100)),
             (Decimal(40), Decimal(100)),
             0,
+            also=(("2708-6", "Oxygen saturation in Arterial blood"),),
         ),
         Vital(
             "glucose",
@@ -150,8 +185,8 @@ VITALS: dict[str, Vital] = {
             "mmol/L",
             "laboratory",
             (
-                _unit("mmol/L", "mmol/L"),
-                _unit("mg/dL", "mg/dL", str(1 / GLUCOSE_MG_PER_MMOL)),
+                _unit("mmol/L", "mmol/L", "mmol/L", "1", "0", "mmol/l"),
+                _unit("mg/dL", "mg/dL", "mg/dL", str(1 / GLUCOSE_MG_PER_MMOL), "0", "mg/dl"),
             ),
             (Decimal("2.8"), Decimal("25.0")),
             (Decimal("0.5"), Decimal("60.0")),
@@ -170,13 +205,28 @@ class Reading:
     #: ``impossible``, ``implausible``, ``number`` (not a number), ``unit`` or "".
     problem: str = ""
 
+    @property
+    def stored(self) -> int | float:
+        """The value as the Observation's ``valueQuantity.value`` carries it."""
+        assert self.value is not None
+        return int(self.value) if self.vital.decimals == 0 else float(self.value)
 
-def read_vital(vital: Vital, typed: str, unit_key: str) -> Reading:
-    """A typed value in the chosen unit, converted to the stored unit and judged."""
-    reading = Reading(vital, typed.strip(), unit_key)
+
+def read_vital(vital: Vital, typed: str, unit_name: str, *, strict: bool = False) -> Reading:
+    """A value in the named unit, converted to the stored unit and judged.
+
+    An unknown unit is the vital's first (a form's default), unless ``strict``: then it
+    is the problem ``unit`` (a device that sends kilograms for a temperature).
+    """
+    reading = Reading(vital, typed.strip(), unit_name)
     if not reading.typed:
         return reading
-    unit = next((u for u in vital.units if u.key == unit_key), vital.units[0])
+    unit = vital.unit(unit_name)
+    if unit is None:
+        if strict:
+            reading.problem = "unit"
+            return reading
+        unit = vital.units[0]
     reading.unit = unit.key
     try:
         number = Decimal(reading.typed.replace("，", ".").replace(",", "."))
