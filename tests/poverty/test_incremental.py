@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from health.cli import run_migrations
 from health.core.database import Database
 from health.core.naming import (
     ILLNESS_POVERTY_RULE_SYSTEM,
@@ -144,6 +146,58 @@ async def test_a_posted_bill_raises_the_flag_and_its_deletion_clears_it(
                 cleared["status"] == "inactive"
                 and cleared["period"]["end"] >= cleared["period"]["start"]
             )
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+
+
+@pytest.fixture
+def neighbour(redis_server: RedisServer, tmp_path: Path, service: AppServer) -> Iterator[AppServer]:
+    """Another deployment (its own database) on the same Redis server: it hears every change."""
+    other = AppServer(fresh_database_url(tmp_path), redis_url=redis_server.url).start()
+    yield other
+    other.stop()
+
+
+def fresh_database_url(folder: Path) -> str:
+    url = f"sqlite+aiosqlite:///{folder / 'neighbour.db'}"
+    run_migrations(url)
+    return url
+
+
+async def test_a_deployment_sharing_the_redis_server_does_not_take_the_changes(
+    database_url: str, redis_server: RedisServer, service: AppServer, neighbour: AppServer
+) -> None:
+    town = Town()
+    houses = [
+        town.household(f"T9NEIG000{n}", ["马" + "文武"[n % 2] + "成"], income="30000")
+        for n in range(4)
+    ]
+    database = Database(database_url)
+    try:
+        await town.write(database, SearchIndexer())
+    finally:
+        await database.dispose()
+    redis = Redis.from_url(redis_server.url)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(CHANGES_CHANNEL)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"{service.url}/fhir", headers=service.auth_headers(), timeout=30
+        ) as client:
+            # Each bill is heard by both deployments; each must raise its flag here, where
+            # the household is, whichever process counted the change first.
+            for house in houses:
+                posted = await client.post(
+                    "ExplanationOfBenefit",
+                    content=orjson.dumps(bill(house.members[0].id or "", 25000.0)),
+                    headers={"Content-Type": "application/fhir+json"},
+                )
+                assert posted.status_code == 201, posted.text
+                flag = await wait_for_flag(
+                    pubsub, client, house.id or "", "POST", time.monotonic() + 60
+                )
+                assert flag["status"] == "active"
     finally:
         await pubsub.aclose()
         await redis.aclose()
