@@ -514,6 +514,7 @@ async def shared_record(request: Request, consult_id: str) -> Response:
             {
                 "reference": f"{r['resourceType']}/{r['id']}",
                 "text": _describe(r),
+                "media": _playable(r),
                 "when": local_time(_when(r)),
                 "attached": f"{r['resourceType']}/{r['id']}" in attached,
             }
@@ -549,6 +550,28 @@ def _when(resource: dict[str, Any]) -> str | None:
             return str(resource[key])
     period = resource.get("period") or {}
     return period.get("start") or (resource.get("meta") or {}).get("lastUpdated")
+
+
+def _playable(resource: dict[str, Any]) -> list[dict[str, str]]:
+    """A document's audio and video files (a recorded call), to play on the page."""
+    if resource["resourceType"] != "DocumentReference":
+        return []
+    found = []
+    for content in resource.get("content") or []:
+        attachment = content.get("attachment") or {}
+        kind = str(attachment.get("contentType") or "").split("/")[0]
+        url = str(attachment.get("url") or "")
+        # Only our own files (a relative URL): a page never embeds a link a client wrote.
+        if kind in ("audio", "video") and url.startswith("/"):
+            found.append(
+                {
+                    "kind": kind,
+                    "url": url,
+                    "type": attachment["contentType"],
+                    "title": str(attachment.get("title") or ""),
+                }
+            )
+    return found
 
 
 def _describe(resource: dict[str, Any]) -> str:

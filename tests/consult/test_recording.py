@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from consult.client import ConsultClient
 from consult.rooms import ROOM_LEASE
+from tests.auth.test_logins import Browser
 from tests.consult.conftest import DEADLINE, eventually
 from tests.consult.network import make_two_workers
 from tests.consult.on_record import OUTSIDER, SPECIALIST_ON_RECORD, VILLAGE, ConsultsOnRecord
@@ -140,6 +141,16 @@ async def test_a_recorded_call_plays_back_with_both_tracks_of_each_participant(
         as_outsider = {"Authorization": f"Bearer {on_record.network.token(OUTSIDER.id)}"}
         assert (await web.get(urls[0], headers=as_outsider)).status_code == 404
         assert (await web.get(urls[0])).status_code == 401
+    # The shared record's page plays each file to the specialist.
+    pages = Browser(on_record.network.server)
+    try:
+        assert pages.login("specialist").status_code == 303
+        record_page = pages.http.get(f"/consult/{consult}/record")
+        assert record_page.status_code == 200
+        for url in urls:
+            assert f'<video controls preload="metadata" src="{url}">' in record_page.text
+    finally:
+        pages.close()
 
 
 async def test_no_recording_without_the_patients_consent(on_record: ConsultsOnRecord) -> None:
