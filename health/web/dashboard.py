@@ -132,7 +132,12 @@ def _paging(request: Request) -> tuple[int, int]:
     return values[0], values[1]
 
 
-async def _audit(viewer: Viewer, what: str, rows: list[figures.HouseholdRow], names: dict) -> None:
+async def _audit(
+    viewer: Viewer,
+    what: str,
+    rows: list[figures.HouseholdRow],
+    names: dict[str, list[figures.Member]],
+) -> None:
     """Each list or household the person was shown, on their audit trail (with the patients
     whose names they saw, when they have the right)."""
     patients = {
@@ -351,7 +356,7 @@ async def api_export(request: Request, fmt: str) -> Response:
 async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str, Any] | None:
     async with _database(request).transaction(write=False) as session:
         found = await figures.household(session, group_id)
-        names = await figures.members(session, [group_id]) if found and viewer.case_worker else {}
+        names = await figures.members(session, [group_id]) if found else {}
     if found is None:
         return None
     records: RecordsContext = request.app.state.records
@@ -362,7 +367,7 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
             "rule": flag["rule"],
             "rule_name": RULE_NAMES.get(flag["rule"] or "", ("", ""))[0],
             "kind": flag["kind"],
-            "since": flag["started_at"].isoformat() if flag["started_at"] else None,
+            "since": _iso(flag["started_at"]),
             "measures": [],
             "costs": {},
             "diagnoses": [],
@@ -378,7 +383,12 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
             except (FhirError, IndexError):
                 assessment = None
             if assessment:
-                item.update(_assessment_evidence(assessment))
+                item.update(
+                    _assessment_evidence(
+                        assessment,
+                        mask={} if viewer.case_worker else _masks(names.get(group_id, [])),
+                    )
+                )
                 conditions = [
                     ref.split("/", 1)[1]
                     for ref in item.pop("basis")
@@ -401,7 +411,11 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
             k: (
                 str(from_fen(v))
                 if k in _MONEY
-                else (v.isoformat() if hasattr(v, "isoformat") else v)
+                else (
+                    _iso(v)
+                    if isinstance(v, dt.datetime)
+                    else (v.isoformat() if isinstance(v, dt.date) else v)
+                )
             )
             for k, v in (found.figures or {}).items()
             if k != "group_id"
@@ -412,10 +426,8 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
                 "task_id": c["task_id"],
                 "stage": c["stage"],
                 "open": c["open"],
-                "opened_at": c["opened_at"].isoformat(),
-                "first_assisted_at": c["first_assisted_at"].isoformat()
-                if c["first_assisted_at"]
-                else None,
+                "opened_at": _iso(c["opened_at"]),
+                "first_assisted_at": _iso(c["first_assisted_at"]),
                 "owner": c["owner_name"],
                 "help": (c["help"] or "").split(),
             }
@@ -443,15 +455,46 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
         (),
         (),
     )
-    await _audit(viewer, f"dashboard/households/{group_id}", [placeholder], names)
+    await _audit(
+        viewer,
+        f"dashboard/households/{group_id}",
+        [placeholder],
+        names if viewer.case_worker else {},
+    )
     return body
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    """An instant as ISO 8601 with its offset (SQLite gives them back naive, in UTC)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).isoformat()
 
 
 _MONEY = {"billed", "basic", "serious", "assistance", "other", "out_of_pocket"}
 
 
-def _assessment_evidence(assessment: dict[str, Any]) -> dict[str, Any]:
-    """The rule's measures and the costs from a RiskAssessment — never its subject's name."""
+def _masks(members: list[figures.Member]) -> dict[str, str]:
+    """What stands for each member's name in an analyst's evidence: the relationship to the
+    head of the household (户主, 配偶…), as the measures' texts name the members."""
+    return {
+        m.name: f"[{m.relationship or '家庭成员'}]"
+        for m in sorted(members, key=lambda m: -len(m.name or ""))
+        if m.name
+    }
+
+
+def _masked(text: Any, mask: dict[str, str]) -> Any:
+    if not isinstance(text, str):
+        return text
+    for name, stand_in in mask.items():
+        text = text.replace(name, stand_in)
+    return text
+
+
+def _assessment_evidence(assessment: dict[str, Any], *, mask: dict[str, str]) -> dict[str, Any]:
+    """The rule's measures and the costs from a RiskAssessment — never its subject's name;
+    the members' names in the measures' texts replaced as ``mask`` says."""
     measures = []
     for prediction in assessment.get("prediction") or []:
         parts: dict[str, Any] = {}
@@ -466,12 +509,12 @@ def _assessment_evidence(assessment: dict[str, Any]) -> dict[str, Any]:
         measures.append(
             {
                 "measure": parts.get("measure"),
-                "label": (prediction.get("outcome") or {}).get("text"),
+                "label": _masked((prediction.get("outcome") or {}).get("text"), mask),
                 "value": parts.get("value"),
                 "threshold": parts.get("threshold"),
                 "comparator": parts.get("comparator"),
                 "met": parts.get("met"),
-                "rationale": prediction.get("rationale"),
+                "rationale": _masked(prediction.get("rationale"), mask),
             }
         )
     costs: dict[str, Any] = {}
