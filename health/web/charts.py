@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from markupsafe import Markup, escape
 
 WIDTH = 480
-ROW, LABEL, GAP = 22, 170, 4
+ROW, LABEL, GAP = 22, 190, 4
+#: Characters of a bar's label that fit before the bar (the full label is its <title>).
+LABEL_CHARS = 11
+COLUMN_MAX = 36
 COLUMN_HEIGHT, AXIS = 160, 20
 
 
@@ -39,7 +42,7 @@ def bars_svg(title: str, bars: Sequence[Bar]) -> Markup:
     for i, bar in enumerate(bars):
         y = GAP + i * ROW
         length = max(bar.value / top * inner, 1.0)
-        label = bar.label if len(bar.label) <= 14 else bar.label[:13] + "…"
+        label = bar.label if len(bar.label) <= LABEL_CHARS else bar.label[: LABEL_CHARS - 1] + "…"
         parts.append(
             f'<a href="{escape(bar.link)}"><title>{escape(bar.label)}: {bar.value}</title>'
             f'<text class="axis" x="{LABEL - 6}" y="{y + 14}" text-anchor="end">'
@@ -56,7 +59,7 @@ def columns_svg(title: str, bars: Sequence[Bar]) -> Markup:
     if not bars:
         return Markup("")
     top = max(b.value for b in bars) or 1
-    step = (WIDTH - 40) / len(bars)
+    step = min((WIDTH - 40) / len(bars), COLUMN_MAX)
     inner = COLUMN_HEIGHT - AXIS - 14
     parts = [
         f'<svg class="bars" viewBox="0 0 {WIDTH} {COLUMN_HEIGHT}" role="img" '
@@ -75,7 +78,8 @@ def columns_svg(title: str, bars: Sequence[Bar]) -> Markup:
         )
     parts.append(
         f'<text class="axis" x="30" y="{COLUMN_HEIGHT - 4}">{escape(bars[0].label)}</text>'
-        f'<text class="axis" x="{WIDTH - 4}" y="{COLUMN_HEIGHT - 4}" text-anchor="end">'
+        f'<text class="axis" x="{30 + len(bars) * step:.1f}" y="{COLUMN_HEIGHT - 4}" '
+        'text-anchor="end">'
         f"{escape(bars[-1].label)}</text>"
     )
     parts.append("</svg>")
