@@ -10,8 +10,10 @@ or closed, since closing a case does not undo how long its help took.
 
 :class:`Filters` narrow all of it alike, so that a figure's drill-down list
 (:func:`households`) holds exactly the households the figure counted. Names and resident
-identity numbers are read only by :func:`members`, which the web layer calls for users with
-the case-worker right.
+identity numbers reach the page only from :func:`members`, which the web layer shows to users
+with the case-worker right. A household's evidence (:func:`evidence`) is read from the stored
+JSON of its own flags' RiskAssessments and its own members' Conditions, in two statements; the
+web layer audits the read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, case, exists, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, Select
@@ -37,6 +40,7 @@ from health.poverty.tables import (
     poverty_household_members,
     poverty_households,
 )
+from records.tables import resource_versions, resources
 
 #: Out-of-pocket bands of the household's twelve months, in yuan: code -> (low, high).
 #: The edges follow the rule set's orders of magnitude (a 5,000-yuan bill alert, 10,000 and
@@ -117,7 +121,7 @@ def _month(column: Any, dialect: str) -> ColumnElement[str]:
     return func.strftime("%Y-%m", column, "+8 hours")
 
 
-def _seconds(later: Any, earlier: Any, dialect: str) -> ColumnElement[float]:
+def _seconds(later: Any, earlier: Any, dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return func.extract("epoch", later - earlier)
     return (func.julianday(later) - func.julianday(earlier)) * 86400.0
@@ -197,7 +201,7 @@ class Waiting:
     waiting: int
 
 
-async def _counts(session: AsyncSession, query: Select[Any]) -> list[Count]:
+async def _counts(session: AsyncSession, query: Select[Any, Any]) -> list[Count]:
     rows = await session.execute(query)
     return [Count(str(row[0] if row[0] is not None else ""), int(row[1]), *row[2:]) for row in rows]
 
@@ -518,3 +522,73 @@ async def members(session: AsyncSession, group_ids: Sequence[str]) -> dict[str, 
             Member(row.patient_id, row.name, row.resident_id, row.relationship)
         )
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a household's active flags rest on: their RiskAssessments by id, and the
+    Conditions those name that are the household members' own, by id."""
+
+    assessments: dict[str, dict[str, Any]]
+    conditions: dict[str, dict[str, Any]]
+
+
+def _current_of(res_type: str, ids: Sequence[str]) -> Select[Any]:
+    return (
+        select(resources.c.res_id, resource_versions.c.content)
+        .select_from(resources)
+        .join(
+            resource_versions,
+            and_(
+                resource_versions.c.rid == resources.c.rid,
+                resource_versions.c.version == resources.c.version,
+            ),
+        )
+        .where(
+            resources.c.res_type == res_type,
+            resources.c.res_id.in_(list(ids)),
+            resources.c.deleted.is_(False),
+        )
+    )
+
+
+async def evidence(session: AsyncSession, group_id: str) -> Evidence:
+    """The stored evidence of the household's active flags, read in two statements. Only the
+    assessments its own flags point to, and only Conditions of its own members: the
+    dashboard shows nothing of any other household's record."""
+    f, m = poverty_flags.c, poverty_household_members.c
+    ids = (
+        await session.execute(
+            select(f.assessment_id).where(
+                f.group_id == group_id, f.active.is_(True), f.assessment_id.is_not(None)
+            )
+        )
+    ).scalars()
+    assessments = {
+        row.res_id: orjson.loads(row.content)
+        for row in await session.execute(_current_of("RiskAssessment", sorted(set(ids))))
+        if row.content
+    }
+    wanted = sorted(
+        {
+            reference.split("/", 1)[1]
+            for assessment in assessments.values()
+            for basis in assessment.get("basis") or []
+            if (reference := str(basis.get("reference") or "")).startswith("Condition/")
+        }
+    )
+    members = {
+        f"Patient/{patient}"
+        for patient in (
+            await session.execute(
+                select(m.patient_id).where(m.group_id == group_id, m.patient_id.is_not(None))
+            )
+        ).scalars()
+    }
+    conditions = {}
+    if wanted:
+        for row in await session.execute(_current_of("Condition", wanted)):
+            condition = orjson.loads(row.content) if row.content else {}
+            if (condition.get("subject") or {}).get("reference") in members:
+                conditions[row.res_id] = condition
+    return Evidence(assessments, conditions)

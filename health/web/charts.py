@@ -78,9 +78,11 @@ def columns_svg(title: str, bars: Sequence[Bar]) -> Markup:
         )
     parts.append(
         f'<text class="axis" x="30" y="{COLUMN_HEIGHT - 4}">{escape(bars[0].label)}</text>'
-        f'<text class="axis" x="{30 + len(bars) * step:.1f}" y="{COLUMN_HEIGHT - 4}" '
-        'text-anchor="end">'
-        f"{escape(bars[-1].label)}</text>"
     )
+    if len(bars) > 1:
+        parts.append(
+            f'<text class="axis" x="{30 + len(bars) * step:.1f}" y="{COLUMN_HEIGHT - 4}" '
+            f'text-anchor="end">{escape(bars[-1].label)}</text>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -39,13 +39,10 @@ from health.web.i18n import language_of
 from health.web.signed_in import SignedIn, signed_in
 from integrations.spreadsheet import FORMATS, MEDIA_TYPES, table_bytes
 from records.access import AccessEvent
-from records.api.service import RecordsContext, resources_of
-from records.interactions import FhirRequest
 from records.outcome import FhirError
 
 router = APIRouter()
 _CHINA = dt.timezone(dt.timedelta(hours=8), "CST")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ROLE = "commission_analyst"
 PAGE_SIZE = 50
 BAND_NAMES: dict[str, tuple[str, str]] = {
@@ -138,9 +135,9 @@ async def _audit(
     rows: list[figures.HouseholdRow],
     names: dict[str, list[figures.Member]],
 ) -> None:
-    """Each list or household the person was shown, on their audit trail (with the patients
+    """Each household list the person was shown, on their audit trail (with the patients
     whose names they saw, when they have the right)."""
-    patients = {
+    patients: dict[str, tuple[tuple[str, str], ...]] = {
         m.patient_id: (("Patient", m.patient_id),)
         for members in names.values()
         for m in members
@@ -148,8 +145,8 @@ async def _audit(
     }
     await viewer.caller.audit(
         AccessEvent(
-            interaction="read" if what.startswith("dashboard/households/") else "search-type",
-            action="R" if what.startswith("dashboard/households/") else "E",
+            interaction="search-type",
+            action="E",
             status=200,
             request=what,
             resources=tuple(("Group", r.group_id) for r in rows),
@@ -357,10 +354,12 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
     async with _database(request).transaction(write=False) as session:
         found = await figures.household(session, group_id)
         names = await figures.members(session, [group_id]) if found else {}
+        stored = await figures.evidence(session, group_id)
     if found is None:
         return None
-    records: RecordsContext = request.app.state.records
     flags = []
+    shown: list[tuple[str, str]] = [("Group", group_id)]
+    patients: dict[str, list[tuple[str, str]]] = {}
     for flag in found.flags:
         item: dict[str, Any] = {
             "flag_id": flag["flag_id"],
@@ -372,30 +371,24 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
             "costs": {},
             "diagnoses": [],
         }
-        if flag["assessment_id"]:
-            try:
-                result = await records.perform(
-                    viewer.caller,
-                    FhirRequest("GET", f"RiskAssessment/{flag['assessment_id']}"),
-                    base_url=records.fhir_base(request),
+        shown.append(("Flag", flag["flag_id"]))
+        assessment = stored.assessments.get(flag["assessment_id"] or "")
+        if assessment:
+            shown.append(("RiskAssessment", flag["assessment_id"]))
+            item.update(
+                _assessment_evidence(
+                    assessment,
+                    mask={} if viewer.case_worker else _masks(names.get(group_id, [])),
                 )
-                assessment = resources_of(result)[0]
-            except (FhirError, IndexError):
-                assessment = None
-            if assessment:
-                item.update(
-                    _assessment_evidence(
-                        assessment,
-                        mask={} if viewer.case_worker else _masks(names.get(group_id, [])),
-                    )
-                )
-                conditions = [
-                    ref.split("/", 1)[1]
-                    for ref in item.pop("basis")
-                    if ref.startswith("Condition/")
-                ]
-                if conditions:
-                    item["diagnoses"] = await _diagnoses(request, viewer, conditions)
+            )
+            for reference in item.pop("basis"):
+                res_id = reference.removeprefix("Condition/")
+                condition = stored.conditions.get(res_id) if reference != res_id else None
+                if condition is None:
+                    continue
+                item["diagnoses"].append(_diagnosis(condition))
+                patient = str(condition["subject"]["reference"]).removeprefix("Patient/")
+                patients.setdefault(patient, []).append(("Condition", res_id))
         flags.append(item)
     body: dict[str, Any] = {
         "group_id": found.group_id,
@@ -441,25 +434,19 @@ async def _evidence(request: Request, viewer: Viewer, group_id: str) -> dict[str
             {"name": m.name, "resident_id": m.resident_id, "relationship": m.relationship}
             for m in members
         ]
-    placeholder = figures.HouseholdRow(
-        found.group_id,
-        found.number,
-        found.township,
-        found.village,
-        "",
-        "",
-        _EPOCH,
-        None,
-        None,
-        None,
-        (),
-        (),
-    )
-    await _audit(
-        viewer,
-        f"dashboard/households/{group_id}",
-        [placeholder],
-        names if viewer.case_worker else {},
+    if viewer.case_worker:
+        for member in names.get(group_id, []):
+            if member.patient_id:
+                patients.setdefault(member.patient_id, []).append(("Patient", member.patient_id))
+    await viewer.caller.audit(
+        AccessEvent(
+            interaction="read",
+            action="R",
+            status=200,
+            request=f"dashboard/households/{group_id}",
+            resources=tuple(shown),
+            patients={p: tuple(r) for p, r in patients.items()},
+        )
     )
     return body
 
@@ -530,27 +517,11 @@ def _assessment_evidence(assessment: dict[str, Any], *, mask: dict[str, str]) ->
     return {"measures": measures, "costs": costs, "basis": basis}
 
 
-async def _diagnoses(request: Request, viewer: Viewer, ids: list[str]) -> list[dict[str, str]]:
-    records: RecordsContext = request.app.state.records
-    try:
-        result = await records.perform(
-            viewer.caller,
-            FhirRequest("GET", "Condition", query=urlencode({"_id": ",".join(ids[:50])})),
-            base_url=records.fhir_base(request),
-        )
-    except FhirError:
-        return []
-    out = []
-    for condition in resources_of(result):
-        if condition.get("resourceType") != "Condition":
-            continue
-        for coding in (condition.get("code") or {}).get("coding") or []:
-            if coding.get("system") == "http://hl7.org/fhir/sid/icd-10":
-                out.append(
-                    {"code": str(coding.get("code")), "display": str(coding.get("display") or "")}
-                )
-                break
-    return out
+def _diagnosis(condition: dict[str, Any]) -> dict[str, str]:
+    for coding in (condition.get("code") or {}).get("coding") or []:
+        if coding.get("system") == "http://hl7.org/fhir/sid/icd-10":
+            return {"code": str(coding.get("code")), "display": str(coding.get("display") or "")}
+    return {"code": "", "display": str((condition.get("code") or {}).get("text") or "")}
 
 
 @router.get("/api/dashboard/households/{group_id}")
