@@ -14,6 +14,7 @@ AuditEvent of the person.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import asdict
 from typing import Any
@@ -159,17 +160,26 @@ async def _audit(
 
 
 async def _figures(request: Request, filters: Filters) -> dict[str, Any]:
-    async with _database(request).transaction(write=False) as session:
-        return {
-            "township": await figures.by_township(session, filters),
-            "village": await figures.by_village(session, filters),
-            "rule": await figures.by_rule(session, filters),
-            "disease_group": await figures.by_disease_group(session, filters),
-            "month": await figures.by_month(session, filters),
-            "band": await figures.by_band(session, filters),
-            "time_to_help": await figures.time_to_help(session, filters),
-            "households": await figures.count_households(session, filters),
-        }
+    """Every figure, each in a read transaction of its own and all at once: on PostgreSQL the
+    eight aggregates then take about as long as the slowest, not their sum."""
+    database = _database(request)
+    readers = {
+        "township": figures.by_township,
+        "village": figures.by_village,
+        "rule": figures.by_rule,
+        "disease_group": figures.by_disease_group,
+        "month": figures.by_month,
+        "band": figures.by_band,
+        "time_to_help": figures.time_to_help,
+        "households": figures.count_households,
+    }
+
+    async def read(reader: Any) -> Any:
+        async with database.transaction(write=False) as session:
+            return await reader(session, filters)
+
+    found = await asyncio.gather(*(read(reader) for reader in readers.values()))
+    return dict(zip(readers, found, strict=True))
 
 
 def _label(kind: str, key: str, english: bool) -> str:
