@@ -36,7 +36,7 @@ def test_an_analyst_drills_down_to_a_household_and_exports_the_list(
     page.locator("a.household").first.click()
     expect(page.locator("main h1")).to_contain_text(number)
     expect(page.get_by_role("heading", name=re.compile("标记依据")).first).to_be_visible()
-    expect(page.get_by_role("heading", name="近12个月费用").first).to_be_visible()
+    expect(page.get_by_role("columnheader", name="指标").first).to_be_visible()
     expect(page.get_by_role("heading", name="家庭成员")).to_have_count(0)
     screenshot(page, web, "dashboard-household")
     page.go_back()
