@@ -372,6 +372,11 @@ def user() -> None:
 @click.option("--practitioner", help="the user's Practitioner id in the directory")
 @click.option("--name", "display_name", help="the name shown on pages and in the audit trail")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.option(
+    "--case-worker",
+    is_flag=True,
+    help="may see households' names and identity numbers on the commission's dashboard",
+)
 def user_add(
     username: str,
     role: str,
@@ -379,6 +384,7 @@ def user_add(
     practitioner: str | None,
     display_name: str | None,
     password_stdin: bool,
+    case_worker: bool,
 ) -> None:
     """Create a user (without --password-stdin the account cannot log in until one is set)."""
     from health.auth import accounts
@@ -395,6 +401,7 @@ def user_add(
             practitioner_id=practitioner,
             display_name=display_name,
             password=password,
+            case_worker=case_worker,
             now=utcnow(),
         )
 
@@ -430,6 +437,21 @@ def user_disable(username: str) -> None:
 
     _in_transaction(work)
     click.echo(f"user {username} disabled")
+
+
+@user.command(name="case-worker")
+@click.argument("username")
+@click.option("--revoke", is_flag=True, help="take the right away instead of giving it")
+def user_case_worker(username: str, revoke: bool) -> None:
+    """Give a user the case-worker right (names and identity numbers on the dashboard)."""
+    from health.auth import accounts
+
+    async def work(session: AsyncSession) -> Any:
+        await accounts.set_case_worker(session, username=username, case_worker=not revoke)
+        return None
+
+    _in_transaction(work)
+    click.echo(f"case-worker right of {username} {'revoked' if revoke else 'given'}")
 
 
 @user.command(name="password")

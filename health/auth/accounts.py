@@ -59,6 +59,8 @@ class User:
     practitioner_id: str | None
     display_name: str | None
     disabled: bool
+    #: May see households' names and resident identity numbers on the dashboard.
+    case_worker: bool = False
 
     @classmethod
     def from_row(cls, row: object) -> User:
@@ -69,6 +71,7 @@ class User:
             practitioner_id=row.practitioner_id,  # type: ignore[attr-defined]
             display_name=row.display_name,  # type: ignore[attr-defined]
             disabled=row.disabled,  # type: ignore[attr-defined]
+            case_worker=bool(row.case_worker),  # type: ignore[attr-defined]
         )
 
 
@@ -100,6 +103,7 @@ async def add_user(
     password: str | None,
     practitioner_id: str | None = None,
     display_name: str | None = None,
+    case_worker: bool = False,
     now: dt.datetime,
 ) -> User:
     if not USERNAME.match(username):
@@ -132,11 +136,12 @@ async def add_user(
             display_name=display_name,
             password_hash=password_hash,
             disabled=False,
+            case_worker=case_worker,
             failed_logins=0,
             created_at=now,
         )
     )
-    return User(username, role, organization_id, practitioner_id, display_name, False)
+    return User(username, role, organization_id, practitioner_id, display_name, False, case_worker)
 
 
 async def get_user(session: AsyncSession, *, username: str) -> User | None:
@@ -205,7 +210,26 @@ async def update_user(
         practitioner_id,
     ):
         await _end_logins(session, username)
-    return User(username, role, organization_id, practitioner_id, display_name, before.disabled)
+    return User(
+        username,
+        role,
+        organization_id,
+        practitioner_id,
+        display_name,
+        before.disabled,
+        before.case_worker,
+    )
+
+
+async def set_case_worker(session: AsyncSession, *, username: str, case_worker: bool) -> None:
+    """Give or take the case-worker right; the user's sessions end, so that a page already
+    open cannot keep showing names the user may no longer see."""
+    done = await session.execute(
+        update(users).where(users.c.username == username).values(case_worker=case_worker)
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        raise AccountError(f"username: no user {username}")
+    await _end_logins(session, username)
 
 
 async def enable_user(session: AsyncSession, *, username: str) -> None:

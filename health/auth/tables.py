@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 from health.core.schema import SurrogateKey, metadata
@@ -35,6 +36,9 @@ users = Table(
     Column("display_name", String(128), nullable=True),
     Column("password_hash", Text, nullable=True),
     Column("disabled", Boolean, nullable=False, default=False),
+    #: The case-worker right: sees the names and identity numbers of illness-poverty
+    #: households on the commission's dashboard (analysts without it see numbers only).
+    Column("case_worker", Boolean, nullable=False, default=False, server_default=false()),
     #: Failed logins since the last success, and the lockout they earned.
     Column("failed_logins", Integer, nullable=False, default=0),
     Column("locked_until", DateTime(timezone=True), nullable=True),

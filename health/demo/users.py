@@ -3,7 +3,9 @@
 Each is tied to a real entry of the demo network: the village doctor and the township doctor
 are staff of 闽宁镇原隆村卫生室 and of 闽宁镇卫生院 (the village clinic lies under that
 township), the specialist is a cardiologist of 银川市第一人民医院, the analyst works at the
-health commission. They share one demo password, printed by ``health seed --demo``; a real
+health commission, and so does the case worker, the one demo account with the case-worker
+right (households' names and identity numbers on the dashboard).
+They share one demo password, printed by ``health seed --demo``; a real
 deployment creates its own users with ``health user add`` and never runs the demo seed.
 """
 
@@ -36,6 +38,8 @@ class DemoUser:
     #: Whether the account is one of the clinic's staff (its Practitioner is the first one).
     staff: bool
     display_name: str
+    #: Whether the account has the case-worker right (names on the dashboard).
+    case_worker: bool = False
 
 
 DEMO_USERS = (
@@ -43,6 +47,7 @@ DEMO_USERS = (
     DemoUser("township-doctor", "township_doctor", TOWNSHIP_CENTRE, True, "闽宁镇卫生院医生"),
     DemoUser("specialist", "specialist", CARDIOLOGY, True, "心血管内科专科医生"),
     DemoUser("analyst", "commission_analyst", COMMISSION_CODE, False, "卫健委分析员"),
+    DemoUser("case-worker", "commission_analyst", COMMISSION_CODE, False, "卫健委帮扶专干", True),
     DemoUser("admin", "admin", None, False, "系统管理员"),
 )
 
@@ -93,6 +98,7 @@ async def seed_demo_users(
                 practitioner_id=practitioner,
                 display_name=display,
                 password=DEMO_PASSWORD,
+                case_worker=demo.case_worker,
                 now=utcnow(),
             )
             result.append((demo, True))

@@ -88,6 +88,8 @@ class Town:
         *,
         status: str = "ordinary",
         income: str | None = "20000",
+        township: str = "闽宁镇",
+        village: str = "原隆村",
     ) -> House:
         people = [Person(names[0])]
         for name in names[1:]:
@@ -123,8 +125,8 @@ class Town:
                 status,
                 income_per_capita=house.income,
                 income_year=2025 if house.income is not None else None,
-                township="闽宁镇",
-                village="原隆村",
+                township=township,
+                village=village,
             ),
         )
         self.entries.append(
