@@ -140,10 +140,11 @@ def walk(app: WebApp, username: str) -> Walk:
             for message in english_ids:
                 if message in text:
                     result.english.append(f"{path}: {message!r}")
-            # Record ids (UUIDs, hex digests) are not words: 'accc' inside one is no English left.
-            words_only = SAME_PAGE.sub(" ", text)
+            # Ids are not words: 'accc' inside a UUID, 'east' after a run of digits (an id
+            # becomes one digit, so the letters stuck to it stay stuck).
+            words_only = SAME_PAGE.sub("0", text)
             for word in re.findall(
-                r"(?<![0-9A-Za-z])[A-Za-z][A-Za-z-]{2,}(?![0-9A-Za-z])", words_only
+                r"(?<![0-9A-Za-z-])[A-Za-z][A-Za-z-]{2,}(?![0-9A-Za-z])", words_only
             ):
                 if re.fullmatch(r"[A-Z]{2,4}", word):
                     continue  # a directory code's letters: 640100WJW
