@@ -405,18 +405,7 @@ async def flags_of_groups(
             group_id = str((data.get("subject") or {}).get("reference", "")).split("/", 1)[-1]
             found.setdefault(group_id, []).append(stored)
             flags.append(stored)
-    wanted = sorted({f.assessment_id for f in flags if f.assessment_id and f.active})
-    assessments: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(wanted):
-        rows = await session.execute(
-            _current().where(
-                resources.c.res_type == "RiskAssessment", resources.c.res_id.in_(chunk)
-            )
-        )
-        assessments.update((row.res_id, orjson.loads(row.content)) for row in rows)
-    for stored in flags:
-        if stored.assessment_id:
-            stored.assessment = assessments.get(stored.assessment_id)
+    await _attach_assessments(session, [f for f in flags if f.active])
     return found
 
 
@@ -710,6 +699,12 @@ async def active_flags_of_groups(
             stored = StoredFlag(row.res_id, data, assessment_id_of(data))
             found.setdefault(row.group_id, []).append(stored)
             flags.append(stored)
+    await _attach_assessments(session, flags)
+    return found
+
+
+async def _attach_assessments(session: AsyncSession, flags: Sequence[StoredFlag]) -> None:
+    """Read each flag's RiskAssessment (in chunks) onto ``stored.assessment``."""
     wanted = sorted({f.assessment_id for f in flags if f.assessment_id})
     assessments: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(wanted):
@@ -722,7 +717,6 @@ async def active_flags_of_groups(
     for stored in flags:
         if stored.assessment_id:
             stored.assessment = assessments.get(stored.assessment_id)
-    return found
 
 
 @dataclass(frozen=True, slots=True)
