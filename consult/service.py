@@ -529,16 +529,7 @@ class ConsultService:
         self, caller: Caller, consult: Consult, task: dict[str, Any], base_url: str
     ) -> None:
         assert consult.task is not None
-        await self._perform(
-            caller,
-            FhirRequest(
-                "PUT",
-                f"Task/{task['id']}",
-                body=task,
-                if_match=f'W/"{(consult.task.get("meta") or {}).get("versionId")}"',
-            ),
-            base_url,
-        )
+        await self._perform(caller, replacing(consult.task, task), base_url)
 
     def _task_update(self, consult: Consult, **changes: Any) -> dict[str, Any]:
         if consult.task is None:
@@ -664,12 +655,7 @@ class ConsultService:
                 **{k: v for k, v in current.items() if k != "meta"},
                 **{k: booked[k] for k in ("status", "start", "end", "minutesDuration")},
             }
-            request = FhirRequest(
-                "PUT",
-                f"Appointment/{current['id']}",
-                body=body,
-                if_match=f'W/"{current["meta"]["versionId"]}"',
-            )
+            request = replacing(current, body)
         else:
             request = FhirRequest("POST", "Appointment", body=booked)
         await self._perform(caller, request, base_url)
@@ -683,16 +669,7 @@ class ConsultService:
         if current is None:
             raise _field("appointment", "The consult has no booked call", 409)
         body = {**{k: v for k, v in current.items() if k != "meta"}, "status": "noshow"}
-        await self._perform(
-            caller,
-            FhirRequest(
-                "PUT",
-                f"Appointment/{current['id']}",
-                body=body,
-                if_match=f'W/"{current["meta"]["versionId"]}"',
-            ),
-            base_url,
-        )
+        await self._perform(caller, replacing(current, body), base_url)
         return await self.load(caller, consult_id, base_url=base_url)
 
     async def consent_to_recording(
@@ -713,14 +690,7 @@ class ConsultService:
         elif not agreed and current is not None:
             withdrawn = {k: v for k, v in current.items() if k != "meta"}
             await self._perform(
-                caller,
-                FhirRequest(
-                    "PUT",
-                    f"Consent/{current['id']}",
-                    body={**withdrawn, "status": "inactive"},
-                    if_match=f'W/"{current["meta"]["versionId"]}"',
-                ),
-                base_url,
+                caller, replacing(current, {**withdrawn, "status": "inactive"}), base_url
             )
         return await self.load(caller, consult_id, base_url=base_url)
 
@@ -741,12 +711,7 @@ class ConsultService:
         team = shapes.care_team(consult_id=consult.id, request=consult.request, members=members)
         if consult.care_team is not None:
             team["id"] = consult.care_team["id"]
-            request = FhirRequest(
-                "PUT",
-                f"CareTeam/{team['id']}",
-                body=team,
-                if_match=f'W/"{consult.care_team["meta"]["versionId"]}"',
-            )
+            request = replacing(consult.care_team, team)
         else:
             request = FhirRequest("POST", "CareTeam", body=team)
         await self._perform(caller, request, base_url)
@@ -871,6 +836,17 @@ def _sortable(instant: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC).isoformat()
+
+
+def replacing(current: dict[str, Any], body: dict[str, Any]) -> FhirRequest:
+    """A PUT of ``body`` over the resource as it was read (``current``), refused (412) if
+    someone changed it since: two people acting on one consult cannot both win."""
+    return FhirRequest(
+        "PUT",
+        f"{current['resourceType']}/{current['id']}",
+        body=body,
+        if_match=f'W/"{(current.get("meta") or {}).get("versionId")}"',
+    )
 
 
 class ConsultInputError(ValueError):
