@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -202,24 +203,22 @@ async def read_visit(me: SignedIn, form: Any, active: list[Resource]) -> VisitFo
             errors[f"days_{row}"] = _("Whole days, 1 to 999.")
         if len(medicine) > 200 or len(dosage) > 200:
             errors[f"medicine_{row}"] = _("At most 200 characters.")
-    total = Decimal(0)
-    for key in BILL_ITEMS:
-        visit.fees[key] = str(form.get(key) or "").strip()
-        amount = _amount(visit.fees[key])
-        if amount is None or amount > MAX_AMOUNT:
-            errors[key] = _("An amount in yuan, such as 12.50.")
-        else:
-            visit.amounts[key] = amount
-            total += amount
-    paid = Decimal(0)
-    for key in PAID_LAYERS:
-        visit.paid[key] = str(form.get(key) or "").strip()
-        amount = _amount(visit.paid[key])
-        if amount is None or amount > MAX_AMOUNT:
-            errors[key] = _("An amount in yuan, such as 12.50.")
-        else:
-            visit.amounts[key] = amount
-            paid += amount
+
+    def amounts(keys: Iterable[str], typed: dict[str, str]) -> Decimal:
+        """Read the yuan fields ``keys`` into ``typed`` and visit.amounts; their sum."""
+        summed = Decimal(0)
+        for key in keys:
+            typed[key] = str(form.get(key) or "").strip()
+            amount = _amount(typed[key])
+            if amount is None or amount > MAX_AMOUNT:
+                errors[key] = _("An amount in yuan, such as 12.50.")
+            else:
+                visit.amounts[key] = amount
+                summed += amount
+        return summed
+
+    total = amounts(BILL_ITEMS, visit.fees)
+    paid = amounts(PAID_LAYERS, visit.paid)
     visit.amounts["total"] = total
     visit.amounts["out_of_pocket"] = total - paid
     if paid > total and not any(k in errors for k in PAID_LAYERS):
