@@ -134,71 +134,13 @@ class Town:
         )
         return house
 
-    def eob(
-        self,
-        person: Person,
-        on: str,
-        *,
-        billed: str,
-        basic: str = "0",
-        serious: str = "0",
-        assistance: str = "0",
-        out_of_pocket: str | None = None,
-        provider: str = "银川市第一人民医院",
-        layers: bool = True,
-        status: str = "active",
-        claim: str | None = None,
-    ) -> str:
-        """An ExplanationOfBenefit settled on ``on``; ``layers`` False gives only the standard
-        submitted and benefit totals, as any FHIR source would send."""
-        paid = Decimal(basic) + Decimal(serious) + Decimal(assistance)
-        oop = Decimal(out_of_pocket) if out_of_pocket is not None else Decimal(billed) - paid
-        total = [
-            {
-                "category": {"coding": [{"system": ADJUDICATION, "code": "submitted"}]},
-                "amount": money(billed),
-            },
-            {
-                "category": {"coding": [{"system": ADJUDICATION, "code": "benefit"}]},
-                "amount": money(paid),
-            },
-        ]
-        if layers:
-            amounts: tuple[str | Decimal, ...] = (basic, serious, assistance, oop)
-            for code, amount in zip(PAYMENT_LAYERS, amounts, strict=True):
-                total.append(
-                    {
-                        "category": {"coding": [{"system": PAYMENT_LAYER_SYSTEM, "code": code}]},
-                        "amount": money(amount),
-                    }
-                )
-        resource: dict[str, Any] = {
-            "resourceType": "ExplanationOfBenefit",
-            "status": status,
-            "type": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                        "code": "institutional",
-                    }
-                ]
-            },
-            "use": "claim",
-            "patient": self._ref(person),
-            "created": f"{on}T10:00:00+08:00",
-            "insurer": {"display": "宁夏城乡居民医保"},
-            "provider": {"display": provider},
-            "outcome": "complete",
-            "insurance": [{"focal": True, "coverage": {"display": "城乡居民基本医疗保险"}}],
-            "total": total,
-        }
-        if claim:
-            resource["claim"] = {"reference": claim}
+    def eob(self, person: Person, on: str, **settled: Any) -> str:
+        """An ExplanationOfBenefit of ``person`` settled on ``on`` (see :func:`eob_resource`)."""
         url = urn()
         self.entries.append(
             {
                 "fullUrl": url,
-                "resource": resource,
+                "resource": eob_resource(self._ref(person), on, **settled),
                 "request": {"method": "POST", "url": "ExplanationOfBenefit"},
             }
         )
@@ -344,3 +286,66 @@ class Town:
             for person in house.members:
                 person.id = person.id or ids.get(person.url)
         return list(outcome.written)
+
+
+def eob_resource(
+    patient: dict[str, Any],
+    on: str,
+    *,
+    billed: str,
+    basic: str = "0",
+    serious: str = "0",
+    assistance: str = "0",
+    out_of_pocket: str | None = None,
+    provider: str = "银川市第一人民医院",
+    layers: bool = True,
+    status: str = "active",
+    claim: str | None = None,
+) -> dict[str, Any]:
+    """An ExplanationOfBenefit of ``patient`` (a reference) settled on ``on``; ``layers``
+    False gives only the standard submitted and benefit totals, as any FHIR source would
+    send."""
+    paid = Decimal(basic) + Decimal(serious) + Decimal(assistance)
+    oop = Decimal(out_of_pocket) if out_of_pocket is not None else Decimal(billed) - paid
+    total = [
+        {
+            "category": {"coding": [{"system": ADJUDICATION, "code": "submitted"}]},
+            "amount": money(billed),
+        },
+        {
+            "category": {"coding": [{"system": ADJUDICATION, "code": "benefit"}]},
+            "amount": money(paid),
+        },
+    ]
+    if layers:
+        amounts: tuple[str | Decimal, ...] = (basic, serious, assistance, oop)
+        for code, amount in zip(PAYMENT_LAYERS, amounts, strict=True):
+            total.append(
+                {
+                    "category": {"coding": [{"system": PAYMENT_LAYER_SYSTEM, "code": code}]},
+                    "amount": money(amount),
+                }
+            )
+    resource: dict[str, Any] = {
+        "resourceType": "ExplanationOfBenefit",
+        "status": status,
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                    "code": "institutional",
+                }
+            ]
+        },
+        "use": "claim",
+        "patient": patient,
+        "created": f"{on}T10:00:00+08:00",
+        "insurer": {"display": "宁夏城乡居民医保"},
+        "provider": {"display": provider},
+        "outcome": "complete",
+        "insurance": [{"focal": True, "coverage": {"display": "城乡居民基本医疗保险"}}],
+        "total": total,
+    }
+    if claim:
+        resource["claim"] = {"reference": claim}
+    return resource

@@ -22,12 +22,11 @@ from health.core.database import Database
 from health.core.naming import (
     ILLNESS_POVERTY_RULE_SYSTEM,
     ILLNESS_POVERTY_TAG,
-    PAYMENT_LAYER_SYSTEM,
 )
 from health.poverty.service import today_in_china
 from records.feed import CHANGES_CHANNEL
 from records.indexing import SearchIndexer
-from tests.poverty.factories import ADJUDICATION, Town
+from tests.poverty.factories import Town, eob_resource
 from tests.services import AppServer, RedisServer
 
 
@@ -39,37 +38,15 @@ def service(database_url: str, redis_server: RedisServer) -> Iterator[AppServer]
 
 
 def bill(patient_id: str, out_of_pocket: float) -> dict[str, Any]:
-    def total(system: str, code: str, value: float) -> dict[str, Any]:
-        return {
-            "category": {"coding": [{"system": system, "code": code}]},
-            "amount": {"value": value, "currency": "CNY"},
-        }
-
-    return {
-        "resourceType": "ExplanationOfBenefit",
-        "status": "active",
-        "type": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                    "code": "institutional",
-                }
-            ]
-        },
-        "use": "claim",
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "created": f"{today_in_china().isoformat()}T09:30:00+08:00",
-        "insurer": {"display": "宁夏城乡居民医保"},
-        "provider": {"display": "宁夏医科大学总医院"},
-        "outcome": "complete",
-        "insurance": [{"focal": True, "coverage": {"display": "城乡居民基本医疗保险"}}],
-        "total": [
-            total(ADJUDICATION, "submitted", out_of_pocket * 2),
-            total(ADJUDICATION, "benefit", out_of_pocket),
-            total(PAYMENT_LAYER_SYSTEM, "basic-medical-insurance", out_of_pocket),
-            total(PAYMENT_LAYER_SYSTEM, "out-of-pocket", out_of_pocket),
-        ],
-    }
+    """Today's bill, half paid by basic medical insurance, ``out_of_pocket`` left."""
+    left = str(out_of_pocket)
+    return eob_resource(
+        {"reference": f"Patient/{patient_id}"},
+        today_in_china().isoformat(),
+        billed=str(out_of_pocket * 2),
+        basic=left,
+        out_of_pocket=left,
+    )
 
 
 def rules_of(flag: dict[str, Any]) -> set[str]:
