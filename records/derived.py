@@ -24,7 +24,19 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import utcnow
@@ -131,7 +143,14 @@ def _rows_of(derived: DerivedTable, batch: Sequence[Any]) -> list[dict[str, Any]
 
 def refill(connection: Connection, derived: DerivedTable) -> int:
     """Fill an empty derived table from the stored resources, on a synchronous connection
-    (a migration's); returns the number of resources read."""
+    (a migration's); returns the number of resources read.
+
+    Only the columns the table has in the database are written: a migration runs the
+    extraction of today's code against the table as that migration left it, and a later
+    migration that adds a column fills that column itself."""
+    present = {column["name"] for column in inspect(connection).get_columns(derived.table.name)}
+    columns = [column for column in derived.table.columns if column.name in present]
+    table = Table(derived.table.name, MetaData(), *(Column(c.name, c.type) for c in columns))
     read = 0
     last = 0
     while True:
@@ -140,9 +159,12 @@ def refill(connection: Connection, derived: DerivedTable) -> int:
         ).all()
         if not batch:
             return read
-        rows = _rows_of(derived, batch)
+        rows = [
+            {key: value for key, value in row.items() if key in present}
+            for row in _rows_of(derived, batch)
+        ]
         if rows:
-            connection.execute(insert(derived.table), _uniform(rows))
+            connection.execute(insert(table), _uniform(rows))
         read += len(batch)
         last = batch[-1].rid
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, exists, func, literal, select
+from sqlalchemy import and_, case, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, Select
 
+from health.poverty.costs import CHINA_TIME
 from health.poverty.disease_groups import CHAPTERS, NO_LISTED_DISEASE
 from health.poverty.rules import RULE_NAMES
 from health.poverty.tables import (
@@ -507,6 +508,18 @@ class Member:
     relationship: str | None
 
 
+def _belonging_today() -> list[ColumnElement[bool]]:
+    """The members whose period covers today in China (the household as it is now): the
+    table lists every member with the days they belong
+    (``health.poverty.households.Enrolment.active_on``)."""
+    today = dt.datetime.now(CHINA_TIME).date().isoformat()
+    m = poverty_household_members.c
+    return [
+        or_(m.period_start.is_(None), m.period_start <= today),
+        or_(m.period_end.is_(None), m.period_end >= today),
+    ]
+
+
 async def members(session: AsyncSession, group_ids: Sequence[str]) -> dict[str, list[Member]]:
     """Names and resident identity numbers of the households' members, for case workers."""
     if not group_ids:
@@ -515,7 +528,7 @@ async def members(session: AsyncSession, group_ids: Sequence[str]) -> dict[str, 
     found: dict[str, list[Member]] = {}
     for row in await session.execute(
         select(m.group_id, m.patient_id, m.name, m.resident_id, m.relationship)
-        .where(m.group_id.in_(list(group_ids)))
+        .where(m.group_id.in_(list(group_ids)), *_belonging_today())
         .order_by(m.group_id, m.position)
     ):
         found.setdefault(row.group_id, []).append(
@@ -581,7 +594,9 @@ async def evidence(session: AsyncSession, group_id: str) -> Evidence:
         f"Patient/{patient}"
         for patient in (
             await session.execute(
-                select(m.patient_id).where(m.group_id == group_id, m.patient_id.is_not(None))
+                select(m.patient_id).where(
+                    m.group_id == group_id, m.patient_id.is_not(None), *_belonging_today()
+                )
             )
         ).scalars()
     }

@@ -8,7 +8,10 @@ but joined through the household's members when asked.
 
 * :data:`BILL_AMOUNTS` — ``poverty_costs``: each bill as :func:`health.poverty.costs.cost_line`
   reads it, or why it does not count;
-* :data:`HOUSEHOLDS`, :data:`HOUSEHOLD_MEMBERS` — the household Groups;
+* :data:`HOUSEHOLDS`, :data:`HOUSEHOLD_MEMBERS` — the household Groups: all that the rules
+  read of one (:class:`~health.poverty.households.HouseholdRecord`, which
+  :func:`household_record` gives back from the rows), every member with the period they
+  belong, so a recompute on any day never parses a Group;
 * :data:`FLAGS` — the illness-poverty Flags;
 * :data:`CASES`, :data:`CASE_STEPS` — the follow-up Tasks.
 """
@@ -16,23 +19,31 @@ but joined through the household's members when asked.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import Table
 
 from health.core.naming import (
     ILLNESS_POVERTY_FLAG_SYSTEM,
     ILLNESS_POVERTY_RULE_SYSTEM,
     ILLNESS_POVERTY_TAG,
+    REGISTRY_STATUSES,
     TAG_SYSTEM,
 )
 from health.poverty.cases import ASSIGNED, is_case_task, read_case
 from health.poverty.costs import COST_TYPES, NotCounted, china_date, cost_line
 from health.poverty.flags import assessment_id_of
-from health.poverty.households import household_from_group, is_household
-from health.poverty.money import to_fen
+from health.poverty.households import (
+    Enrolment,
+    HouseholdRecord,
+    Member,
+    is_household,
+    read_household,
+)
+from health.poverty.money import from_fen, to_fen
 from health.poverty.tables import (
     poverty_case_steps,
     poverty_cases,
@@ -41,7 +52,6 @@ from health.poverty.tables import (
     poverty_household_members,
     poverty_households,
 )
-from records.validation.resident_id import RESIDENT_ID_SYSTEM
 
 Rows = Callable[[str, str, dict[str, Any]], list[dict[str, Any]]]
 _PATIENT_ELEMENT = {"ExplanationOfBenefit": "patient", "Claim": "patient", "Invoice": "subject"}
@@ -138,23 +148,36 @@ def _today() -> dt.date:
     return dt.datetime.now(CHINA_TIME).date()
 
 
+def _meta_kept(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Group's meta that its flags copy (``health.poverty.flags.flag_meta``)."""
+    return {key: meta[key] for key in ("tag", "security") if meta.get(key)}
+
+
 def household_rows(res_type: str, res_id: str, group: dict[str, Any]) -> list[dict[str, Any]]:
     if not is_household(group):
         return []
-    household = household_from_group(res_id, group, _today())
+    record = read_household(res_id, group)
+    meta = _meta_kept(record.meta)
     return [
         {
             "group_id": res_id,
-            "number": (household.number or "")[:64],
-            "name": household.name[:128],
-            "status": household.status,
-            "size": household.size,
-            "township": (household.township or None) and household.township[:128],
-            "village": (household.village or None) and household.village[:128],
-            "main_cause": (household.main_cause or None) and household.main_cause[:64],
-            "income_per_capita": to_fen(household.income_per_capita)
-            if household.income_per_capita is not None
+            "number": record.number or "",
+            "name": record.name,
+            "status": record.status,
+            "size": record.on(_today()).size,
+            "township": record.township or None,
+            "village": record.village or None,
+            "main_cause": record.main_cause or None,
+            "income_per_capita": to_fen(record.income_per_capita)
+            if record.income_per_capita is not None
             else None,
+            "quantity": record.quantity,
+            "status_text": record.status_text,
+            "income_year": record.income_year,
+            "other_causes": orjson.dumps(record.other_causes).decode()
+            if record.other_causes
+            else None,
+            "meta": orjson.dumps(meta).decode() if meta else None,
         }
     ]
 
@@ -162,39 +185,51 @@ def household_rows(res_type: str, res_id: str, group: dict[str, Any]) -> list[di
 def member_rows(res_type: str, res_id: str, group: dict[str, Any]) -> list[dict[str, Any]]:
     if not is_household(group):
         return []
-    household = household_from_group(res_id, group, _today())
-    active = {(m.patient_id, m.name) for m in household.members}
-    rows = []
-    for position, member in enumerate(group.get("member", [])):
-        entity = member.get("entity") or {}
-        reference = str(entity.get("reference") or "")
-        patient_id = reference.split("/", 1)[1] if reference.startswith("Patient/") else None
-        name = entity.get("display")
-        if (patient_id, name) not in active:
-            continue
-        identifier = entity.get("identifier") or {}
-        resident_id = (
-            identifier.get("value") if identifier.get("system") == RESIDENT_ID_SYSTEM else None
-        )
-        relationship = next(
-            (
-                m.relationship
-                for m in household.members
-                if (m.patient_id, m.name) == (patient_id, name)
-            ),
-            None,
-        )
-        rows.append(
-            {
-                "group_id": res_id,
-                "position": position,
-                "patient_id": patient_id,
-                "name": (name or None) and str(name)[:128],
-                "resident_id": (resident_id or None) and str(resident_id)[:32],
-                "relationship": (relationship or None) and relationship[:32],
-            }
-        )
-    return rows
+    return [
+        {
+            "group_id": res_id,
+            "position": enrolment.position,
+            "patient_id": enrolment.member.patient_id,
+            "name": enrolment.member.name,
+            "resident_id": enrolment.resident_id and str(enrolment.resident_id)[:32],
+            "relationship": enrolment.member.relationship,
+            "period_start": enrolment.start,
+            "period_end": enrolment.end,
+        }
+        for enrolment in read_household(res_id, group).enrolments
+    ]
+
+
+def household_record(row: Any, members: Sequence[Any]) -> HouseholdRecord:
+    """The :class:`HouseholdRecord` that :func:`household_rows` and :func:`member_rows` wrote:
+    a ``poverty_households`` row and its ``poverty_household_members`` rows, by position."""
+    return HouseholdRecord(
+        group_id=row.group_id,
+        number=row.number or None,
+        name=row.name,
+        status=row.status,
+        status_text=row.status_text or REGISTRY_STATUSES[row.status],
+        quantity=row.quantity or 0,
+        enrolments=[
+            Enrolment(
+                m.position,
+                Member(m.patient_id, m.name, m.relationship),
+                m.resident_id,
+                m.period_start,
+                m.period_end,
+            )
+            for m in members
+        ],
+        income_per_capita=from_fen(row.income_per_capita)
+        if row.income_per_capita is not None
+        else None,
+        income_year=row.income_year,
+        main_cause=row.main_cause,
+        other_causes=tuple(orjson.loads(row.other_causes)) if row.other_causes else (),
+        township=row.township,
+        village=row.village,
+        meta=orjson.loads(row.meta) if row.meta else {},
+    )
 
 
 HOUSEHOLDS = Derived("poverty-households", poverty_households, frozenset({"Group"}), household_rows)

@@ -33,6 +33,7 @@ from health.core.naming import (
     REGISTRY_STATUSES,
 )
 from health.poverty.money import yuan
+from records.validation.resident_id import RESIDENT_ID_SYSTEM
 
 #: The status a Group without one is given: not in the registry means an ordinary household.
 DEFAULT_STATUS = "ordinary"
@@ -106,15 +107,91 @@ def _text(concept: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _active_on(period: dict[str, Any] | None, on: dt.date) -> bool:
-    if not period:
-        return True
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A member as the Group lists them, whatever the day: the first ten characters of the
+    member's ``period`` start and end (None: open), compared with a day as text."""
+
+    position: int  # in Group.member
+    member: Member
+    resident_id: str | None
+    start: str | None = None
+    end: str | None = None
+
+    def active_on(self, day: str) -> bool:
+        """Whether the member belongs on ``day`` (``YYYY-MM-DD``)."""
+        return (not self.start or self.start <= day) and (not self.end or self.end >= day)
+
+
+@dataclass(slots=True)
+class HouseholdRecord:
+    """What a household Group says, whatever the day of assessment: :meth:`on` gives the
+    household on one day. The record store keeps one in ``poverty_households`` and
+    ``poverty_household_members`` for every household Group (``health.poverty.derived``), so
+    that a recompute reads rows, never the Group's JSON."""
+
+    group_id: str
+    number: str | None
+    name: str
+    status: str
+    status_text: str
+    quantity: int  # Group.quantity, 0 when not given
+    enrolments: list[Enrolment] = field(default_factory=list)
+    income_per_capita: Decimal | None = None
+    income_year: int | None = None
+    main_cause: str | None = None
+    other_causes: tuple[str, ...] = ()
+    township: str | None = None
+    village: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def on(self, day: dt.date) -> Household:
+        """The household on ``day``: members whose period does not cover it are out."""
+        iso = day.isoformat()
+        members = [e.member for e in self.enrolments if e.active_on(iso)]
+        return Household(
+            group_id=self.group_id,
+            number=self.number,
+            name=self.name,
+            status=self.status,
+            status_text=self.status_text,
+            size=max(self.quantity, len(members), 1),
+            members=members,
+            income_per_capita=self.income_per_capita,
+            income_year=self.income_year,
+            main_cause=self.main_cause,
+            other_causes=self.other_causes,
+            township=self.township,
+            village=self.village,
+            meta=self.meta,
+        )
+
+
+def _enrolment(position: int, member: dict[str, Any]) -> Enrolment:
+    entity = member.get("entity") or {}
+    reference = entity.get("reference") or ""
+    patient_id = reference.split("/", 1)[1] if reference.startswith("Patient/") else None
+    relationship = None
+    for extension in member.get("extension", []):
+        if extension.get("url") == HOUSEHOLD_RELATIONSHIP_URL:
+            relationship = _text(extension.get("valueCodeableConcept"))
+    identifier = entity.get("identifier") or {}
+    resident_id = (
+        identifier.get("value") if identifier.get("system") == RESIDENT_ID_SYSTEM else None
+    )
+    period = member.get("period") or {}
     start, end = period.get("start"), period.get("end")
-    return (not start or start[:10] <= on.isoformat()) and (not end or end[:10] >= on.isoformat())
+    return Enrolment(
+        position,
+        Member(patient_id, entity.get("display"), relationship),
+        resident_id or None,
+        start[:10] if start else None,
+        end[:10] if end else None,
+    )
 
 
-def household_from_group(group_id: str, group: dict[str, Any], on: dt.date) -> Household:
-    """The household a stored Group describes, as of ``on`` (members inactive then are out)."""
+def read_household(group_id: str, group: dict[str, Any]) -> HouseholdRecord:
+    """The household a stored Group describes, on every day (members marked inactive are out)."""
     number = next(
         (
             i.get("value")
@@ -123,27 +200,18 @@ def household_from_group(group_id: str, group: dict[str, Any], on: dt.date) -> H
         ),
         None,
     )
-    members = []
-    for member in group.get("member", []):
-        if member.get("inactive") or not _active_on(member.get("period"), on):
-            continue
-        entity = member.get("entity") or {}
-        reference = entity.get("reference") or ""
-        patient_id = reference.split("/", 1)[1] if reference.startswith("Patient/") else None
-        relationship = None
-        for extension in member.get("extension", []):
-            if extension.get("url") == HOUSEHOLD_RELATIONSHIP_URL:
-                relationship = _text(extension.get("valueCodeableConcept"))
-        members.append(Member(patient_id, entity.get("display"), relationship))
-
-    household = Household(
+    record = HouseholdRecord(
         group_id=group_id,
         number=number,
         name=group.get("name") or (f"户 {number}" if number else f"Group/{group_id}"),
         status=DEFAULT_STATUS,
         status_text=REGISTRY_STATUSES[DEFAULT_STATUS],
-        size=max(int(group.get("quantity") or 0), len(members), 1),
-        members=members,
+        quantity=int(group.get("quantity") or 0),
+        enrolments=[
+            _enrolment(position, member)
+            for position, member in enumerate(group.get("member", []))
+            if not member.get("inactive")
+        ],
         meta=group.get("meta") or {},
     )
     other_causes: list[str] = []
@@ -155,10 +223,10 @@ def household_from_group(group_id: str, group: dict[str, Any], on: dt.date) -> H
         if code == "registry-status":
             status = _code(concept, REGISTRY_STATUS_SYSTEM)
             if status in REGISTRY_STATUSES:
-                household.status = status
-                household.status_text = _text(concept) or REGISTRY_STATUSES[status]
+                record.status = status
+                record.status_text = _text(concept) or REGISTRY_STATUSES[status]
         elif code == "main-poverty-cause":
-            household.main_cause = _text(concept)
+            record.main_cause = _text(concept)
         elif code == "other-poverty-cause":
             text = _text(concept)
             if text:
@@ -166,12 +234,17 @@ def household_from_group(group_id: str, group: dict[str, Any], on: dt.date) -> H
         elif code == "income-per-capita":
             quantity = characteristic.get("valueQuantity") or {}
             if quantity.get("value") is not None and quantity.get("code", "CNY") == "CNY":
-                household.income_per_capita = yuan(quantity["value"])
+                record.income_per_capita = yuan(quantity["value"])
                 start = (characteristic.get("period") or {}).get("start")
-                household.income_year = int(start[:4]) if start else None
+                record.income_year = int(start[:4]) if start else None
         elif code == "township":
-            household.township = _text(concept)
+            record.township = _text(concept)
         elif code == "village":
-            household.village = _text(concept)
-    household.other_causes = tuple(other_causes)
-    return household
+            record.village = _text(concept)
+    record.other_causes = tuple(other_causes)
+    return record
+
+
+def household_from_group(group_id: str, group: dict[str, Any], on: dt.date) -> Household:
+    """The household a stored Group describes, as of ``on`` (members inactive then are out)."""
+    return read_household(group_id, group).on(on)

@@ -5,8 +5,8 @@ Two kinds, and the difference matters:
 * **Derived from the stored resources** (``records.derived``; the rows of
   :mod:`health.poverty.derived` write them): ``poverty_costs`` (one row per bill — an
   ExplanationOfBenefit, Claim or Invoice — with its amounts), ``poverty_households`` and
-  ``poverty_household_members`` (the household Groups and their members active on the day
-  the row was written), ``poverty_flags`` (the illness-poverty Flags), ``poverty_cases``
+  ``poverty_household_members`` (the household Groups and every member they list, with
+  the period each belongs), ``poverty_flags`` (the illness-poverty Flags), ``poverty_cases``
   and ``poverty_case_steps`` (the follow-up Tasks).
   The record store writes them in the same transaction as each version of those resources,
   so they never disagree with the JSON; ``health poverty rebuild-costs`` (and
@@ -88,15 +88,24 @@ poverty_households = Table(
     metadata,
     _rid(),
     Column("group_id", String(64), nullable=False, unique=True),
-    Column("number", String(64), nullable=False),
-    Column("name", String(128), nullable=False),
+    Column("number", Text, nullable=False),
+    Column("name", Text, nullable=False),
     Column("status", String(32), nullable=False),
-    #: Members on the day the row was written (the rules count on the day of assessment).
+    #: Members on the day the row was written (the dashboard's figure; the rules count the
+    #: members of the day of assessment, from ``quantity`` and the members' periods).
     Column("size", Integer, nullable=False),
-    Column("township", String(128), nullable=True),
-    Column("village", String(128), nullable=True),
-    Column("main_cause", String(64), nullable=True),
+    Column("township", Text, nullable=True),
+    Column("village", Text, nullable=True),
+    Column("main_cause", Text, nullable=True),
     _fen("income_per_capita"),
+    #: The rest of what the rules read (``health.poverty.households.HouseholdRecord``):
+    #: Group.quantity, the status's words, the income's year, the other causes (a JSON
+    #: array) and the Group's meta tags and security labels (a JSON object) that flags copy.
+    Column("quantity", Integer, nullable=True),
+    Column("status_text", Text, nullable=True),
+    Column("income_year", Integer, nullable=True),
+    Column("other_causes", Text, nullable=True),
+    Column("meta", Text, nullable=True),
     Index(None, "township", "village"),
     Index(None, "number"),
 )
@@ -109,9 +118,13 @@ poverty_household_members = Table(
     Column("group_id", String(64), nullable=False),
     Column("position", Integer, nullable=False),
     Column("patient_id", String(64), nullable=True),
-    Column("name", String(128), nullable=True),
+    Column("name", Text, nullable=True),
     Column("resident_id", String(32), nullable=True),
-    Column("relationship", String(32), nullable=True),
+    Column("relationship", Text, nullable=True),
+    #: The first ten characters of the member's period (``YYYY-MM-DD``; None: open): a
+    #: member belongs on the days from ``period_start`` to ``period_end``.
+    Column("period_start", String(10), nullable=True),
+    Column("period_end", String(10), nullable=True),
     Index(None, "rid"),
     Index(None, "group_id"),
     Index(None, "patient_id"),

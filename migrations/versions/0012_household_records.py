@@ -1,0 +1,71 @@
+"""household records
+
+``poverty_households`` and ``poverty_household_members`` hold all that the illness-poverty
+rules read of a household Group (``health.poverty.households.HouseholdRecord``), so that a
+recompute never parses a Group's JSON: the Group's quantity, the status's words, the
+income's year, the other causes of poverty, the meta tags and security labels that flags
+copy, and every member the Group lists with the period they belong (before, only the
+members of the day the row was written). Texts are no longer cut to a length.
+
+Both tables are emptied and filled again from the stored Groups by the extraction of the
+installed code (``health.poverty.derived``, through ``records.derived.refill``, which writes
+only the columns the tables have at this revision): derived rows are always what today's
+extraction makes of the stored JSON.
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-01 16:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0012"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+_WIDENED = {
+    "poverty_households": ("number", "name", "township", "village", "main_cause"),
+    "poverty_household_members": ("name", "relationship"),
+}
+_ADDED = {
+    "poverty_households": (
+        sa.Column("quantity", sa.Integer(), nullable=True),
+        sa.Column("status_text", sa.Text(), nullable=True),
+        sa.Column("income_year", sa.Integer(), nullable=True),
+        sa.Column("other_causes", sa.Text(), nullable=True),
+        sa.Column("meta", sa.Text(), nullable=True),
+    ),
+    "poverty_household_members": (
+        sa.Column("period_start", sa.String(10), nullable=True),
+        sa.Column("period_end", sa.String(10), nullable=True),
+    ),
+}
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":  # SQLite does not hold text to a declared length
+        for table, columns in _WIDENED.items():
+            for column in columns:
+                op.alter_column(table, column, type_=sa.Text())
+    for table, added in _ADDED.items():
+        for column in added:
+            op.add_column(table, column)
+
+    from health.poverty.derived import HOUSEHOLD_MEMBERS, HOUSEHOLDS
+    from records.derived import refill
+
+    for derived in (HOUSEHOLDS, HOUSEHOLD_MEMBERS):
+        op.execute(sa.text(f"DELETE FROM {derived.table.name}"))
+        refill(bind, derived)
+
+
+def downgrade() -> None:
+    for table, added in _ADDED.items():
+        with op.batch_alter_table(table) as batch:
+            for column in added:
+                batch.drop_column(column.name)
