@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    String,
     and_,
+    any_,
     case,
     delete,
     exists,
@@ -29,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,7 +46,9 @@ from health.core.naming import (
 )
 from health.poverty.assessment import Diagnosis
 from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
+from health.poverty.derived import household_record
 from health.poverty.flags import StoredFlag, assessment_id_of
+from health.poverty.households import HouseholdRecord
 from health.poverty.money import from_fen, to_fen
 from health.poverty.rules import normalize_icd10
 from health.poverty.tables import (
@@ -49,8 +57,9 @@ from health.poverty.tables import (
     poverty_flags,
     poverty_household_diseases,
     poverty_household_figures,
+    poverty_household_members,
+    poverty_households,
 )
-from records.datetimes import LATEST
 from records.tables import (
     resource_versions,
     resources,
@@ -78,6 +87,28 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + CHUNK]
 
 
+#: Ids to look for: a list, or a subquery of one column that gives them.
+Ids = Sequence[str] | Select[Any]
+
+
+def _among(session: AsyncSession, column: Any, ids: Ids) -> Iterator[ColumnElement[bool]]:
+    """Conditions that between them find the rows whose ``column`` is one of ``ids``, one
+    statement each: a subquery once; a list as one array on PostgreSQL (a single bound
+    value, however long the list, where an IN list binds — and SQLAlchemy renders — one
+    parameter per id), and in IN lists of :data:`CHUNK` ids on SQLite."""
+    if isinstance(ids, Select):
+        yield column.in_(ids)
+        return
+    values = sorted(set(ids))
+    if not values:
+        return
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        yield column == any_(literal(values, ARRAY(String)))
+        return
+    for chunk in _chunks(values):
+        yield column.in_(chunk)
+
+
 def _current() -> Any:
     return (
         select(
@@ -100,38 +131,73 @@ def day_start(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), CHINA_TIME)
 
 
-async def household_ids(session: AsyncSession) -> list[str]:
-    """Ids of every Group that carries a registry household number, in the order written."""
-    numbered = select(search_token.c.rid).where(
-        search_token.c.res_type == "Group",
-        search_token.c.param == "identifier",
-        search_token.c.system == HOUSEHOLD_NUMBER_SYSTEM,
-    )
+async def household_rids(session: AsyncSession) -> list[int]:
+    """The rid of every household Group (its ``poverty_households`` row), ascending."""
     rows = await session.execute(
-        select(resources.c.res_id)
-        .where(
-            resources.c.res_type == "Group",
-            resources.c.rid.in_(numbered),
-            resources.c.deleted.is_(False),
-        )
-        .order_by(resources.c.rid)
+        select(poverty_households.c.rid).order_by(poverty_households.c.rid)
     )
-    return [row.res_id for row in rows]
+    return [row.rid for row in rows]
 
 
-async def lock_and_read_groups(
+def households_between(first: int, last: int) -> ColumnElement[bool]:
+    """The households whose Group's rid is from ``first`` to ``last``."""
+    return poverty_households.c.rid.between(first, last)
+
+
+def patients_between(first: int, last: int) -> Select[Any]:
+    """The patients listed as members of the households whose rid is from ``first`` to
+    ``last``, on any day: a subquery for the readers that take :data:`Ids`."""
+    m = poverty_household_members.c
+    return select(m.patient_id).where(m.rid.between(first, last), m.patient_id.is_not(None))
+
+
+async def flagged_non_households(session: AsyncSession) -> list[str]:
+    """Ids of the Groups with an active illness-poverty flag that are no household now
+    (deleted, or no longer a household): their flags are to go."""
+    f, h = poverty_flags.c, poverty_households.c
+    rows = await session.execute(
+        select(f.group_id)
+        .where(
+            f.active.is_(True),
+            ~exists().where(h.group_id == f.group_id),
+        )
+        .distinct()
+        .order_by(f.group_id)
+    )
+    return [row.group_id for row in rows]
+
+
+async def groups_watched(session: AsyncSession) -> set[str]:
+    """Ids of the Groups with an active illness-poverty flag, an open follow-up case or
+    figures kept from their last assessment: whatever their sums say, a recompute reads
+    their bills one by one and rewrites their figures."""
+    rows = await session.execute(
+        union(
+            select(poverty_flags.c.group_id).where(poverty_flags.c.active.is_(True)),
+            select(poverty_cases.c.group_id).where(poverty_cases.c.open.is_(True)),
+            select(poverty_household_figures.c.group_id),
+        )
+    )
+    return {row[0] for row in rows}
+
+
+async def lock_households(
     session: AsyncSession, group_ids: Sequence[str]
-) -> dict[str, dict[str, Any] | None]:
-    """Each Group's current content (None if deleted), locked for this transaction.
+) -> dict[str, HouseholdRecord | None]:
+    """Each of these Groups there is, locked for this transaction: its household record
+    (``poverty_households``, ``poverty_household_members``), or None if it is deleted or no
+    household. Groups never stored are left out.
 
     The lock (``FOR UPDATE`` on PostgreSQL; SQLite write transactions are exclusive anyway)
-    makes two recomputes of one household take turns, so neither writes from stale reads.
+    makes two recomputes of one household take turns, so neither writes from stale reads;
+    the rows read after it are those of the Group's current version, written in its
+    transaction.
     """
-    found: dict[str, dict[str, Any] | None] = {}
-    for chunk in _chunks(sorted(group_ids)):
+    found: dict[str, HouseholdRecord | None] = {}
+    for among in _among(session, resources.c.res_id, group_ids):
         locked = await session.execute(
             select(resources.c.rid, resources.c.res_id, resources.c.deleted)
-            .where(resources.c.res_type == "Group", resources.c.res_id.in_(chunk))
+            .where(resources.c.res_type == "Group", among)
             .order_by(resources.c.rid)
             .with_for_update()
         )
@@ -139,12 +205,28 @@ async def lock_and_read_groups(
         for row in locked:
             found[row.res_id] = None
             if not row.deleted:
-                live.append(row.rid)
-        if live:
-            rows = await session.execute(_current().where(resources.c.rid.in_(live)))
-            for row in rows:
-                found[row.res_id] = orjson.loads(row.content)
+                live.append(row.res_id)
+        for which in _among(session, poverty_households.c.group_id, live):
+            for record in await household_records(session, which):
+                found[record.group_id] = record
     return found
+
+
+async def household_records(session: AsyncSession, which: Any) -> list[HouseholdRecord]:
+    """The household records whose ``poverty_households`` rows meet ``which``, in rid order."""
+    h, m = poverty_households.c, poverty_household_members.c
+    rows = (await session.execute(select(poverty_households).where(which).order_by(h.rid))).all()
+    if not rows:
+        return []
+    members: dict[int, list[Any]] = {}
+    for member in await session.execute(
+        select(poverty_household_members)
+        .join(poverty_households, h.rid == m.rid)
+        .where(which)
+        .order_by(m.rid, m.position)
+    ):
+        members.setdefault(member.rid, []).append(member)
+    return [household_record(row, members.get(row.rid, ())) for row in rows]
 
 
 async def groups_numbered(session: AsyncSession, numbers: Sequence[str]) -> list[str]:
@@ -176,15 +258,15 @@ async def read_groups(
     return found
 
 
-async def groups_of_patients(session: AsyncSession, patient_ids: Sequence[str]) -> set[str]:
+async def groups_of_patients(session: AsyncSession, patient_ids: Ids) -> set[str]:
     """Ids of the Groups that list any of these patients as a member."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, search_reference.c.target_id, patient_ids):
         members = select(search_reference.c.rid).where(
             search_reference.c.res_type == "Group",
             search_reference.c.param == "member",
             search_reference.c.target_type == "Patient",
-            search_reference.c.target_id.in_(chunk),
+            among,
         )
         rows = await session.execute(
             select(resources.c.res_id).where(
@@ -195,9 +277,7 @@ async def groups_of_patients(session: AsyncSession, patient_ids: Sequence[str]) 
     return found
 
 
-async def cost_resources(
-    session: AsyncSession, patient_ids: Sequence[str], since: dt.date
-) -> list[Row]:
+async def cost_resources(session: AsyncSession, patient_ids: Ids, since: dt.date) -> list[Row]:
     """ExplanationOfBenefits, Claims and Invoices of these patients dated ``since`` or later.
 
     From the patients' reference rows to the bills' date rows by ``rid``: the work grows with
@@ -209,7 +289,7 @@ async def cost_resources(
     types = list(COST_TYPES)
     patient = search_reference.alias("patient")
     dated = search_date.alias("dated")
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, patient.c.target_id, patient_ids):
         rows = await session.execute(
             select(resources.c.res_type, resources.c.res_id, resource_versions.c.content)
             .select_from(patient)
@@ -233,7 +313,7 @@ async def cost_resources(
                 patient.c.res_type.in_(types),
                 patient.c.param == "patient",
                 patient.c.target_type == "Patient",
-                patient.c.target_id.in_(chunk),
+                among,
                 dated.c.res_type == patient.c.res_type,
                 resources.c.deleted.is_(False),
             )
@@ -246,7 +326,7 @@ async def cost_resources(
 
 
 async def diagnoses(
-    session: AsyncSession, patient_ids: Sequence[str], categories: frozenset[str]
+    session: AsyncSession, patient_ids: Ids, categories: frozenset[str]
 ) -> list[Diagnosis]:
     """Active, not refuted ICD-10 Conditions of these patients in these 3-character categories."""
     if not categories:
@@ -260,7 +340,7 @@ async def diagnoses(
         search_token.c.code.in_(_NOT_CONFIRMED),
     )
     found: list[Diagnosis] = []
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, subject.c.target_id, patient_ids):
         rows = await session.execute(
             select(resources.c.res_id, code.c.code, code.c.text, subject.c.target_id)
             .select_from(subject)
@@ -288,7 +368,7 @@ async def diagnoses(
                 subject.c.res_type == "Condition",
                 subject.c.param == "subject",
                 subject.c.target_type == "Patient",
-                subject.c.target_id.in_(chunk),
+                among,
                 resources.c.deleted.is_(False),
                 subject.c.rid.not_in(refuted),
             )
@@ -300,9 +380,7 @@ async def diagnoses(
     return found
 
 
-async def contracts(
-    session: AsyncSession, patient_ids: Sequence[str], on: dt.date
-) -> dict[str, str]:
+async def contracts(session: AsyncSession, patient_ids: Ids, on: dt.date) -> dict[str, str]:
     """patient id -> EpisodeOfCare id of an active family-doctor contract covering ``on``."""
     found: dict[str, str] = {}
     kind = search_token.alias("kind")
@@ -310,7 +388,7 @@ async def contracts(
     period = search_date.alias("period")
     patient = search_reference.alias("patient")
     start, end = day_start(on), day_start(on + dt.timedelta(days=1))
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, patient.c.target_id, patient_ids):
         rows = await session.execute(
             select(resources.c.res_id, patient.c.target_id)
             .select_from(kind)
@@ -346,7 +424,7 @@ async def contracts(
                 kind.c.system == FAMILY_DOCTOR_CONTRACT["system"],
                 kind.c.code == FAMILY_DOCTOR_CONTRACT["code"],
                 patient.c.target_type == "Patient",
-                patient.c.target_id.in_(chunk),
+                among,
                 resources.c.deleted.is_(False),
             )
             .order_by(resources.c.res_id)
@@ -372,7 +450,7 @@ async def flags_of_groups(
     found: dict[str, list[StoredFlag]] = {}
     flags: list[StoredFlag] = []
     about = search_reference.alias("about")
-    for chunk in _chunks(sorted(set(group_ids))):
+    for among in _among(session, about.c.target_id, group_ids):
         rows = await session.execute(
             select(resources.c.res_id, resource_versions.c.content)
             .select_from(about)
@@ -388,7 +466,7 @@ async def flags_of_groups(
                 about.c.res_type == "Flag",
                 about.c.param == "subject",
                 about.c.target_type == "Group",
-                about.c.target_id.in_(chunk),
+                among,
                 resources.c.deleted.is_(False),
             )
         )
@@ -407,41 +485,6 @@ async def flags_of_groups(
             flags.append(stored)
     await _attach_assessments(session, [f for f in flags if f.active])
     return found
-
-
-async def groups_with_active_flags(session: AsyncSession) -> set[str]:
-    """Ids of every Group an active illness-poverty Flag is about (its period has no end)."""
-    tag = search_token.alias("tag")
-    period = search_date.alias("period")
-    rows = await session.execute(
-        select(search_reference.c.target_id)
-        .select_from(search_reference)
-        .join(
-            tag,
-            and_(
-                tag.c.rid == search_reference.c.rid,
-                tag.c.res_type == "Flag",
-                tag.c.param == "_tag",
-                tag.c.system == TAG_SYSTEM,
-                tag.c.code == ILLNESS_POVERTY_TAG["code"],
-            ),
-        )
-        .join(
-            period,
-            and_(
-                period.c.rid == search_reference.c.rid,
-                period.c.res_type == "Flag",
-                period.c.param == "date",
-                period.c.end >= LATEST - dt.timedelta(days=1),
-            ),
-        )
-        .where(
-            search_reference.c.res_type == "Flag",
-            search_reference.c.param == "subject",
-            search_reference.c.target_type == "Group",
-        )
-    )
-    return {row.target_id for row in rows}
 
 
 async def versions_and_previous(
@@ -526,7 +569,7 @@ def _counted(since: dt.date, until: dt.date, unsettled_claims: str) -> Any:
 
 async def cost_buckets(
     session: AsyncSession,
-    patient_ids: Sequence[str],
+    patient_ids: Ids,
     starts: Sequence[dt.date],
     until: dt.date,
     unsettled_claims: str,
@@ -546,7 +589,7 @@ async def cost_buckets(
     bucket = bucket.label("bucket")
     c = poverty_costs.c
     found: list[Bucket] = []
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, c.patient_id, patient_ids):
         rows = await session.execute(
             select(
                 c.patient_id,
@@ -560,7 +603,7 @@ async def cost_buckets(
                 func.sum(c.other),
                 func.sum(c.out_of_pocket),
             )
-            .where(c.patient_id.in_(chunk), _counted(starts[0], until, unsettled_claims))
+            .where(among, _counted(starts[0], until, unsettled_claims))
             .group_by(c.patient_id, bucket)
         )
         found.extend(Bucket(row[0], *(int(v or 0) for v in row[1:])) for row in rows)
@@ -569,7 +612,7 @@ async def cost_buckets(
 
 async def cost_lines(
     session: AsyncSession,
-    patient_ids: Sequence[str],
+    patient_ids: Ids,
     since: dt.date,
     until: dt.date,
     unsettled_claims: str,
@@ -577,7 +620,7 @@ async def cost_lines(
     """The counted bills of these patients from ``since`` to ``until``, read from their rows."""
     c = poverty_costs.c
     found: list[CostLine] = []
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, c.patient_id, patient_ids):
         rows = await session.execute(
             select(
                 c.res_type,
@@ -594,7 +637,7 @@ async def cost_lines(
                 c.settled,
                 c.answers,
             )
-            .where(c.patient_id.in_(chunk), _counted(since, until, unsettled_claims))
+            .where(among, _counted(since, until, unsettled_claims))
             .order_by(c.settled_on, c.rid)
         )
         found.extend(
@@ -618,15 +661,15 @@ async def cost_lines(
 
 
 async def bills_not_counted(
-    session: AsyncSession, patient_ids: Sequence[str], since: dt.date
+    session: AsyncSession, patient_ids: Ids, since: dt.date
 ) -> Counter[str]:
     """ "<type> <reason>" -> how many of these patients' bills since ``since`` do not count."""
     c = poverty_costs.c
     found: Counter[str] = Counter()
-    for chunk in _chunks(sorted(set(patient_ids))):
+    for among in _among(session, c.patient_id, patient_ids):
         rows = await session.execute(
             select(c.res_type, c.not_counted, func.count())
-            .where(c.patient_id.in_(chunk), c.counted.is_(False), c.settled_on >= since)
+            .where(among, c.counted.is_(False), c.settled_on >= since)
             .group_by(c.res_type, c.not_counted)
         )
         for res_type, reason, count in rows:
@@ -638,10 +681,10 @@ async def groups_with_active_flags_among(
     session: AsyncSession, group_ids: Sequence[str]
 ) -> set[str]:
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(group_ids))):
+    for among in _among(session, poverty_flags.c.group_id, group_ids):
         rows = await session.execute(
             select(poverty_flags.c.group_id)
-            .where(poverty_flags.c.group_id.in_(chunk), poverty_flags.c.active.is_(True))
+            .where(among, poverty_flags.c.active.is_(True))
             .distinct()
         )
         found.update(row.group_id for row in rows)
@@ -651,10 +694,10 @@ async def groups_with_active_flags_among(
 async def open_cases_of(session: AsyncSession, group_ids: Sequence[str]) -> dict[str, str]:
     """group id -> the id of its open follow-up Task."""
     found: dict[str, str] = {}
-    for chunk in _chunks(sorted(set(group_ids))):
+    for among in _among(session, poverty_cases.c.group_id, group_ids):
         rows = await session.execute(
             select(poverty_cases.c.group_id, poverty_cases.c.task_id)
-            .where(poverty_cases.c.group_id.in_(chunk), poverty_cases.c.open.is_(True))
+            .where(among, poverty_cases.c.open.is_(True))
             .order_by(poverty_cases.c.opened_at)
         )
         for row in rows:
@@ -665,10 +708,8 @@ async def open_cases_of(session: AsyncSession, group_ids: Sequence[str]) -> dict
 async def groups_ever_followed(session: AsyncSession, group_ids: Sequence[str]) -> set[str]:
     """The households among these that have had a follow-up case, open or not."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(group_ids))):
-        rows = await session.execute(
-            select(poverty_cases.c.group_id).where(poverty_cases.c.group_id.in_(chunk)).distinct()
-        )
+    for among in _among(session, poverty_cases.c.group_id, group_ids):
+        rows = await session.execute(select(poverty_cases.c.group_id).where(among).distinct())
         found.update(row.group_id for row in rows)
     return found
 
@@ -680,7 +721,7 @@ async def active_flags_of_groups(
     deciding a household's writes needs (an inactive flag never changes again)."""
     found: dict[str, list[StoredFlag]] = {}
     flags: list[StoredFlag] = []
-    for chunk in _chunks(sorted(set(group_ids))):
+    for among in _among(session, poverty_flags.c.group_id, group_ids):
         rows = await session.execute(
             select(poverty_flags.c.group_id, resources.c.res_id, resource_versions.c.content)
             .select_from(poverty_flags)
@@ -692,7 +733,7 @@ async def active_flags_of_groups(
                     resource_versions.c.version == resources.c.version,
                 ),
             )
-            .where(poverty_flags.c.group_id.in_(chunk), poverty_flags.c.active.is_(True))
+            .where(among, poverty_flags.c.active.is_(True))
         )
         for row in rows:
             data = orjson.loads(row.content)
@@ -704,14 +745,12 @@ async def active_flags_of_groups(
 
 
 async def _attach_assessments(session: AsyncSession, flags: Sequence[StoredFlag]) -> None:
-    """Read each flag's RiskAssessment (in chunks) onto ``stored.assessment``."""
+    """Read each flag's RiskAssessment onto ``stored.assessment``."""
     wanted = sorted({f.assessment_id for f in flags if f.assessment_id})
     assessments: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(wanted):
+    for among in _among(session, resources.c.res_id, wanted):
         rows = await session.execute(
-            _current().where(
-                resources.c.res_type == "RiskAssessment", resources.c.res_id.in_(chunk)
-            )
+            _current().where(resources.c.res_type == "RiskAssessment", among)
         )
         assessments.update((row.res_id, orjson.loads(row.content)) for row in rows)
     for stored in flags:
@@ -738,15 +777,10 @@ async def save_figures(
 ) -> None:
     """Replace the figures of the households ``assessed``: ``figures`` for those followed up,
     none for the rest."""
-    for chunk in _chunks(sorted(set(assessed))):
-        await session.execute(
-            delete(poverty_household_diseases).where(
-                poverty_household_diseases.c.group_id.in_(chunk)
-            )
-        )
-        await session.execute(
-            delete(poverty_household_figures).where(poverty_household_figures.c.group_id.in_(chunk))
-        )
+    for among in _among(session, poverty_household_diseases.c.group_id, assessed):
+        await session.execute(delete(poverty_household_diseases).where(among))
+    for among in _among(session, poverty_household_figures.c.group_id, assessed):
+        await session.execute(delete(poverty_household_figures).where(among))
     if not figures:
         return
     await session.execute(

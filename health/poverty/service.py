@@ -1,19 +1,22 @@
 """Recomputing illness-poverty flags: for every household, for some, or for what changed.
 
-One path does all three. Households are taken in batches; each batch is one write
-transaction that locks the batch's Groups, reads their members' bills, diagnoses, contracts
-and existing flags through indexed lookups (``repository``), applies the rules
-(``assessment``), decides the writes (``flags.plan``) and makes them through the record store
-with full access, each resource validated like any other write. After the commit the
-changes are announced on the change feed. Locking the Groups makes a full recompute and the
-incremental listener take turns on a household, so neither writes from what it read before
-the other's commit.
+One path decides and writes: households are taken in batches; each batch is one write
+transaction that locks the batch's Groups, reads their household records (the rows the
+record store keeps beside each household Group, never the Group's JSON), their members'
+bills, diagnoses, contracts and existing flags through indexed lookups (``repository``),
+applies the rules (``assessment``), decides the writes (``flags.plan``) and makes them
+through the record store with full access, each resource validated like any other write.
+After the commit the changes are announced on the change feed. Locking the Groups makes a
+full recompute and the incremental listener take turns on a household, so neither writes
+from what it read before the other's commit.
 
-The costs come from the bill table the store keeps beside the bills
-(``health.poverty.tables.poverty_costs``): a batch sums them in SQL, applies the rules to
-the sums, and goes back to the bills one by one — rows, never the stored JSON — only for the
-households where a rule fires, a flag is active or a case is open; only theirs are compared
-with the stored flags and evidence.
+The full recompute first screens a whole part of the city at once (:meth:`screen`): every
+household's record and every member's bills summed per window range in SQL from the bill
+table (``health.poverty.tables.poverty_costs``), one statement each for the part, the rules
+applied to the sums. Only the households where a rule fires, a flag is active, a case is
+open or figures are kept go on to the batches, which read their bills one by one — rows,
+never the stored JSON — and compare them with the stored flags and evidence. A household
+the screen passes over has nothing to write; one that changes meanwhile is the listener's.
 
 Every batch hands its :class:`~health.poverty.flags.FlagChange` list, inside its transaction,
 to :func:`health.poverty.flag_changes.record_flag_changes`: the change log, the follow-up
@@ -41,6 +44,7 @@ from health.poverty import repository
 from health.poverty.assessment import (
     Diagnosis,
     Evidence,
+    Finding,
     assess,
     medical_bill_start,
     totals_in,
@@ -50,7 +54,7 @@ from health.poverty.derived import BILL_AMOUNTS
 from health.poverty.disease_groups import chapter_of
 from health.poverty.flag_changes import record_flag_changes
 from health.poverty.flags import FlagChange, StoredFlag, Write, plan
-from health.poverty.households import Household, household_from_group, is_household
+from health.poverty.households import Household, household_from_group
 from health.poverty.money import format_yuan, from_fen
 from health.poverty.rules import RULE_NAMES, RuleSet, months_before
 from records.derived import derived_tables
@@ -72,6 +76,17 @@ _PATIENT_ELEMENT = {
     "Condition": "subject",
     "EpisodeOfCare": "patient",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A share of a full recompute: the households whose Group's rid is from ``first`` to
+    ``last`` (their ``poverty_households`` rows), and ``others``, Groups with an active
+    flag that are no household now."""
+
+    first: int
+    last: int
+    others: tuple[str, ...] = ()
 
 
 class ChangeRef(Protocol):
@@ -232,8 +247,8 @@ class IllnessPovertyService:
         started = time.perf_counter()
         as_of = as_of or today_in_china()
         report = RecomputeReport(as_of, self.rules.version)
-        group_ids = await self.household_ids()
-        await self.run_batches(group_ids, as_of, report, batch_size, concurrency)
+        (part,) = await self.parts(1)
+        await self.recompute_part(part, as_of, report, batch_size, concurrency)
         await self.refresh_statistics_after(report)
         report.seconds = time.perf_counter() - started
         return report
@@ -244,12 +259,102 @@ class IllnessPovertyService:
             async with self.database.transaction(write=False) as session:
                 await repository.refresh_statistics(session)
 
-    async def household_ids(self) -> list[str]:
-        """Every household, then every Group with an active flag that is no household now."""
+    async def parts(self, count: int) -> list[Part]:
+        """A full recompute in ``count`` parts of about as many households each; the first
+        also takes the Groups with an active flag that are no household now."""
         async with self.database.transaction(write=False) as session:
-            group_ids = await repository.household_ids(session)
-            flagged = await repository.groups_with_active_flags(session)
-        return group_ids + sorted(flagged - set(group_ids))
+            rids = await repository.household_rids(session)
+            others = tuple(await repository.flagged_non_households(session))
+        cuts = [len(rids) * k // count for k in range(count + 1)]
+        parts = [
+            Part(rids[cuts[k]], rids[cuts[k + 1] - 1])
+            for k in range(count)
+            if cuts[k + 1] > cuts[k]
+        ] or [Part(1, 0)]
+        parts[0] = Part(parts[0].first, parts[0].last, others)
+        return parts
+
+    async def recompute_part(
+        self,
+        part: Part,
+        as_of: dt.date,
+        report: RecomputeReport,
+        batch_size: int = 500,
+        concurrency: int | None = None,
+    ) -> None:
+        """One part of the full recompute: its households screened on their sums in one
+        pass (:meth:`screen`), then those that need it recomputed in locked batches."""
+        started = time.perf_counter()
+        households = report.households
+        candidates = await self.screen(part, as_of, report)
+        screened = time.perf_counter()
+        await self.run_batches(
+            [*candidates, *part.others], as_of, report, batch_size, concurrency, counted=True
+        )
+        logger.info(
+            "screened %d households in %.1f s, recomputed %d of them in %.1f s",
+            report.households - households,
+            screened - started,
+            len(candidates) + len(part.others),
+            time.perf_counter() - screened,
+        )
+
+    async def screen(self, part: Part, as_of: dt.date, report: RecomputeReport) -> list[str]:
+        """The households of ``part`` that a recompute must look at one by one, in rid order:
+        those where a rule fires on the sums of their bills, or that have an active flag, an
+        open case or figures. Set-based, in one read transaction: every household's record,
+        every member's bills summed per window range, diagnoses and contracts, a statement
+        each for the whole part. Counts what it read in ``report``, for all the households;
+        the locked batches that follow decide again, from what they read under the lock,
+        and write."""
+        rules = self.rules
+        since = rules.window_start(as_of)
+        starts = window_starts(rules, as_of)
+        async with self.database.transaction(write=False) as session:
+            records = await repository.household_records(
+                session, repository.households_between(part.first, part.last)
+            )
+            patients = repository.patients_between(part.first, part.last)
+            sums: dict[str, list[CostLine]] = defaultdict(list)
+            for bucket in await repository.cost_buckets(
+                session, patients, starts, as_of, rules.unsettled_claims
+            ):
+                sums[bucket.patient_id].append(bucket_line(bucket, starts))
+                report.bills += bucket.bills
+            report.bills_not_counted.update(
+                await repository.bills_not_counted(session, patients, since)
+            )
+            diagnoses = await self._diagnoses(session, patients)
+            contracts = await repository.contracts(session, patients, as_of)
+            watched = await repository.groups_watched(session)
+        candidates = []
+        for record in records:
+            household = record.on(as_of)
+            members = household.patient_ids
+            findings = assess(
+                evidence(
+                    household, [s for p in members for s in sums.get(p, ())], diagnoses, contracts
+                ),
+                rules,
+                as_of,
+            )
+            report.households += 1
+            for finding in findings:
+                if finding.state == "unknown":
+                    report.not_assessed[finding.rule] += 1
+            if record.group_id in watched or any(f.fires for f in findings):
+                candidates.append(record.group_id)
+        return candidates
+
+    async def _diagnoses(
+        self, session: AsyncSession, patients: repository.Ids
+    ) -> dict[str, list[Diagnosis]]:
+        found: dict[str, list[Diagnosis]] = defaultdict(list)
+        for diagnosis in await repository.diagnoses(
+            session, patients, self.rules.condition_categories
+        ):
+            found[diagnosis.patient_id].append(diagnosis)
+        return found
 
     async def recompute_groups(
         self, group_ids: Iterable[str], *, as_of: dt.date | None = None
@@ -312,7 +417,12 @@ class IllnessPovertyService:
         report: RecomputeReport,
         batch_size: int,
         concurrency: int | None,
+        *,
+        counted: bool = False,
     ) -> None:
+        """``group_ids`` in batches of ``batch_size``, each in its own transaction, up to
+        ``concurrency`` at once. ``counted``: the households and bills were counted in
+        ``report`` already (by :meth:`screen`), only the flag changes are added."""
         if not group_ids:
             return
         # SQLite runs one write transaction at a time: a second would only wait.
@@ -322,87 +432,73 @@ class IllnessPovertyService:
 
         async def run(batch: Sequence[str]) -> None:
             async with gate:
-                await self._recompute_batch(batch, as_of, now, report)
+                await self._recompute_batch(batch, as_of, now, report, counted=counted)
 
         batches = [group_ids[i : i + batch_size] for i in range(0, len(group_ids), batch_size)]
         await asyncio.gather(*(run(batch) for batch in batches))
 
     async def _recompute_batch(
-        self, group_ids: Sequence[str], as_of: dt.date, now: dt.datetime, report: RecomputeReport
+        self,
+        group_ids: Sequence[str],
+        as_of: dt.date,
+        now: dt.datetime,
+        report: RecomputeReport,
+        *,
+        counted: bool = False,
     ) -> None:
-        """One batch in one transaction: the households' costs summed in SQL from the bill
-        table, the rules applied to the sums; only the households where a rule fires, a flag
-        is active or a case is open are assessed again from their bills one by one, and only
-        their stored flags and evidence are read and compared."""
+        """One batch in one transaction: the households' records read under their Groups'
+        locks, their bills one by one from the bill table, their diagnoses and contracts;
+        the rules applied; only the households where a rule fires, a flag is active or a
+        case is open have their stored flags and evidence read and compared, and figures
+        kept."""
         rules = self.rules
         since = rules.window_start(as_of)
         async with self.database.transaction(write=True) as session:
             store = ResourceStore(session, self.indexer)
-            groups = await repository.lock_and_read_groups(session, group_ids)
+            groups = await repository.lock_households(session, group_ids)
             households: dict[str, Household] = {
-                group_id: household_from_group(group_id, data, as_of)
-                for group_id, data in groups.items()
-                if data is not None and is_household(data)
+                group_id: record.on(as_of)
+                for group_id, record in groups.items()
+                if record is not None
             }
             patients = sorted({p for h in households.values() for p in h.patient_ids})
-            starts = window_starts(rules, as_of)
-            sums: dict[str, list[CostLine]] = defaultdict(list)
-            for bucket in await repository.cost_buckets(
-                session, patients, starts, as_of, rules.unsettled_claims
+            lines: dict[str, list[CostLine]] = defaultdict(list)
+            for line in await repository.cost_lines(
+                session, patients, since, as_of, rules.unsettled_claims
             ):
-                sums[bucket.patient_id].append(bucket_line(bucket, starts))
-                report.bills += bucket.bills
-            report.bills_not_counted.update(
-                await repository.bills_not_counted(session, patients, since)
-            )
-            diagnoses: dict[str, list[Diagnosis]] = defaultdict(list)
-            for diagnosis in await repository.diagnoses(
-                session, patients, rules.condition_categories
-            ):
-                diagnoses[diagnosis.patient_id].append(diagnosis)
+                lines[line.patient_id].append(line)
+            if not counted:
+                report.households += len(households)
+                report.bills += sum(len(found) for found in lines.values())
+                report.bills_not_counted.update(
+                    await repository.bills_not_counted(session, patients, since)
+                )
+            diagnoses = await self._diagnoses(session, patients)
             contracts = await repository.contracts(session, patients, as_of)
             flagged = await repository.groups_with_active_flags_among(session, list(groups))
             followed = await repository.open_cases_of(session, list(households))
 
-            def evidence(household: Household, costs: Sequence[CostLine]) -> Evidence:
-                members = household.patient_ids
-                return Evidence(
-                    household,
-                    costs,
-                    [d for p in members for d in diagnoses.get(p, ())],
-                    {p: contracts[p] for p in members if p in contracts},
-                    {m.patient_id: m.name for m in household.members if m.patient_id and m.name},
-                )
-
             candidates: list[str] = []
+            findings_of: dict[str, tuple[Evidence, list[Finding]]] = {}
             for group_id in group_ids:
                 household = households.get(group_id)
                 if household is None:
                     if group_id in flagged:
                         candidates.append(group_id)
                     continue
-                findings = assess(
-                    evidence(household, [s for p in household.patient_ids for s in sums[p]]),
-                    rules,
-                    as_of,
+                members = household.patient_ids
+                found = evidence(
+                    household, [x for p in members for x in lines.get(p, ())], diagnoses, contracts
                 )
-                for finding in findings:
-                    if finding.state == "unknown":
-                        report.not_assessed[finding.rule] += 1
+                findings = assess(found, rules, as_of)
+                if not counted:
+                    for finding in findings:
+                        if finding.state == "unknown":
+                            report.not_assessed[finding.rule] += 1
                 if group_id in flagged or group_id in followed or any(f.fires for f in findings):
                     candidates.append(group_id)
+                    findings_of[group_id] = (found, findings)
 
-            lines: dict[str, list[CostLine]] = defaultdict(list)
-            for line in await repository.cost_lines(
-                session,
-                sorted(
-                    {p for g in candidates if g in households for p in households[g].patient_ids}
-                ),
-                since,
-                as_of,
-                rules.unsettled_claims,
-            ):
-                lines[line.patient_id].append(line)
             existing = await repository.active_flags_of_groups(session, candidates)
             writes: list[Write] = []
             changes: list[FlagChange] = []
@@ -415,8 +511,7 @@ class IllnessPovertyService:
                     writes += decided.writes
                     changes += decided.changes
                     continue
-                found = evidence(household, [x for p in household.patient_ids for x in lines[p]])
-                findings = assess(found, rules, as_of)
+                found, findings = findings_of[group_id]
                 decided = plan(household, group_id, findings, flags, rules, now)
                 writes += decided.writes
                 changes += decided.changes
@@ -431,7 +526,6 @@ class IllnessPovertyService:
                 unfollowed=await self._unfollowed(session, existing, changes, followed),
             )
             await repository.save_figures(session, list(groups), figures, now)
-        report.households += len(households)
         for change in changes:
             report.count(change)
         if self.bus is not None and store.changes:
@@ -469,6 +563,24 @@ class IllnessPovertyService:
         for write in writes:
             if not write.create:
                 await store.update(write.res_type, write.res_id, write.data)
+
+
+def evidence(
+    household: Household,
+    costs: Sequence[CostLine],
+    diagnoses: dict[str, list[Diagnosis]],
+    contracts: dict[str, str],
+) -> Evidence:
+    """What the rules are given about one household: its members' bills (or sums), their
+    diagnoses and family-doctor contracts, and their names for the rationales."""
+    members = household.patient_ids
+    return Evidence(
+        household,
+        costs,
+        [d for p in members for d in diagnoses.get(p, ())],
+        {p: contracts[p] for p in members if p in contracts},
+        {m.patient_id: m.name for m in household.members if m.patient_id and m.name},
+    )
 
 
 def window_starts(rules: RuleSet, as_of: dt.date) -> list[dt.date]:
@@ -532,11 +644,11 @@ def _patient_of(res_type: str, data: dict[str, Any]) -> str | None:
 # -- the full recompute on several processes ------------------------------------------------
 
 
-def _recompute_slice(
+def _recompute_in_process(
     database_url: str,
     redis_url: str | None,
     rules: RuleSet,
-    group_ids: Sequence[str],
+    part: Part,
     as_of: dt.date,
     batch_size: int,
 ) -> RecomputeReport:
@@ -546,7 +658,7 @@ def _recompute_slice(
         try:
             service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
             report = RecomputeReport(as_of, rules.version)
-            await service.run_batches(group_ids, as_of, report, batch_size, 2)
+            await service.recompute_part(part, as_of, report, batch_size, 2)
             return report
         finally:
             if bus is not None:
@@ -565,7 +677,8 @@ async def recompute_all_in_processes(
     processes: int = 2,
     batch_size: int = 500,
 ) -> RecomputeReport:
-    """The full recompute spread over ``processes`` worker processes (one per core).
+    """The full recompute spread over ``processes`` worker processes (one per core), each
+    taking one :class:`Part` of the households.
 
     Households are independent and each batch locks its own, so the workers need no other
     coordination; rule evaluation is Python and would otherwise use one core. SQLite, which
@@ -579,27 +692,31 @@ async def recompute_all_in_processes(
         service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
         if database.is_sqlite or processes <= 1:
             return await service.recompute_all(as_of=as_of, batch_size=batch_size)
-        group_ids = await service.household_ids()
+        parts = await service.parts(processes)
     finally:
         if bus is not None:
             await bus.close()
         await database.dispose()
-    batches = [group_ids[i : i + batch_size] for i in range(0, len(group_ids), batch_size)]
-    slices = [[g for batch in batches[k::processes] for g in batch] for k in range(processes)]
     report = RecomputeReport(as_of, rules.version)
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(max_workers=processes) as pool:
-        parts = await asyncio.gather(
+        reports = await asyncio.gather(
             *(
                 loop.run_in_executor(
-                    pool, _recompute_slice, database_url, redis_url, rules, part, as_of, batch_size
+                    pool,
+                    _recompute_in_process,
+                    database_url,
+                    redis_url,
+                    rules,
+                    part,
+                    as_of,
+                    batch_size,
                 )
-                for part in slices
-                if part
+                for part in parts
             )
         )
-    for part in parts:
-        report.merge(part)
+    for part_report in reports:
+        report.merge(part_report)
     database = Database(database_url)
     try:
         await IllnessPovertyService(database, SearchIndexer(), rules).refresh_statistics_after(
