@@ -12,7 +12,8 @@ but joined through the household's members when asked.
   read of one (:class:`~health.poverty.households.HouseholdRecord`, which
   :func:`household_record` gives back from the rows), every member with the period they
   belong, so a recompute on any day never parses a Group;
-* :data:`FLAGS` — the illness-poverty Flags;
+* :data:`FLAGS` — the illness-poverty Flags, :data:`ASSESSMENTS` — a digest of the evidence
+  of each of their RiskAssessments;
 * :data:`CASES`, :data:`CASE_STEPS` — the follow-up Tasks.
 """
 
@@ -35,7 +36,7 @@ from health.core.naming import (
 )
 from health.poverty.cases import ASSIGNED, is_case_task, read_case
 from health.poverty.costs import COST_TYPES, NotCounted, china_date, cost_line
-from health.poverty.flags import assessment_id_of
+from health.poverty.flags import assessment_id_of, evidence_digest
 from health.poverty.households import (
     Enrolment,
     HouseholdRecord,
@@ -45,6 +46,7 @@ from health.poverty.households import (
 )
 from health.poverty.money import from_fen, to_fen
 from health.poverty.tables import (
+    poverty_assessments,
     poverty_case_steps,
     poverty_cases,
     poverty_costs,
@@ -258,12 +260,8 @@ def _coding(flag: dict[str, Any], system: str) -> dict[str, Any]:
 
 
 def flag_rows(res_type: str, res_id: str, flag: dict[str, Any]) -> list[dict[str, Any]]:
-    tagged = any(
-        t.get("system") == TAG_SYSTEM and t.get("code") == ILLNESS_POVERTY_TAG["code"]
-        for t in (flag.get("meta") or {}).get("tag", [])
-    )
     subject = str((flag.get("subject") or {}).get("reference") or "")
-    if not tagged or not subject.startswith("Group/"):
+    if not _tagged(flag) or not subject.startswith("Group/"):
         return []
     rule = _coding(flag, ILLNESS_POVERTY_RULE_SYSTEM)
     period = flag.get("period") or {}
@@ -283,6 +281,24 @@ def flag_rows(res_type: str, res_id: str, flag: dict[str, Any]) -> list[dict[str
 
 
 FLAGS = Derived("poverty-flags", poverty_flags, frozenset({"Flag"}), flag_rows)
+
+
+def _tagged(resource: dict[str, Any]) -> bool:
+    return any(
+        t.get("system") == TAG_SYSTEM and t.get("code") == ILLNESS_POVERTY_TAG["code"]
+        for t in (resource.get("meta") or {}).get("tag", [])
+    )
+
+
+def assessment_rows(res_type: str, res_id: str, assessment: dict[str, Any]) -> list[dict[str, Any]]:
+    if not _tagged(assessment):
+        return []
+    return [{"assessment_id": res_id, "evidence": evidence_digest(assessment)}]
+
+
+ASSESSMENTS = Derived(
+    "poverty-assessments", poverty_assessments, frozenset({"RiskAssessment"}), assessment_rows
+)
 
 
 # -- cases ---------------------------------------------------------------------------------

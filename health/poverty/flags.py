@@ -27,9 +27,12 @@ comes back a new Flag is raised: each Flag is one episode.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
+
+import orjson
 
 from health.core.clock import fhir_instant
 from health.core.ids import new_resource_id
@@ -56,34 +59,48 @@ _RATIO_PLACES = Decimal("0.0001")
 
 @dataclass(slots=True)
 class StoredFlag:
-    """An illness-poverty Flag as stored, with its RiskAssessment when it has one."""
+    """An illness-poverty Flag as stored: what deciding its household's writes needs.
+
+    Read from the flag table (``poverty_flags``, with the digest of its RiskAssessment's
+    evidence from ``poverty_assessments``), or from the Flag itself (:meth:`of`). The JSON of
+    the Flag and of its RiskAssessment is read (``read``) only when a decision needs it:
+    ending the flag, or evidence whose digest is not known.
+    """
 
     flag_id: str
-    flag: dict[str, Any]
+    rule: str | None
+    kind: str | None
+    #: period.start, as FHIR writes an instant: flags of one rule are taken in this order.
+    start: str
+    active: bool
     assessment_id: str | None = None
+    #: :func:`evidence_digest` of the RiskAssessment as stored, when known.
+    evidence: str | None = None
+    flag: dict[str, Any] | None = None
     assessment: dict[str, Any] | None = None
+    #: Whether ``flag`` and ``assessment`` were read (the assessment may be gone).
+    read: bool = False
 
-    @property
-    def active(self) -> bool:
-        return self.flag.get("status") == "active"
+    @classmethod
+    def of(cls, flag_id: str, flag: dict[str, Any]) -> StoredFlag:
+        """A Flag as stored, its RiskAssessment still to be put in ``assessment``."""
 
-    def coding(self, system: str) -> dict[str, Any]:
-        for coding in (self.flag.get("code") or {}).get("coding", []):
-            if coding.get("system") == system:
-                return dict(coding)
-        return {}
+        def coding(system: str) -> dict[str, Any]:
+            for coding in (flag.get("code") or {}).get("coding", []):
+                if coding.get("system") == system:
+                    return dict(coding)
+            return {}
 
-    @property
-    def rule(self) -> str | None:
-        return self.coding(ILLNESS_POVERTY_RULE_SYSTEM).get("code")
-
-    @property
-    def kind(self) -> str | None:
-        return self.coding(ILLNESS_POVERTY_FLAG_SYSTEM).get("code")
-
-    @property
-    def start(self) -> str:
-        return str((self.flag.get("period") or {}).get("start", ""))
+        return cls(
+            flag_id,
+            coding(ILLNESS_POVERTY_RULE_SYSTEM).get("code"),
+            coding(ILLNESS_POVERTY_FLAG_SYSTEM).get("code"),
+            str((flag.get("period") or {}).get("start", "")),
+            flag.get("status") == "active",
+            assessment_id_of(flag),
+            flag=flag,
+            read=True,
+        )
 
 
 def assessment_id_of(flag: dict[str, Any]) -> str | None:
@@ -120,6 +137,9 @@ class FlagChange:
 class Plan:
     writes: list[Write] = field(default_factory=list)
     changes: list[FlagChange] = field(default_factory=list)
+    #: Flags whose stored JSON the decision needs: read them (``StoredFlag.read``) and plan
+    #: again; until then ``writes`` and ``changes`` are not to be made.
+    needs: list[str] = field(default_factory=list)
 
 
 # -- building the resources ----------------------------------------------------------------
@@ -329,6 +349,35 @@ def _comparable(resource: dict[str, Any] | None) -> dict[str, Any] | None:
     return body
 
 
+def _canonical(value: Any) -> Any:
+    """``value`` with every whole float as an int: JSON text that compares as Python compares
+    the values (``400.0 == 400``), whichever way a number was written."""
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def evidence_digest(assessment: dict[str, Any]) -> str:
+    """A digest of what a RiskAssessment says (:func:`_comparable`): two assessments have the
+    same digest when they compare equal, so the stored one need not be read to tell."""
+    text = orjson.dumps(_canonical(_comparable(assessment)), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def _same_evidence(body: dict[str, Any], stored: StoredFlag) -> bool | None:
+    """Whether ``body`` says what the flag's stored RiskAssessment says; None: that cannot be
+    told without reading it."""
+    if stored.read:
+        return _comparable(body) == _comparable(stored.assessment)
+    if stored.evidence is not None:
+        return evidence_digest(body) == stored.evidence
+    return None
+
+
 # -- deciding what to write ----------------------------------------------------------------
 
 _RAISED = "规则触发，标记有效 the rule holds: flag active"
@@ -363,11 +412,16 @@ def plan(
     by_rule = {finding.rule: finding for finding in findings}
 
     def deactivate(stored: StoredFlag, finding: Finding | None, outcome: str) -> None:
+        if not stored.read:
+            result.needs.append(stored.flag_id)
+            return
+        if stored.flag is None:  # gone since the flag table was read
+            return
         result.writes.append(Write("Flag", stored.flag_id, deactivated(stored.flag, now), False))
         if household is not None and finding is not None and stored.assessment_id:
             body = assessment_resource(finding, household, rules, at=now, outcome=outcome)
             body["code"] = {"coding": [_kind_coding(stored.kind or finding.kind)]}
-            if _comparable(body) != _comparable(stored.assessment):
+            if not _same_evidence(body, stored):
                 result.writes.append(Write("RiskAssessment", stored.assessment_id, body, False))
         elif stored.assessment_id and stored.assessment is not None:
             body = dict(_comparable(stored.assessment) or {})
@@ -428,8 +482,13 @@ def plan(
                 FlagChange("raised", group_id, finding.rule, finding.kind, flag_id)
             )
             continue
+        if not keep.assessment_id:
+            continue
         body = assessment_resource(finding, household, rules, at=now, outcome=_RAISED)
-        if keep.assessment_id and _comparable(body) != _comparable(keep.assessment):
+        same = _same_evidence(body, keep)
+        if same is None:
+            result.needs.append(keep.flag_id)
+        elif not same:
             result.writes.append(Write("RiskAssessment", keep.assessment_id, body, False))
             result.changes.append(
                 FlagChange("updated", group_id, finding.rule, finding.kind, keep.flag_id)

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from health.core.clock import fhir_instant
 from health.core.naming import (
     FAMILY_DOCTOR_CONTRACT,
     HOUSEHOLD_NUMBER_SYSTEM,
@@ -47,11 +48,12 @@ from health.core.naming import (
 from health.poverty.assessment import Diagnosis
 from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
 from health.poverty.derived import household_record
-from health.poverty.flags import StoredFlag, assessment_id_of
+from health.poverty.flags import StoredFlag
 from health.poverty.households import HouseholdRecord
 from health.poverty.money import from_fen, to_fen
 from health.poverty.rules import normalize_icd10
 from health.poverty.tables import (
+    poverty_assessments,
     poverty_cases,
     poverty_costs,
     poverty_flags,
@@ -479,7 +481,7 @@ async def flags_of_groups(
                 for t in (data.get("meta") or {}).get("tag", [])
             ):
                 continue
-            stored = StoredFlag(row.res_id, data, assessment_id_of(data))
+            stored = StoredFlag.of(row.res_id, data)
             group_id = str((data.get("subject") or {}).get("reference", "")).split("/", 1)[-1]
             found.setdefault(group_id, []).append(stored)
             flags.append(stored)
@@ -717,31 +719,43 @@ async def groups_ever_followed(session: AsyncSession, group_ids: Sequence[str]) 
 async def active_flags_of_groups(
     session: AsyncSession, group_ids: Sequence[str]
 ) -> dict[str, list[StoredFlag]]:
-    """group id -> its active illness-poverty Flags, each with its RiskAssessment: all that
-    deciding a household's writes needs (an inactive flag never changes again)."""
+    """group id -> its active illness-poverty Flags, from the flag table with the digest of
+    each one's evidence: all that deciding a household's writes needs while nothing is to
+    end (an inactive flag never changes again). :func:`read_flags` reads the rest."""
+    f, a = poverty_flags.c, poverty_assessments.c
+    flags = poverty_flags.outerjoin(poverty_assessments, a.assessment_id == f.assessment_id)
     found: dict[str, list[StoredFlag]] = {}
-    flags: list[StoredFlag] = []
-    for among in _among(session, poverty_flags.c.group_id, group_ids):
+    for among in _among(session, f.group_id, group_ids):
         rows = await session.execute(
-            select(poverty_flags.c.group_id, resources.c.res_id, resource_versions.c.content)
-            .select_from(poverty_flags)
-            .join(resources, resources.c.rid == poverty_flags.c.rid)
-            .join(
-                resource_versions,
-                and_(
-                    resource_versions.c.rid == resources.c.rid,
-                    resource_versions.c.version == resources.c.version,
-                ),
-            )
-            .where(among, poverty_flags.c.active.is_(True))
+            select(f.group_id, f.flag_id, f.rule, f.kind, f.started_at, f.assessment_id, a.evidence)
+            .select_from(flags)
+            .where(among, f.active.is_(True))
         )
         for row in rows:
-            data = orjson.loads(row.content)
-            stored = StoredFlag(row.res_id, data, assessment_id_of(data))
-            found.setdefault(row.group_id, []).append(stored)
-            flags.append(stored)
-    await _attach_assessments(session, flags)
+            found.setdefault(row.group_id, []).append(
+                StoredFlag(
+                    row.flag_id,
+                    row.rule,
+                    row.kind,
+                    fhir_instant(row.started_at) if row.started_at else "",
+                    True,
+                    row.assessment_id,
+                    row.evidence,
+                )
+            )
     return found
+
+
+async def read_flags(session: AsyncSession, flags: Sequence[StoredFlag]) -> None:
+    """Read each flag's Flag and RiskAssessment onto it (``flag``, ``assessment``, ``read``)."""
+    contents: dict[str, dict[str, Any]] = {}
+    for among in _among(session, resources.c.res_id, [f.flag_id for f in flags]):
+        rows = await session.execute(_current().where(resources.c.res_type == "Flag", among))
+        contents.update((row.res_id, orjson.loads(row.content)) for row in rows)
+    for stored in flags:
+        stored.flag = contents.get(stored.flag_id)
+        stored.read = True
+    await _attach_assessments(session, flags)
 
 
 async def _attach_assessments(session: AsyncSession, flags: Sequence[StoredFlag]) -> None:

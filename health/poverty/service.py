@@ -53,7 +53,7 @@ from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
 from health.poverty.derived import BILL_AMOUNTS
 from health.poverty.disease_groups import chapter_of
 from health.poverty.flag_changes import record_flag_changes
-from health.poverty.flags import FlagChange, StoredFlag, Write, plan
+from health.poverty.flags import FlagChange, Plan, StoredFlag, Write, plan
 from health.poverty.households import Household, household_from_group
 from health.poverty.money import format_yuan, from_fen
 from health.poverty.rules import RULE_NAMES, RuleSet, months_before
@@ -500,22 +500,27 @@ class IllnessPovertyService:
                     findings_of[group_id] = (found, findings)
 
             existing = await repository.active_flags_of_groups(session, candidates)
-            writes: list[Write] = []
-            changes: list[FlagChange] = []
-            figures: list[repository.Figures] = []
-            for group_id in candidates:
+
+            def decide(group_id: str) -> Plan:
                 household = households.get(group_id)
                 flags = existing.get(group_id, [])
                 if household is None:
-                    decided = plan(None, group_id, [], flags, rules, now)
-                    writes += decided.writes
-                    changes += decided.changes
-                    continue
-                found, findings = findings_of[group_id]
-                decided = plan(household, group_id, findings, flags, rules, now)
-                writes += decided.writes
-                changes += decided.changes
-                figures.append(household_figures(found, rules, as_of))
+                    return plan(None, group_id, [], flags, rules, now)
+                return plan(household, group_id, findings_of[group_id][1], flags, rules, now)
+
+            plans = {group_id: decide(group_id) for group_id in candidates}
+            # Flags to end, or whose evidence has no digest: read them, and decide again.
+            unread = {g for g, decided in plans.items() if decided.needs}
+            if unread:
+                await repository.read_flags(session, [f for g in unread for f in existing[g]])
+                plans.update((group_id, decide(group_id)) for group_id in unread)
+            writes = [w for decided in plans.values() for w in decided.writes]
+            changes = [c for decided in plans.values() for c in decided.changes]
+            figures = [
+                household_figures(findings_of[group_id][0], rules, as_of)
+                for group_id in candidates
+                if group_id in findings_of
+            ]
             await self._write(store, writes)
             await record_flag_changes(
                 store,

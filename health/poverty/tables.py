@@ -6,7 +6,8 @@ Two kinds, and the difference matters:
   :mod:`health.poverty.derived` write them): ``poverty_costs`` (one row per bill — an
   ExplanationOfBenefit, Claim or Invoice — with its amounts), ``poverty_households`` and
   ``poverty_household_members`` (the household Groups and every member they list, with
-  the period each belongs), ``poverty_flags`` (the illness-poverty Flags), ``poverty_cases``
+  the period each belongs), ``poverty_flags`` (the illness-poverty Flags),
+  ``poverty_assessments`` (a digest of each of their RiskAssessments), ``poverty_cases``
   and ``poverty_case_steps`` (the follow-up Tasks).
   The record store writes them in the same transaction as each version of those resources,
   so they never disagree with the JSON; ``health poverty rebuild-costs`` (and
@@ -145,6 +146,16 @@ poverty_flags = Table(
     Column("assessment_id", String(64), nullable=True),
     Index(None, "group_id", "active"),
     Index(None, "active", "rule"),
+)
+
+poverty_assessments = Table(
+    "poverty_assessments",
+    metadata,
+    _rid(),
+    Column("assessment_id", String(64), nullable=False, unique=True),
+    #: ``health.poverty.flags.evidence_digest`` of what the RiskAssessment says: a recompute
+    #: tells whether a flag's evidence changed without reading it.
+    Column("evidence", String(64), nullable=False),
 )
 
 poverty_cases = Table(

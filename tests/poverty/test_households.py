@@ -1,7 +1,8 @@
-"""The household records the store keeps beside each household Group, and the recomputes that
-read them instead of the Group: they follow every version of the Group — members added,
-removed or leaving on a day, a new registry status, deletion — and a recompute after the
-change sees the household as it now is. On SQLite and PostgreSQL.
+"""The rows the store keeps for the recompute, and the recomputes that read them instead of the
+JSON: household records follow every version of the Group — members added, removed or
+leaving on a day, a new registry status, deletion — and a recompute after the change sees
+the household as it now is; each RiskAssessment's evidence digest follows it, and a flag
+without one is read and compared. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import orjson
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from health.cli import PROJECT_ROOT
 from health.core.database import Database
 from health.poverty import repository
-from health.poverty.flags import flag_meta
+from health.poverty.flags import evidence_digest, flag_meta
 from health.poverty.households import HouseholdRecord, read_household
 from health.poverty.rules import load_rules
 from health.poverty.service import IllnessPovertyService, RecomputeReport
-from health.poverty.tables import poverty_flags, poverty_household_members, poverty_households
+from health.poverty.tables import (
+    poverty_assessments,
+    poverty_flags,
+    poverty_household_members,
+    poverty_households,
+)
 from integrations.household_registry import household_characteristics
 from records.indexing import SearchIndexer
 from records.store import Change, ResourceStore
@@ -249,3 +255,49 @@ def test_the_migration_fills_the_records_from_the_stored_groups(
     command.downgrade(_config(database_url), "0011")
     command.upgrade(_config(database_url), "head")
     assert asyncio.run(table_rows()) == before
+
+
+class TestEvidenceDigest:
+    async def test_a_flag_s_evidence_is_told_by_its_digest_or_read_without_one(
+        self, database_url: str
+    ) -> None:
+        town = Town()
+        house = town.household("H70005", ["冶金花"], status="exited", income="5000")
+        town.eob(house.members[0], "2026-04-10", billed="20000", out_of_pocket="10000")
+        database = Database(database_url)
+        a = poverty_assessments.c
+        try:
+            await town.write(database, SearchIndexer())
+            first = await service(database).recompute_all(as_of=AS_OF)
+            assert first.raised[BILL] == 1
+            async with database.transaction(write=False) as session:
+                flags = (await repository.active_flags_of_groups(session, [house.id or ""]))[
+                    house.id or ""
+                ]
+                await repository.read_flags(session, flags)
+            for flag in flags:
+                assert flag.assessment is not None
+                assert flag.evidence == evidence_digest(flag.assessment)
+
+            # Without the digests (rows of another version's making, say) the evidence is
+            # read and compared: the same, nothing is written.
+            async with database.transaction(write=True) as session:
+                ids = [f.assessment_id for f in flags]
+                await session.execute(delete(poverty_assessments).where(a.assessment_id.in_(ids)))
+            again = await service(database).recompute_all(as_of=AS_OF)
+            assert [c for c in again.changes if c.group_id == house.id] == []
+
+            # A new bill changes the evidence: the assessment is rewritten, its digest too.
+            town.eob(house.members[0], "2026-05-10", billed="2000", out_of_pocket="1000")
+            changes = await town.write(database, SearchIndexer())
+            report = await service(database).recompute_for_changes(changes, as_of=AS_OF)
+            assert report.updated[BILL] == 1
+            async with database.transaction(write=False) as session:
+                flags = (await repository.active_flags_of_groups(session, [house.id or ""]))[
+                    house.id or ""
+                ]
+                await repository.read_flags(session, flags)
+            bill = next(f for f in flags if f.rule == BILL)
+            assert bill.assessment is not None and bill.evidence == evidence_digest(bill.assessment)
+        finally:
+            await database.dispose()

@@ -1,4 +1,6 @@
-"""household records
+"""household records and evidence digests
+
+What a full recompute reads, kept by the record store as rows so that it parses no JSON.
 
 ``poverty_households`` and ``poverty_household_members`` hold all that the illness-poverty
 rules read of a household Group (``health.poverty.households.HouseholdRecord``), so that a
@@ -7,7 +9,11 @@ income's year, the other causes of poverty, the meta tags and security labels th
 copy, and every member the Group lists with the period they belong (before, only the
 members of the day the row was written). Texts are no longer cut to a length.
 
-Both tables are emptied and filled again from the stored Groups by the extraction of the
+``poverty_assessments`` (new) keeps a digest of what each illness-poverty RiskAssessment
+says (``health.poverty.flags.evidence_digest``): a recompute tells unchanged evidence from
+changed without reading the RiskAssessment.
+
+The household tables are emptied and, with the new one, filled again from the stored Groups by the extraction of the
 installed code (``health.poverty.derived``, through ``records.derived.refill``, which writes
 only the columns the tables have at this revision): derived rows are always what today's
 extraction makes of the stored JSON.
@@ -27,6 +33,7 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
+_KEY = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _WIDENED = {
     "poverty_households": ("number", "name", "township", "village", "main_cause"),
     "poverty_household_members": ("name", "relationship"),
@@ -55,16 +62,32 @@ def upgrade() -> None:
     for table, added in _ADDED.items():
         for column in added:
             op.add_column(table, column)
+    op.create_table(
+        "poverty_assessments",
+        sa.Column("rid", _KEY, nullable=False),
+        sa.Column("assessment_id", sa.String(64), nullable=False),
+        sa.Column("evidence", sa.String(64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["rid"],
+            ["resources.rid"],
+            name=op.f("fk_poverty_assessments_rid_resources"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("rid", name=op.f("pk_poverty_assessments")),
+        sa.UniqueConstraint("assessment_id", name=op.f("uq_poverty_assessments_assessment_id")),
+    )
 
-    from health.poverty.derived import HOUSEHOLD_MEMBERS, HOUSEHOLDS
+    from health.poverty.derived import ASSESSMENTS, HOUSEHOLD_MEMBERS, HOUSEHOLDS
     from records.derived import refill
 
     for derived in (HOUSEHOLDS, HOUSEHOLD_MEMBERS):
         op.execute(sa.text(f"DELETE FROM {derived.table.name}"))
+    for derived in (HOUSEHOLDS, HOUSEHOLD_MEMBERS, ASSESSMENTS):
         refill(bind, derived)
 
 
 def downgrade() -> None:
+    op.drop_table("poverty_assessments")
     for table, added in _ADDED.items():
         with op.batch_alter_table(table) as batch:
             for column in added:
