@@ -202,35 +202,77 @@ def member_rows(res_type: str, res_id: str, group: dict[str, Any]) -> list[dict[
     ]
 
 
-def household_record(row: Any, members: Sequence[Any]) -> HouseholdRecord:
+#: The columns :func:`household_record` reads, in its order (rows are unpacked: a city's
+#: worth of records is read at once, and a tuple unpacks faster than a row names its fields).
+RECORD_COLUMNS = tuple(
+    poverty_households.c[name]
+    for name in (
+        "group_id",
+        "number",
+        "name",
+        "status",
+        "status_text",
+        "quantity",
+        "income_per_capita",
+        "income_year",
+        "main_cause",
+        "other_causes",
+        "township",
+        "village",
+        "meta",
+    )
+)
+ENROLMENT_COLUMNS = tuple(
+    poverty_household_members.c[name]
+    for name in (
+        "position",
+        "patient_id",
+        "name",
+        "relationship",
+        "resident_id",
+        "period_start",
+        "period_end",
+    )
+)
+
+
+def household_record(row: Sequence[Any], members: Sequence[Sequence[Any]]) -> HouseholdRecord:
     """The :class:`HouseholdRecord` that :func:`household_rows` and :func:`member_rows` wrote:
-    a ``poverty_households`` row and its ``poverty_household_members`` rows, by position."""
+    a ``poverty_households`` row of :data:`RECORD_COLUMNS` and its members' rows of
+    :data:`ENROLMENT_COLUMNS`, by position."""
+    (
+        group_id,
+        number,
+        name,
+        status,
+        status_text,
+        quantity,
+        income_per_capita,
+        income_year,
+        main_cause,
+        other_causes,
+        township,
+        village,
+        meta,
+    ) = row
     return HouseholdRecord(
-        group_id=row.group_id,
-        number=row.number or None,
-        name=row.name,
-        status=row.status,
-        status_text=row.status_text or REGISTRY_STATUSES[row.status],
-        quantity=row.quantity or 0,
+        group_id=group_id,
+        number=number or None,
+        name=name,
+        status=status,
+        status_text=status_text or REGISTRY_STATUSES[status],
+        quantity=quantity or 0,
         enrolments=[
-            Enrolment(
-                m.position,
-                Member(m.patient_id, m.name, m.relationship),
-                m.resident_id,
-                m.period_start,
-                m.period_end,
-            )
-            for m in members
+            Enrolment(position, Member(patient, member_name, relationship), resident, start, end)
+            for position, patient, member_name, relationship, resident, start, end in members
         ],
-        income_per_capita=from_fen(row.income_per_capita)
-        if row.income_per_capita is not None
-        else None,
-        income_year=row.income_year,
-        main_cause=row.main_cause,
-        other_causes=tuple(orjson.loads(row.other_causes)) if row.other_causes else (),
-        township=row.township,
-        village=row.village,
-        meta=orjson.loads(row.meta) if row.meta else {},
+        income_per_capita=from_fen(income_per_capita) if income_per_capita is not None else None,
+        income_year=income_year,
+        main_cause=main_cause,
+        other_causes=tuple(orjson.loads(other_causes)) if other_causes else (),
+        township=township,
+        village=village,
+        meta=orjson.loads(meta) if meta else {},
     )
 
 

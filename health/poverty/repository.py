@@ -45,17 +45,20 @@ from health.core.naming import (
     ILLNESS_POVERTY_TAG,
     TAG_SYSTEM,
 )
+from health.core.outbox import outbox
 from health.poverty.assessment import Diagnosis
 from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
-from health.poverty.derived import household_record
+from health.poverty.derived import ENROLMENT_COLUMNS, RECORD_COLUMNS, household_record
 from health.poverty.flags import StoredFlag
 from health.poverty.households import HouseholdRecord
 from health.poverty.money import from_fen, to_fen
 from health.poverty.rules import normalize_icd10
 from health.poverty.tables import (
     poverty_assessments,
+    poverty_case_steps,
     poverty_cases,
     poverty_costs,
+    poverty_flag_changes,
     poverty_flags,
     poverty_household_diseases,
     poverty_household_figures,
@@ -217,18 +220,20 @@ async def lock_households(
 async def household_records(session: AsyncSession, which: Any) -> list[HouseholdRecord]:
     """The household records whose ``poverty_households`` rows meet ``which``, in rid order."""
     h, m = poverty_households.c, poverty_household_members.c
-    rows = (await session.execute(select(poverty_households).where(which).order_by(h.rid))).all()
+    rows = (
+        await session.execute(select(h.rid, *RECORD_COLUMNS).where(which).order_by(h.rid))
+    ).all()
     if not rows:
         return []
     members: dict[int, list[Any]] = {}
-    for member in await session.execute(
-        select(poverty_household_members)
+    for rid, *member in await session.execute(
+        select(m.rid, *ENROLMENT_COLUMNS)
         .join(poverty_households, h.rid == m.rid)
         .where(which)
         .order_by(m.rid, m.position)
     ):
-        members.setdefault(member.rid, []).append(member)
-    return [household_record(row, members.get(row.rid, ())) for row in rows]
+        members.setdefault(rid, []).append(member)
+    return [household_record(row, members.get(rid, ())) for rid, *row in rows]
 
 
 async def groups_numbered(session: AsyncSession, numbers: Sequence[str]) -> list[str]:
@@ -515,8 +520,23 @@ async def versions_and_previous(
     return found
 
 
-#: The record tables a recompute writes to, whose planner statistics it refreshes.
-_WRITTEN_TABLES = (resources, resource_versions, search_token, search_date, search_reference)
+#: The tables a recompute writes to, whose planner statistics it refreshes: the records'
+#: and, derived from them or written beside them, the flags', cases', figures' and outbox's.
+_WRITTEN_TABLES = (
+    resources,
+    resource_versions,
+    search_token,
+    search_date,
+    search_reference,
+    poverty_flags,
+    poverty_assessments,
+    poverty_cases,
+    poverty_case_steps,
+    poverty_flag_changes,
+    poverty_household_figures,
+    poverty_household_diseases,
+    outbox,
+)
 
 
 async def refresh_statistics(session: AsyncSession) -> None:
@@ -524,7 +544,8 @@ async def refresh_statistics(session: AsyncSession) -> None:
 
     The first full recompute of a city adds a hundred thousand Flags and RiskAssessments to
     tables of millions of rows: too few for autovacuum to re-analyze, enough that a planner
-    still believing "no Flag rows" picks nested loops that take minutes.
+    still believing "no Flag rows" picks nested loops that take minutes; the flag and case
+    tables it fills from next to nothing mislead the next run's plans the same way.
     """
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         names = ", ".join(table.name for table in _WRITTEN_TABLES)
