@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal
 
 from health.poverty.costs import CostLine, CostTotals
@@ -138,6 +138,13 @@ def _figures(totals: CostTotals, months: int) -> str:
     )
 
 
+@lru_cache(maxsize=256)  # a power with a fractional exponent takes ~40 µs; sizes are few
+def _subsistence(per_person: Decimal, exponent: Decimal, size: Decimal) -> Decimal:
+    """The household's subsistence spending: per person times size to the equivalence
+    exponent (WHO)."""
+    return per_person * size**exponent
+
+
 def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding:
     rule = rules.catastrophic
     household = evidence.household
@@ -159,7 +166,7 @@ def _catastrophic(evidence: Evidence, rules: RuleSet, as_of: dt.date) -> Finding
         return finding
     oop = totals.out_of_pocket
     size = Decimal(household.size)
-    subsistence = rule.subsistence_per_person * size**rule.equivalence_exponent
+    subsistence = _subsistence(rule.subsistence_per_person, rule.equivalence_exponent, size)
     capacity = income - subsistence
     if capacity > 0:
         met = oop >= rule.capacity_to_pay_share * capacity

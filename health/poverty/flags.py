@@ -349,32 +349,23 @@ def _comparable(resource: dict[str, Any] | None) -> dict[str, Any] | None:
     return body
 
 
-def _canonical(value: Any) -> Any:
-    """``value`` with every whole float as an int: JSON text that compares as Python compares
-    the values (``400.0 == 400``), whichever way a number was written."""
-    if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_canonical(item) for item in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 def evidence_digest(assessment: dict[str, Any]) -> str:
-    """A digest of what a RiskAssessment says (:func:`_comparable`): two assessments have the
-    same digest when they compare equal, so the stored one need not be read to tell."""
-    text = orjson.dumps(_canonical(_comparable(assessment)), option=orjson.OPT_SORT_KEYS)
+    """A digest of what a RiskAssessment says (:func:`_comparable`, as sorted JSON): two with
+    the same digest say the same, so the stored one need not be read to tell. A digest made
+    otherwise (by an older version of this function) only costs a read: after changing it,
+    rebuild ``poverty_assessments`` (``records.derived.rebuild``) to save those reads."""
+    text = orjson.dumps(_comparable(assessment), option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(text, digest_size=16).hexdigest()
 
 
 def _same_evidence(body: dict[str, Any], stored: StoredFlag) -> bool | None:
     """Whether ``body`` says what the flag's stored RiskAssessment says; None: that cannot be
-    told without reading it."""
+    told without reading it. Equal digests mean the same; different ones may yet compare
+    equal (``400`` and ``400.0`` written for one amount), so they are read and compared."""
     if stored.read:
         return _comparable(body) == _comparable(stored.assessment)
-    if stored.evidence is not None:
-        return evidence_digest(body) == stored.evidence
+    if stored.evidence is not None and evidence_digest(body) == stored.evidence:
+        return True
     return None
 
 

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -204,15 +205,7 @@ class RuleSet:
     chronic_burden: DiseaseRule
 
     def enabled(self, rule: str) -> bool:
-        return bool(
-            {
-                CATASTROPHIC: self.catastrophic.enabled,
-                IMPOVERISHING: self.impoverishing.enabled,
-                MEDICAL_BILL: self.medical_bill.enabled,
-                SERIOUS_ILLNESS: self.serious_illness.enabled,
-                CHRONIC_BURDEN: self.chronic_burden.enabled,
-            }[rule]
-        )
+        return bool(getattr(self, _RULE_FIELDS[rule]).enabled)
 
     def window_start(self, as_of: dt.date) -> dt.date:
         """The first day any rule looks at: the widest window ending on ``as_of``."""
@@ -224,6 +217,17 @@ class RuleSet:
         return self.serious_illness.categories | self.chronic_burden.categories
 
 
+#: rule id -> the RuleSet field that holds it.
+_RULE_FIELDS = {
+    CATASTROPHIC: "catastrophic",
+    IMPOVERISHING: "impoverishing",
+    MEDICAL_BILL: "medical_bill",
+    SERIOUS_ILLNESS: "serious_illness",
+    CHRONIC_BURDEN: "chronic_burden",
+}
+
+
+@lru_cache(maxsize=1024)  # a recompute asks for the same few windows for every household
 def months_before(day: dt.date, months: int) -> dt.date:
     """The first day of the ``months`` months ending on ``day``: 2026-10-31, 12 -> 2025-11-01."""
     month_index = day.year * 12 + day.month - 1 - months
