@@ -13,10 +13,10 @@ members of the day the row was written). Texts are no longer cut to a length.
 says (``health.poverty.flags.evidence_digest``): a recompute tells unchanged evidence from
 changed without reading the RiskAssessment.
 
-The household tables are emptied and, with the new one, filled again from the stored Groups by the extraction of the
-installed code (``health.poverty.derived``, through ``records.derived.refill``, which writes
-only the columns the tables have at this revision): derived rows are always what today's
-extraction makes of the stored JSON.
+The household tables are emptied and, with the new one, filled again from the stored Groups
+and RiskAssessments by the extraction of the installed code (``health.poverty.derived``,
+through ``records.derived.refill``, which writes only the columns the tables have at this
+revision): derived rows are always what today's extraction makes of the stored JSON.
 
 Revision ID: 0012
 Revises: 0011
