@@ -201,10 +201,11 @@ class HouseholdCosts:
         if unlinked:
             out.append(f"  未关联患者档案 members without a patient record: {unlinked}")
         for stored in sorted(self.flags, key=lambda f: f.start):
-            period = stored.flag.get("period") or {}
-            text = (stored.flag.get("code") or {}).get("text", "")
+            flag = stored.flag or {}
+            period = flag.get("period") or {}
+            text = (flag.get("code") or {}).get("text", "")
             out.append(
-                f"  [{stored.flag.get('status')}] {text} (Flag/{stored.flag_id}, "
+                f"  [{flag.get('status')}] {text} (Flag/{stored.flag_id}, "
                 f"{period.get('start', '')[:10]}–{period.get('end', '')[:10]})"
             )
         if not self.flags:

@@ -56,9 +56,9 @@ _ADDED = {
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":  # SQLite does not hold text to a declared length
-        for table, columns in _WIDENED.items():
-            for column in columns:
-                op.alter_column(table, column, type_=sa.Text())
+        for table, names in _WIDENED.items():
+            for name in names:
+                op.alter_column(table, name, type_=sa.Text())
     for table, added in _ADDED.items():
         for column in added:
             op.add_column(table, column)
