@@ -78,14 +78,18 @@ _PATIENT_ELEMENT = {
 }
 
 
+#: Households screened in one pass: their records and sums are held in memory meanwhile
+#: (a few KB a household), so a province is screened in ranges of this many.
+SCREENED_AT_ONCE = 50_000
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
-    """A share of a full recompute: the households whose Group's rid is from ``first`` to
-    ``last`` (their ``poverty_households`` rows), and ``others``, Groups with an active
-    flag that are no household now."""
+    """A share of a full recompute: the households whose Group's rid is in one of
+    ``ranges`` (first, last; their ``poverty_households`` rows), and ``others``, Groups with
+    an active flag that are no household now."""
 
-    first: int
-    last: int
+    ranges: tuple[tuple[int, int], ...]
     others: tuple[str, ...] = ()
 
 
@@ -261,18 +265,22 @@ class IllnessPovertyService:
                 await repository.refresh_statistics(session)
 
     async def parts(self, count: int) -> list[Part]:
-        """A full recompute in ``count`` parts of about as many households each; the first
-        also takes the Groups with an active flag that are no household now."""
+        """A full recompute in ``count`` parts of about as many households each, in ranges
+        of at most :data:`SCREENED_AT_ONCE`; the first part also takes the Groups with an
+        active flag that are no household now."""
         async with self.database.transaction(write=False) as session:
             rids = await repository.household_rids(session)
             others = tuple(await repository.flagged_non_households(session))
         cuts = [len(rids) * k // count for k in range(count + 1)]
-        parts = [
-            Part(rids[cuts[k]], rids[cuts[k + 1] - 1])
-            for k in range(count)
-            if cuts[k + 1] > cuts[k]
-        ] or [Part(1, 0)]
-        parts[0] = Part(parts[0].first, parts[0].last, others)
+        parts = []
+        for k in range(count):
+            mine = rids[cuts[k] : cuts[k + 1]]
+            ranges = tuple(
+                (mine[i], mine[min(i + SCREENED_AT_ONCE, len(mine)) - 1])
+                for i in range(0, len(mine), SCREENED_AT_ONCE)
+            )
+            if ranges or k == 0:
+                parts.append(Part(ranges, others if k == 0 else ()))
         return parts
 
     async def recompute_part(
@@ -283,39 +291,44 @@ class IllnessPovertyService:
         batch_size: int = 500,
         concurrency: int | None = None,
     ) -> None:
-        """One part of the full recompute: its households screened on their sums in one
-        pass (:meth:`screen`), then those that need it recomputed in locked batches."""
-        started = time.perf_counter()
-        households = report.households
-        candidates = await self.screen(part, as_of, report)
-        screened = time.perf_counter()
+        """One part of the full recompute: each range of its households screened on their
+        sums in one pass (:meth:`screen`), then those that need it recomputed in locked
+        batches; then the Groups that are no household now."""
+        for first, last in part.ranges:
+            started = time.perf_counter()
+            households = report.households
+            candidates = await self.screen(first, last, as_of, report)
+            screened = time.perf_counter()
+            await self.run_batches(candidates, as_of, report, batch_size, concurrency, counted=True)
+            logger.info(
+                "screened %d households in %.1f s, recomputed %d of them in %.1f s",
+                report.households - households,
+                screened - started,
+                len(candidates),
+                time.perf_counter() - screened,
+            )
         await self.run_batches(
-            [*candidates, *part.others], as_of, report, batch_size, concurrency, counted=True
-        )
-        logger.info(
-            "screened %d households in %.1f s, recomputed %d of them in %.1f s",
-            report.households - households,
-            screened - started,
-            len(candidates) + len(part.others),
-            time.perf_counter() - screened,
+            list(part.others), as_of, report, batch_size, concurrency, counted=True
         )
 
-    async def screen(self, part: Part, as_of: dt.date, report: RecomputeReport) -> list[str]:
-        """The households of ``part`` that a recompute must look at one by one, in rid order:
-        those where a rule fires on the sums of their bills, or that have an active flag, an
-        open case or figures. Set-based, in one read transaction: every household's record,
-        every member's bills summed per window range, diagnoses and contracts, a statement
-        each for the whole part. Counts what it read in ``report``, for all the households;
-        the locked batches that follow decide again, from what they read under the lock,
-        and write."""
+    async def screen(
+        self, first: int, last: int, as_of: dt.date, report: RecomputeReport
+    ) -> list[str]:
+        """The households whose Group's rid is from ``first`` to ``last`` that a recompute
+        must look at one by one, in rid order: those where a rule fires on the sums of their
+        bills, or that have an active flag, an open case or figures. Set-based, in one read
+        transaction: every household's record, every member's bills summed per window range,
+        diagnoses and contracts, a statement each for the whole range. Counts what it read
+        in ``report``, for all the households; the locked batches that follow decide again,
+        from what they read under the lock, and write."""
         rules = self.rules
         since = rules.window_start(as_of)
         starts = window_starts(rules, as_of)
         async with self.database.transaction(write=False) as session:
             records = await repository.household_records(
-                session, repository.households_between(part.first, part.last)
+                session, repository.households_between(first, last)
             )
-            patients = repository.patients_between(part.first, part.last)
+            patients = repository.patients_between(first, last)
             sums: dict[str, list[CostLine]] = defaultdict(list)
             for bucket in await repository.cost_buckets(
                 session, patients, starts, as_of, rules.unsettled_claims

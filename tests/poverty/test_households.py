@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 from health.cli import PROJECT_ROOT
 from health.core.database import Database
 from health.poverty import repository
+from health.poverty import service as service_module
 from health.poverty.flags import evidence_digest, flag_meta
 from health.poverty.households import HouseholdRecord, read_household
 from health.poverty.rules import load_rules
@@ -299,5 +300,33 @@ class TestEvidenceDigest:
                 await repository.read_flags(session, flags)
             bill = next(f for f in flags if f.rule == BILL)
             assert bill.assessment is not None and bill.evidence == evidence_digest(bill.assessment)
+        finally:
+            await database.dispose()
+
+
+class TestScreeningInRanges:
+    async def test_a_city_screened_a_few_households_at_a_time_gets_the_same_flags(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        town = Town()
+        houses = [
+            town.household(f"H7010{i}", ["马国军", "杨秀兰"], status="exited", income="20000")
+            for i in range(4)
+        ]
+        for house in houses[::2]:
+            town.eob(house.members[1], "2026-05-02", billed="30000", out_of_pocket="10000")
+        database = Database(database_url)
+        try:
+            await town.write(database, SearchIndexer())
+            monkeypatch.setattr(service_module, "SCREENED_AT_ONCE", 3)
+            (part,) = await service(database).parts(1)
+            assert len(part.ranges) >= 2  # the test's four households at least
+            report = await service(database).recompute_all(as_of=AS_OF)
+            raised = {c.group_id for c in report.changes if c.rule == BILL}
+            assert raised >= {h.id for h in houses[::2]}
+            assert not raised & {h.id for h in houses[1::2]}
+            monkeypatch.undo()
+            again = await service(database).recompute_all(as_of=AS_OF)
+            assert [c for c in again.changes if c.group_id in {h.id for h in houses}] == []
         finally:
             await database.dispose()
