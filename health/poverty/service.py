@@ -50,7 +50,14 @@ from health.poverty.assessment import (
     totals_in,
 )
 from health.poverty.costs import CHINA_TIME, COST_TYPES, CostLine, CostTotals
-from health.poverty.derived import BILL_AMOUNTS
+from health.poverty.derived import (
+    ASSESSMENTS,
+    BILL_AMOUNTS,
+    CASES,
+    FLAGS,
+    HOUSEHOLD_MEMBERS,
+    HOUSEHOLDS,
+)
 from health.poverty.disease_groups import chapter_of
 from health.poverty.flag_changes import record_flag_changes
 from health.poverty.flags import FlagChange, Plan, StoredFlag, Write, plan
@@ -65,6 +72,8 @@ from records.validation import validate_resource
 
 logger = logging.getLogger(__name__)
 
+#: The derived tables the recompute reads instead of the stored JSON.
+READ_TABLES = (BILL_AMOUNTS, HOUSEHOLDS, HOUSEHOLD_MEMBERS, FLAGS, ASSESSMENTS, CASES)
 #: Flag changes after which a full recompute refreshes the planner's statistics.
 _MANY_CHANGES = 5000
 #: Resource types whose changes can change a household's flags.
@@ -228,11 +237,14 @@ class IllnessPovertyService:
         *,
         bus: MessageBus | None = None,
     ) -> None:
-        if BILL_AMOUNTS not in derived_tables():
-            # Without it the store writes no bill rows, and every bill would seem gone.
+        missing = [d.name for d in READ_TABLES if d not in derived_tables()]
+        if missing:
+            # Without them the store writes none of their rows, and every bill (or household,
+            # or flag) written since would seem gone.
             raise RuntimeError(
-                "the illness-poverty bill table is not registered with the record store: "
-                "reinstall the package (pip install -e .) so its entry points are known"
+                f"the illness-poverty tables {', '.join(missing)} are not registered with the "
+                "record store: reinstall the package (pip install -e .) so its entry points "
+                "are known"
             )
         self.database = database
         self.indexer = indexer
