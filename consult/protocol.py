@@ -47,9 +47,12 @@ The server sends:
   "participants": [{"participantId", "framesPerSecond", "mode", "level"}]}`` — figures
   not measured yet are null; ``participants[].framesPerSecond`` is the frame rate of that
   participant's video reaching you through the server.
-- ``recording`` — ``{"state": "on" | "off", "startedBy", "since", "document"}``: the call
-  is being recorded (show it to everyone, the patient first), or no longer; ``document``
-  is the DocumentReference that keeps it.
+- ``recording`` — ``{"state": "on" | "off", "startedBy", "since", "document", "consent",
+  "reason"}``: the call is being recorded (show it to everyone, the patient first), or no
+  longer; ``document`` is the DocumentReference that keeps it. It is also sent when the
+  patient's consent to recording changes during the call: ``consent`` says whether it is on
+  file now (null: not said), and a recording the patient's withdrawn consent stopped says
+  ``"reason": "consent-withdrawn"``.
 - ``error`` — ``{"code": "...", "message": "...", "inReplyTo": "offer"}``: something a
   person can act on; the conversation goes on.
 - ``bye`` — ``{"reason": "..."}``; the server closes the socket after it.
@@ -332,12 +335,20 @@ class Quality:
         }
 
 
+#: Why a recording stopped without anyone stopping it.
+RecordingEnd = Literal["consent-withdrawn"]
+
+
 @dataclass(frozen=True)
 class RecordingState:
     state: Literal["on", "off"]
     started_by: Participant | None = None
     since: str | None = None
     document: str | None = None
+    #: Whether the patient's consent to recording is on file now (None: not said).
+    consent: bool | None = None
+    #: Why the recording stopped, when nobody stopped it ("consent-withdrawn").
+    reason: RecordingEnd | None = None
     type: ClassVar[str] = "recording"
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +358,8 @@ class RecordingState:
             "startedBy": self.started_by.to_dict() if self.started_by else None,
             "since": self.since,
             "document": self.document,
+            "consent": self.consent,
+            "reason": self.reason,
         }
 
 
@@ -497,6 +510,8 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
                 started_by=Participant.from_dict(started_by) if started_by else None,
                 since=data.get("since"),
                 document=data.get("document"),
+                consent=None if data.get("consent") is None else bool(data["consent"]),
+                reason=data.get("reason"),
             )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError("invalid-message", f"malformed {kind} message: {error!r}") from None
@@ -523,6 +538,7 @@ __all__ = [
     "ProtocolError",
     "Quality",
     "RecordingControl",
+    "RecordingEnd",
     "RecordingState",
     "ServerMessage",
     "TrackInfo",

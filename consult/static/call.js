@@ -203,8 +203,11 @@
         break;
       case "recording":
         state.recording = message.state === "on" ? message : null;
+        if (typeof message.consent === "boolean") consentOnFile(message.consent);
+        if (message.reason === "consent-withdrawn") notice(t.consentWithdrawn);
         $("recording").hidden = !state.recording;
         $("record").textContent = state.recording ? t.recordStop : t.recordStart;
+        $("record").disabled = !state.consent && !state.recording;
         break;
       case "error":
         say("call-status", message.message);
@@ -355,6 +358,14 @@
   function switchMode() {
     state.manual = state.mode !== "audio-only";
     send({ type: "media-mode", mode: state.manual ? "audio-only" : "video" });
+  }
+
+  function consentOnFile(yes) {
+    // The patient's clinic recorded or withdrew the consent during the call.
+    state.consent = yes;
+    const label = $("recording-consent");
+    label.dataset.consent = yes ? "yes" : "no";
+    label.textContent = yes ? t.consentYes : t.consentNo;
   }
 
   function record() {

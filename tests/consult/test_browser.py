@@ -289,6 +289,18 @@ async def test_consent_recording_audio_only_and_reconnecting_as_the_pages_show_t
     for page in (village, specialist):
         await eventually(lambda p=page: _not_recording(p), "the recording's end shown")
 
+    # Her clinic withdraws the patient's consent during the call: both pages follow at once.
+    withdrawn = await asyncio.to_thread(
+        net.act, "village-doctor", consult, "recording-consent", agreed=False
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    for page in (village, specialist):
+        await eventually(
+            lambda p=page: _consent_shown(p, "no"), "the withdrawn consent on the page"
+        )
+        assert await page.text_content("#recording-consent") == "无患者录像同意"
+        assert await page.locator("#record").is_disabled()
+
     # He switches to audio only: his page stops sending video, hers says so; and back.
     await specialist.click("#media-mode")
     await eventually(lambda: _mode(specialist, "audio-only"), "his page in audio only")
@@ -317,6 +329,10 @@ async def test_consent_recording_audio_only_and_reconnecting_as_the_pages_show_t
     assert kept["docStatus"] == "final"
     for page in (village, specialist):
         await page.context.close()
+
+
+async def _consent_shown(page: Any, shown: str) -> bool:
+    return bool(await page.get_attribute("#recording-consent", "data-consent") == shown)
 
 
 async def _recording(page: Any) -> bool:
