@@ -95,13 +95,26 @@ class Participant:
     id: str
     display_name: str
     role: str
+    #: The scopes of the token their socket was opened with (None: a user's usual ones):
+    #: what the call writes for them goes no further. Never shown to the others.
+    scopes: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, str]:
         return {"id": self.id, "displayName": self.display_name, "role": self.role}
 
+    def to_envelope(self) -> dict[str, str | None]:
+        """As workers pass it between them (with the scopes)."""
+        return {**self.to_dict(), "scopes": self.scopes}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Participant:
-        return cls(id=data["id"], display_name=data["displayName"], role=data["role"])
+        scopes = data.get("scopes")
+        return cls(
+            id=data["id"],
+            display_name=data["displayName"],
+            role=data["role"],
+            scopes=scopes if isinstance(scopes, str) else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ class ConsultRooms:
             "room": room_id,
             "session": session_id,
             "worker": self.worker_id,
-            "participant": participant.to_dict(),
+            "participant": participant.to_envelope(),
             "message": message,
             "hops": 0,
         }

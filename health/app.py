@@ -99,6 +99,7 @@ def consult_party(gate: Gate) -> Any:
             practitioner=subject.practitioner,
             organization=subject.organization,
             display=(user.display_name if user else None) or subject.username,
+            scopes=str(subject.scopes),
         )
 
     return identify
@@ -107,14 +108,18 @@ def consult_party(gate: Gate) -> Any:
 def participant_on_record(gate: Gate) -> Callers:
     """How a call's writes are made as the participant: the signalling route names each
     participant by their username (``ConsultService.participant``); their caller is that
-    user's, with a user's scopes, their clinic's access policy and their audit trail."""
+    user's, with a user's scopes — narrowed to those of the token their socket opened with —
+    their clinic's access policy and their audit trail."""
 
     async def caller_of(participant: Participant) -> ParticipantOnRecord:
         async with gate.database.transaction(write=False) as session:
             user = await accounts.get_user(session, username=participant.id)
         if user is None or user.disabled:
             raise RecordsRefused(f"{participant.id} has no account here")
-        subject = user_subject(user, parse_scopes(USER_SCOPES))
+        scopes = parse_scopes(USER_SCOPES)
+        if participant.scopes is not None:
+            scopes = parse_scopes(participant.scopes).narrow(scopes)
+        subject = user_subject(user, scopes)
         caller = RequestCaller(subject, gate.policy(subject), actor_of(subject, None), gate)
         reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
         return ParticipantOnRecord(caller=caller, reference=reference)
