@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url)
-        bus = create_bus(settings.redis_url)
+        bus = create_bus(settings.redis_url, settings.bus_prefix)
         indexer = SearchIndexer()
         audit = AuditWriter(database, indexer, chain_key(secret))
         gate = Gate(

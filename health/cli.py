@@ -1058,7 +1058,7 @@ async def _after_writes(
     if not changes:
         return
     settings = get_settings()
-    bus = create_bus(settings.redis_url)
+    bus = create_bus(settings.redis_url, settings.bus_prefix)
     try:
         await announce(bus, changes)
         try:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from consult.client import ConsultClient
 from consult.resources import RECORDING_CONSENT, recording_consent
 from consult.rooms import ROOM_LEASE
+from health.core.bus import bus_namespace
 from health.core.clock import utcnow
 from tests.auth.test_logins import Browser
 from tests.consult.conftest import DEADLINE, eventually
@@ -357,7 +358,8 @@ async def crash_mid_recording(
     lease = Redis.from_url(redis_server.url)
     try:
         deadline = loop.time() + DEADLINE
-        while await lease.exists(f"lease:{ROOM_LEASE.format(consult)}"):
+        namespace = bus_namespace(survivor.database_url)
+        while await lease.exists(f"{namespace}:lease:{ROOM_LEASE.format(consult)}"):
             assert loop.time() < deadline, "the dead worker's lease held"
             await asyncio.sleep(0.05)
     finally:
