@@ -313,7 +313,9 @@ async def _household(request: Request, worker: Worker, group_id: str) -> dict[st
     async with _database(request).transaction(write=False) as session:
         found = await figures.household(session, group_id)
         members = (await figures.members(session, [group_id])).get(group_id, [])
-    patients = {m.patient_id: (("Patient", m.patient_id),) for m in members if m.patient_id}
+    patients: dict[str, tuple[tuple[str, str], ...]] = {
+        m.patient_id: (("Patient", m.patient_id),) for m in members if m.patient_id
+    }
     await worker.caller.audit(
         AccessEvent(
             interaction="read",
@@ -412,7 +414,9 @@ class StepInput:
                 raise CaseStepError(name, f"{name}: a string", status=400)
         stage = data.get("stage")
         if not stage:
-            raise CaseStepError("stage", f"stage: one of {', '.join(STAGES)}, or assigned", 400)
+            raise CaseStepError(
+                "stage", f"stage: one of {', '.join(STAGES)}, or assigned", status=400
+            )
         kinds = data.get("help", [])
         if kinds is None:
             kinds = []
@@ -462,9 +466,13 @@ async def api_step(request: Request, task_id: str) -> JSONResponse:
             raise CaseStepError("If-Match", 'If-Match: W/"<version>"', status=400) from None
         sent = data.get("version")
         if sent is not None and (not isinstance(sent, int) or isinstance(sent, bool)):
-            raise CaseStepError("version", "version: the case's version, a whole number", 400)
+            raise CaseStepError(
+                "version", "version: the case's version, a whole number", status=400
+            )
         if sent is not None and version is not None and sent != version:
-            raise CaseStepError("version", "version and If-Match name different versions", 400)
+            raise CaseStepError(
+                "version", "version and If-Match name different versions", status=400
+            )
         case, new_version = await _step(
             request, worker, task_id, step, version if version is not None else sent
         )
@@ -615,18 +623,15 @@ async def case_step_form(request: Request, task_id: str) -> Response:
     me, worker = await _page_worker(request)
     form = await me.form()
     stage = str(form.get("stage") or "")
-    entered = {
-        "stage": stage,
-        "note": str(form.get("note") or ""),
-        "reason": str(form.get("reason") or ""),
-        "help": [str(h) for h in form.getlist("help")],
-    }
+    note, reason = str(form.get("note") or ""), str(form.get("reason") or "")
+    kinds = [str(h) for h in form.getlist("help")]
+    entered = {"stage": stage, "note": note, "reason": reason, "help": kinds}
     raw_version = str(form.get("version") or "")
     step = StepInput(
         stage,
-        note=entered["note"] or None,
-        help=tuple(entered["help"]),
-        reason=entered["reason"] or None,
+        note=note or None,
+        help=tuple(kinds),
+        reason=reason or None,
         worker=worker.practitioner if stage == ASSIGNED else None,
     )
     try:
