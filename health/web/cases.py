@@ -59,7 +59,7 @@ from health.poverty.casework import (
 )
 from health.web.display import local_time
 from health.web.i18n import language_of
-from health.web.signed_in import PageRefused, SignedIn, signed_in
+from health.web.signed_in import SignedIn, signed_in
 from records.access import AccessEvent
 from records.api.service import RecordsContext
 from records.outcome import FhirError
@@ -130,12 +130,8 @@ async def _page_worker(request: Request) -> tuple[SignedIn, Worker]:
     person = (await _actor(request, me.caller)).case_worker
     if person is None:
         _ = me.gettext
-        raise PageRefused(
-            me.message(
-                _("Not for your role"),
-                _("Cases are worked by case workers (users with the case-worker right)."),
-                status=403,
-            )
+        raise me.forbidden(
+            _("Cases are worked by case workers (users with the case-worker right).")
         )
     return me, Worker(me.caller, person)
 
@@ -544,6 +540,8 @@ def _error_text(me: SignedIn, error: CaseStepError | FhirError) -> tuple[str, st
             "Someone else took a step on this case meanwhile. The page shows the case as it "
             "is now; look again before you take the next step."
         )
+    if error.field == "stage" and error.status == 400:
+        return "stage", _("Choose the next step")
     messages = {
         "stage": _("This case cannot take that step from where it stands."),
         "note": _("Note what the village visit found (at most 2000 characters)."),

@@ -44,6 +44,7 @@ ROLES = {
     "township-doctor": "township_doctor",
     "specialist": "specialist",
     "analyst": "commission_analyst",
+    "case-worker": "commission_analyst",
     "admin": "admin",
 }
 

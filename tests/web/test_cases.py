@@ -357,12 +357,14 @@ class TestAStep:
         page = worker.http.get(f"/cases/{task}")
         assert page.status_code == 200
         assert f'href="/dashboard/households/{place.houses["b"].id}"' in page.text
-        options = re.findall(r'<option value="([a-z]+)"', page.text.split('id="stage-choice"')[1])
-        assert options[:2] == ["verified", "rejected"]
+        options = re.findall(r'<option value="([a-z]*)"', page.text.split('id="stage-choice"')[1])
+        assert options[:3] == ["", "verified", "rejected"]  # nothing chosen until the worker does
         form = {
             "csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1),  # type: ignore[union-attr]
             "version": re.search(r'name="version" value="(\d+)"', page.text).group(1),  # type: ignore[union-attr]
         }
+        unchosen = worker.http.post(f"/cases/{task}/steps", data={**form, "stage": ""})
+        assert unchosen.status_code == 400 and 'id="stage-error"' in unchosen.text
         missing = worker.http.post(f"/cases/{task}/steps", data={**form, "stage": "verified"})
         assert missing.status_code == 422
         assert 'id="note-error"' in missing.text and "请填写入户核实的情况" in missing.text
