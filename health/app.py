@@ -139,7 +139,8 @@ def case_actor(gate: Gate) -> CaseIdentify:
             return CaseActor()
         async with gate.database.transaction(write=False) as session:
             user = await accounts.get_user(session, username=subject.username)
-        if user is None or user.disabled:
+        # The right as it stands now, not as the token was issued with it.
+        if user is None or user.disabled or not user.case_worker:
             return CaseActor()
         reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
         return CaseActor(case_worker=Person(reference, user.display_name or user.username))

@@ -452,6 +452,27 @@ class TestWhoMayNot:
         )
         assert no_csrf.status_code == 403
 
+    def test_a_revoked_right_ends_at_once_even_for_a_token_issued_with_it(
+        self, place: Place
+    ) -> None:
+        username = f"cw-{uuid.uuid4().hex[:6]}"
+        place.app.server.cli(
+            "user", "add", username, "--role", "commission_analyst", "--org", "640100WJW",
+            "--case-worker",
+        )  # fmt: skip
+        token = place.app.token(username)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{place.app.url}/api/cases", headers=headers).status_code == 200
+        place.app.server.cli("user", "case-worker", username, "--revoke")
+        assert httpx.get(f"{place.app.url}/api/cases", headers=headers).status_code == 403
+        # A step that was legal while the user had the right (the token still says so).
+        task = place.task("a")
+        step = Step("monitoring", dt.datetime.now(dt.UTC), Person(None, username))
+        body = {**advance(task, step), "id": task["id"]}
+        written = httpx.put(f"{place.app.url}/fhir/Task/{task['id']}", json=body, headers=headers)
+        assert written.status_code == 403, written.text
+        assert place.task("a")["meta"]["versionId"] == task["meta"]["versionId"]
+
 
 class TestThroughFhir:
     """The same rules for a client writing the case's Task through ``/fhir``."""
