@@ -97,7 +97,7 @@ _ALL_TYPES = frozenset(resource_types())
 #: What a case worker (an analyst with the case-worker right) may write, and how: the
 #: follow-up Tasks of illness-poverty cases, by updating them (``u``; the content rule is
 #: ``health.poverty.case_rules``).
-CASE_WORKER_WRITES = {"Task": "u"}
+CASE_WORKER_WRITES = {"Task": frozenset("u")}
 #: What a commission analyst may read of the people in their cases: the household, its
 #: flags and their evidence (diagnoses, bills, cover), and the follow-up — not the rest of
 #: the clinical record (observations, prescriptions, notes).
@@ -197,7 +197,7 @@ class AccessPolicy:
                     "Commission analysts follow cases; taking their steps needs the "
                     "case-worker right"
                 )
-            if writing and interaction not in CASE_WORKER_WRITES.get(res_type, ""):
+            if writing and interaction not in CASE_WORKER_WRITES.get(res_type, frozenset()):
                 if res_type in CASE_WORKER_WRITES:
                     return (
                         "Cases are opened and ended by the service; a case worker takes "
