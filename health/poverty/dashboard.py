@@ -6,8 +6,9 @@ Every figure is one SQL aggregate over the derived tables (``poverty_cases`` joi
 and PostgreSQL; the two dialects differ only in how a month and a duration are computed
 (:func:`_month`, :func:`_seconds`). The figures count **open** cases (identified to
 monitoring) — with ``overdue``, only those whose next step was due before the query ran
-(:func:`overdue_by_township`); the time from flag to assistance counts every case that was ever helped, open
-or closed, since closing a case does not undo how long its help took.
+(:func:`overdue_by_township`); the time from flag to assistance counts every case that
+was ever helped, open or closed, since closing a case does not undo how long its help
+took.
 
 :class:`Filters` narrow all of it alike, so that a figure's drill-down list
 (:func:`households`) holds exactly the households the figure counted. Names and resident

@@ -26,14 +26,13 @@ import pytest
 from redis import Redis
 
 from health.core.database import Database
-from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.poverty.cases import Person, Step, advance
 from records.feed import CHANGES_CHANNEL
 from records.indexing import SearchIndexer
 from tests.conftest import BACKENDS, fresh_database
 from tests.poverty.factories import House, Town
 from tests.services import AppServer, RedisServer
-from tests.web.conftest import DEMO_PASSWORD, VILLAGE, Session, WebApp
+from tests.web.conftest import DEMO_PASSWORD, Session, WebApp, web_app
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
 WORKER = "township-worker"  # a case worker with a Practitioner, so cases can be theirs
@@ -67,15 +66,9 @@ def place(
     )
     server.cli("seed", "--demo", "--patients", "0")
     server.start()
-    system = httpx.Client(
-        base_url=f"{server.url}/fhir",
-        headers={"Authorization": f"Bearer {server.system_token()}"},
-        timeout=60,
-    )
+    app = web_app(server, request.param)
+    system = app.system
     try:
-        village = system.get(
-            "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{VILLAGE}"}
-        ).json()["entry"][0]["resource"]["id"]
         practitioner = system.get("/Practitioner", params={"_count": "1"}).json()["entry"][0][
             "resource"
         ]["id"]
@@ -121,10 +114,10 @@ def place(
         # Household a's head is a patient of the demo village clinic, so its doctor sees
         # the household and its case.
         head = system.get(f"/Patient/{houses['a'].members[0].id}").json()
-        head["managingOrganization"] = {"reference": f"Organization/{village}"}
+        head["managingOrganization"] = {"reference": f"Organization/{app.village}"}
         assert system.put(f"/Patient/{head['id']}", json=head).status_code == 200
         yield Place(
-            WebApp(server, request.param, system, village),
+            app,
             redis_server.url,
             township,
             practitioner,
