@@ -216,7 +216,7 @@ def bus_namespace(database_url: str, chosen: str | None = None) -> str:
     return "health-" + hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
-def create_bus(redis_url: str | None, namespace: str = "") -> MessageBus:
+def create_bus(redis_url: str | None, namespace: str) -> MessageBus:
     """Redis when ``redis_url`` is set (with the deployment's ``namespace``), else the
     in-process bus (one process; nothing to share)."""
     return RedisBus(redis_url, namespace) if redis_url else InProcessBus()
