@@ -25,6 +25,7 @@ import orjson
 import pytest
 from redis import Redis
 
+from health.core.bus import bus_namespace
 from health.core.database import Database
 from health.poverty.cases import Person, Step, advance
 from records.feed import CHANGES_CHANNEL
@@ -251,7 +252,7 @@ class TestAStep:
         version = _version(place, "a")
         redis = Redis.from_url(place.redis_url)
         feed = redis.pubsub()
-        feed.subscribe(CHANGES_CHANNEL)
+        feed.subscribe(f"{bus_namespace(place.app.server.database_url)}:{CHANGES_CHANNEL}")
         try:
             feed.get_message(timeout=5)  # the subscription's confirmation
             taken = _step(worker, task, {"stage": "verified", "note": "入户核实：属实"}, version)
