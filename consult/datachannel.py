@@ -19,7 +19,8 @@ The hub checks each message, keeps it in the patient's record through
 see is on record. The sender gets ``{"type": "stored", "id", "resource"}`` (the
 Observation, Communication or DocumentReference), or ``{"type": "error", "id", "code",
 "field", "message"}`` naming what was wrong (``implausible-reading`` and the field, for a
-blood pressure of 400). The others get:
+blood pressure of 400; ``not-stored`` when the record refuses it, ``not-stored-yet`` when it
+failed for now and the same message may be sent again). The others get:
 
 - ``{"type": "reading", "from": participant, "id", "kind", <values>, "unit", "time",
   "device", "observation"}`` — values in the unit the record stores them in, and
@@ -435,7 +436,7 @@ class CallData:
         except Exception as error:
             logger.exception("a %s of %s could not be kept", kind, handler.participant_id)
             raise _Refused(
-                "not-stored",
+                "not-stored-yet",
                 f"the record could not keep it just now ({type(error).__name__}); send it again",
             ) from None
         room.seen[key] = resource

@@ -47,9 +47,12 @@ The server sends:
   "participants": [{"participantId", "framesPerSecond", "mode", "level"}]}`` — figures
   not measured yet are null; ``participants[].framesPerSecond`` is the frame rate of that
   participant's video reaching you through the server.
-- ``recording`` — ``{"state": "on" | "off", "startedBy", "since", "document"}``: the call
-  is being recorded (show it to everyone, the patient first), or no longer; ``document``
-  is the DocumentReference that keeps it.
+- ``recording`` — ``{"state": "on" | "off", "startedBy", "since", "document", "consent",
+  "reason"}``: the call is being recorded (show it to everyone, the patient first), or no
+  longer; ``document`` is the DocumentReference that keeps it. It is also sent when the
+  patient's consent to recording changes during the call: ``consent`` says whether it is on
+  file now (null: not said), and a recording the patient's withdrawn consent stopped says
+  ``"reason": "consent-withdrawn"``.
 - ``error`` — ``{"code": "...", "message": "...", "inReplyTo": "offer"}``: something a
   person can act on; the conversation goes on.
 - ``bye`` — ``{"reason": "..."}``; the server closes the socket after it.
@@ -92,13 +95,26 @@ class Participant:
     id: str
     display_name: str
     role: str
+    #: The scopes of the token their socket was opened with (None: a user's usual ones):
+    #: what the call writes for them goes no further. Never shown to the others.
+    scopes: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, str]:
         return {"id": self.id, "displayName": self.display_name, "role": self.role}
 
+    def to_envelope(self) -> dict[str, str | None]:
+        """As workers pass it between them (with the scopes)."""
+        return {**self.to_dict(), "scopes": self.scopes}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Participant:
-        return cls(id=data["id"], display_name=data["displayName"], role=data["role"])
+        scopes = data.get("scopes")
+        return cls(
+            id=data["id"],
+            display_name=data["displayName"],
+            role=data["role"],
+            scopes=scopes if isinstance(scopes, str) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -332,12 +348,20 @@ class Quality:
         }
 
 
+#: Why a recording stopped without anyone stopping it.
+RecordingEnd = Literal["consent-withdrawn"]
+
+
 @dataclass(frozen=True)
 class RecordingState:
     state: Literal["on", "off"]
     started_by: Participant | None = None
     since: str | None = None
     document: str | None = None
+    #: Whether the patient's consent to recording is on file now (None: not said).
+    consent: bool | None = None
+    #: Why the recording stopped, when nobody stopped it ("consent-withdrawn").
+    reason: RecordingEnd | None = None
     type: ClassVar[str] = "recording"
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +371,8 @@ class RecordingState:
             "startedBy": self.started_by.to_dict() if self.started_by else None,
             "since": self.since,
             "document": self.document,
+            "consent": self.consent,
+            "reason": self.reason,
         }
 
 
@@ -497,6 +523,8 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
                 started_by=Participant.from_dict(started_by) if started_by else None,
                 since=data.get("since"),
                 document=data.get("document"),
+                consent=None if data.get("consent") is None else bool(data["consent"]),
+                reason=data.get("reason"),
             )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError("invalid-message", f"malformed {kind} message: {error!r}") from None
@@ -523,6 +551,7 @@ __all__ = [
     "ProtocolError",
     "Quality",
     "RecordingControl",
+    "RecordingEnd",
     "RecordingState",
     "ServerMessage",
     "TrackInfo",

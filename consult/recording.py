@@ -47,7 +47,7 @@ import av
 import orjson
 
 from consult.call_records import ConsultRecords, RecordedFile, Recording
-from consult.protocol import Participant, RecordingState
+from consult.protocol import Participant, RecordingEnd, RecordingState
 from consult.tracks import EncodedSource
 from health.core.clock import utcnow
 
@@ -66,6 +66,10 @@ KEYFRAME_WAIT_MS = 3000
 DEFAULT_SIZE = (640, 480)
 SIDECAR = "recording.json"
 _MS = Fraction(1, 1000)
+#: What the record says of a recording cut short, by why it stopped.
+_CUT_SHORT: dict[str, str] = {
+    "consent-withdrawn": "the patient withdrew the consent to recording during the call",
+}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -354,6 +358,8 @@ class RoomRecording:
         )
         self.folder = consult_folder(directory, consult_id) / self.recording.recording_id
         self.document: str | None = None
+        #: Why it stopped, when nobody stopped it.
+        self.reason: RecordingEnd | None = None
         self._records = records
         self._recorder = CallRecorder(
             consult_id=consult_id, folder=self.folder, hub=hub, recording=self.recording
@@ -370,9 +376,14 @@ class RoomRecording:
         self._recorder.tap()
         logger.info("recording consult %s in %s", self.consult_id, self.folder)
 
-    async def stop(self) -> None:
+    async def stop(self, *, reason: RecordingEnd | None = None) -> None:
+        """Finish the files and the record; ``reason`` when nobody asked for the stop (the
+        record says the recording was cut short, and why)."""
         if self._recorder.stopped:
             return
+        if reason is not None:
+            self.reason = reason
+            self.recording.cut_short = _CUT_SHORT[reason]
         await self._recorder.stop()
         await self._write_sidecar(finished=True)
         if self.document is not None:
@@ -383,7 +394,12 @@ class RoomRecording:
 
     def state(self) -> RecordingState:
         if self._recorder.stopped:
-            return RecordingState("off", document=self.document)
+            return RecordingState(
+                "off",
+                document=self.document,
+                consent=False if self.reason == "consent-withdrawn" else None,
+                reason=self.reason,
+            )
         return RecordingState(
             "on",
             started_by=self.recording.started_by,

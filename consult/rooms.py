@@ -46,6 +46,8 @@ from consult.protocol import (
     Participant,
     Presence,
     Quality,
+    RecordingEnd,
+    RecordingState,
     ServerMessage,
     TrackInfo,
     Tracks,
@@ -54,6 +56,7 @@ from consult.quality import LinkPolicy
 from consult.recording import RoomRecording, finish_abandoned
 from health.core.bus import MessageBus, Subscription
 from health.core.settings import Settings
+from records.feed import CHANGES_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ class ConsultRooms:
         )
         self._rooms: dict[str, _Room] = {}
         self._sessions: dict[str, Deliver] = {}
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -142,11 +145,22 @@ class ConsultRooms:
         return rooms
 
     async def start(self) -> None:
-        self._subscription = await self._bus.subscribe(WORKER_CHANNEL.format(self.worker_id))
-        self._tasks = [
-            asyncio.create_task(self._listen(self._subscription), name="consult bus"),
-            asyncio.create_task(self._keep_leases(), name="consult leases"),
+        # Subscribed before start returns: a message routed to this worker is heard.
+        channels: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+            (WORKER_CHANNEL.format(self.worker_id), self._dispatch)
         ]
+        if self.records is not None:
+            # The change feed, for the patients' consents to recording.
+            channels.append((CHANGES_CHANNEL, self._record_changed))
+        self._tasks = [asyncio.create_task(self._keep_leases(), name="consult leases")]
+        for channel, handle in channels:
+            subscription = await self._bus.subscribe(channel)
+            self._subscriptions.append(subscription)
+            self._tasks.append(
+                asyncio.create_task(
+                    self._listen(channel, subscription, handle), name=f"consult bus {channel}"
+                )
+            )
         logger.info("consult worker %s ready", self.worker_id)
 
     async def close(self) -> None:
@@ -163,8 +177,10 @@ class ConsultRooms:
                     await room.task
             await self._close_room(room, "the consult server is shutting down")
         self._rooms.clear()
-        if self._subscription is not None:
-            await self._subscription.close()
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+        self._subscriptions.clear()
         await self.call_data.close()
         await self.hub.close()
 
@@ -200,7 +216,7 @@ class ConsultRooms:
             "room": room_id,
             "session": session_id,
             "worker": self.worker_id,
-            "participant": participant.to_dict(),
+            "participant": participant.to_envelope(),
             "message": message,
             "hops": 0,
         }
@@ -211,24 +227,45 @@ class ConsultRooms:
 
     # The owner side.
 
-    async def _listen(self, subscription: Subscription) -> None:
+    async def _listen(
+        self,
+        channel: str,
+        subscription: Subscription,
+        handle: Callable[[dict[str, Any]], None],
+    ) -> None:
+        index = self._subscriptions.index(subscription)
         while True:
             try:
                 async for message in subscription:
-                    self._dispatch(message)
+                    handle(message)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Redis went away: listen again once it is back (messages meanwhile are lost,
                 # and the sessions waiting on them are told to try again).
-                logger.exception("consult bus subscription failed; subscribing again")
+                logger.exception("consult bus subscription %s failed; subscribing again", channel)
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
                     await subscription.close()
                 with contextlib.suppress(Exception):
-                    subscription = await self._bus.subscribe(WORKER_CHANNEL.format(self.worker_id))
-                    self._subscription = subscription
+                    subscription = await self._bus.subscribe(channel)
+                    self._subscriptions[index] = subscription
+                    if channel == CHANGES_CHANNEL:
+                        # A consent withdrawn while the feed was away must still be seen.
+                        self._consents_changed()
+
+    def _record_changed(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "Consent":
+            self._consents_changed()
+
+    def _consents_changed(self) -> None:
+        """Some patient's Consent changed: every room with people in it looks again at its
+        patient's consent to recording (a few rooms at a time; the check is one search)."""
+        for room in self._rooms.values():
+            if room.members:
+                with contextlib.suppress(asyncio.QueueFull):
+                    room.inbox.put_nowait({"internal": "consent-changed"})
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         try:
@@ -286,6 +323,9 @@ class ConsultRooms:
             return
         if internal == "media-event":
             await self._on_media_event(room, envelope["event"])
+            return
+        if internal == "consent-changed":
+            await self._follow_consent(room)
             return
         holder = await self._bus.claim(
             ROOM_LEASE.format(room.room_id), self.worker_id, self._lease_seconds
@@ -424,8 +464,7 @@ class ConsultRooms:
     async def _remove(self, room: _Room, participant_id: str) -> None:
         member = room.members.pop(participant_id)
         changed = await self.hub.remove(room.room_id, participant_id)
-        for other in room.members.values():
-            await self._tell(other, Presence("left", member.participant))
+        await self._tell_everyone(room, Presence("left", member.participant))
         await self._tell_tracks(room, changed)
         logger.info("%s left consult %s", participant_id, room.room_id)
 
@@ -497,8 +536,7 @@ class ConsultRooms:
             message = self._mode_message(
                 member.participant, event["mode"], event["reason"], event["automatic"]
             )
-            for other in room.members.values():
-                await self._tell(other, message)
+            await self._tell_everyone(room, message)
 
     @staticmethod
     def _mode_message(
@@ -599,9 +637,26 @@ class ConsultRooms:
             )
             return
         room.recording = recording
-        state = recording.state()
-        for other in room.members.values():
-            await self._tell(other, state)
+        await self._tell_everyone(room, recording.state())
+
+    async def _follow_consent(self, room: _Room) -> None:
+        """The patient's consent to recording may have changed: a recording it no longer
+        covers stops (the record says it was cut short, and why), and everyone is told
+        whether the call may be recorded now."""
+        if self.records is None or not room.members:
+            return
+        recording = room.recording
+        by = (
+            recording.recording.started_by
+            if recording is not None
+            else next(iter(room.members.values())).participant
+        )
+        refusal = await self.records.recording_refusal(room.room_id, by)
+        if recording is None:
+            await self._tell_everyone(room, RecordingState("off", consent=refusal is None))
+        elif refusal is not None:
+            logger.info("consult %s: recording stopped, %s", room.room_id, refusal)
+            await self._stop_recording(room, reason="consent-withdrawn")
 
     async def _finish_abandoned(self, room: _Room) -> None:
         """Complete recordings of this consult that a worker which died left unfinished."""
@@ -612,17 +667,15 @@ class ConsultRooms:
         except Exception:
             logger.exception("could not complete the old recordings of %s", room.room_id)
 
-    async def _stop_recording(self, room: _Room) -> None:
+    async def _stop_recording(self, room: _Room, *, reason: RecordingEnd | None = None) -> None:
         recording, room.recording = room.recording, None
         if recording is None:
             return
         try:
-            await recording.stop()
+            await recording.stop(reason=reason)
         except Exception:
             logger.exception("could not finish the recording of consult %s", room.room_id)
-        state = recording.state()
-        for other in room.members.values():
-            await self._tell(other, state)
+        await self._tell_everyone(room, recording.state())
 
     async def _check_media(self, room: _Room) -> None:
         """Drop members who have had no media for too long (their worker may have died), or
@@ -672,6 +725,10 @@ class ConsultRooms:
             member = room.members.get(participant_id)
             if member is not None:
                 await self._tell(member, Tracks(tracks))
+
+    async def _tell_everyone(self, room: _Room, message: ServerMessage) -> None:
+        for member in room.members.values():
+            await self._tell(member, message)
 
     async def _tell(self, member: Member, message: ServerMessage, *, close: bool = False) -> None:
         await self._send(member.worker_id, member.session_id, message, close=close)

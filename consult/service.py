@@ -815,7 +815,10 @@ class ConsultService:
         if not (is_requester or is_specialist or is_invited):
             return None
         return Participant(
-            id=party.username, display_name=party.display or party.username, role=role
+            id=party.username,
+            display_name=party.display or party.username,
+            role=role,
+            scopes=party.scopes,
         )
 
 

@@ -112,6 +112,8 @@ class Party:
     practitioner: str | None = None
     organization: str | None = None
     display: str | None = None
+    #: The scopes the caller's token carries (None: not a token's, or not said).
+    scopes: str | None = None
 
     @property
     def is_system(self) -> bool:

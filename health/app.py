@@ -34,11 +34,14 @@ from health.auth.logins import LoginThrottle
 from health.auth.policy import SYSTEM_ROLE
 from health.auth.scopes import parse_scopes
 from health.auth.tokens import TokenSigner, service_secret
-from health.core.bus import create_bus
+from health.core.bus import MessageBus, create_bus
 from health.core.database import Database
 from health.core.outbox import Deliverer, OutboxDelivery
 from health.core.problems import Problem, problem
 from health.core.settings import VAR_DIR, Settings, get_settings
+from health.poverty.case_rules import CaseActor, CaseRules
+from health.poverty.case_rules import Identify as CaseIdentify
+from health.poverty.cases import Person
 from health.poverty.listener import start_flag_listener
 from health.web.pages import router as pages_router
 from health.web.routes import install_pages
@@ -99,6 +102,7 @@ def consult_party(gate: Gate) -> Any:
             practitioner=subject.practitioner,
             organization=subject.organization,
             display=(user.display_name if user else None) or subject.username,
+            scopes=str(subject.scopes),
         )
 
     return identify
@@ -107,19 +111,78 @@ def consult_party(gate: Gate) -> Any:
 def participant_on_record(gate: Gate) -> Callers:
     """How a call's writes are made as the participant: the signalling route names each
     participant by their username (``ConsultService.participant``); their caller is that
-    user's, with a user's scopes, their clinic's access policy and their audit trail."""
+    user's, with a user's scopes — narrowed to those of the token their socket opened with —
+    their clinic's access policy and their audit trail."""
 
     async def caller_of(participant: Participant) -> ParticipantOnRecord:
         async with gate.database.transaction(write=False) as session:
             user = await accounts.get_user(session, username=participant.id)
         if user is None or user.disabled:
             raise RecordsRefused(f"{participant.id} has no account here")
-        subject = user_subject(user, parse_scopes(USER_SCOPES))
+        scopes = parse_scopes(USER_SCOPES)
+        if participant.scopes is not None:
+            scopes = parse_scopes(participant.scopes).narrow(scopes)
+        subject = user_subject(user, scopes)
         caller = RequestCaller(subject, gate.policy(subject), actor_of(subject, None), gate)
         reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
         return ParticipantOnRecord(caller=caller, reference=reference)
 
     return caller_of
+
+
+def case_actor(gate: Gate) -> CaseIdentify:
+    """How the case rules tell who a caller is: a system, a case worker (as their steps name
+    them: their Practitioner and name), or anybody else."""
+
+    async def identify(caller: Caller) -> CaseActor:
+        if not isinstance(caller, RequestCaller) or caller.subject.role == SYSTEM_ROLE:
+            return CaseActor(system=True)
+        subject = caller.subject
+        if not subject.case_worker or subject.username is None:
+            return CaseActor()
+        if subject.role != "commission_analyst":
+            return CaseActor()
+        async with gate.database.transaction(write=False) as session:
+            user = await accounts.get_user(session, username=subject.username)
+        # The right as it stands now, not as the token was issued with it.
+        if user is None or user.disabled or not user.case_worker:
+            return CaseActor()
+        reference = f"Practitioner/{user.practitioner_id}" if user.practitioner_id else None
+        return CaseActor(case_worker=Person(reference, user.display_name or user.username))
+
+    return identify
+
+
+def gate_for(settings: Settings, database: Database, indexer: SearchIndexer, secret: bytes) -> Gate:
+    """The process's gate: who callers are, their policies, their audit trail."""
+    return Gate(
+        settings=settings,
+        database=database,
+        indexer=indexer,
+        signer=TokenSigner(secret, issuer=settings.issuer),
+        audit=AuditWriter(database, indexer, chain_key(secret)),
+    )
+
+
+def records_context(settings: Settings, gate: Gate, bus: MessageBus) -> RecordsContext:
+    """The records API as every door uses it (``/fhir``, the pages, the JSON APIs, the
+    commands that act as a person), with the rules of consults and of illness-poverty
+    cases, which hold for every write whichever door it came through."""
+    return RecordsContext(
+        database=gate.database,
+        indexer=gate.indexer,
+        bus=bus,
+        base_url=settings.fhir_base_url,
+        max_page_size=settings.max_page_size,
+        default_page_size=settings.default_page_size,
+        max_body_bytes=settings.max_body_bytes,
+        authenticate=gate.authenticate,
+        security=capability_security,
+        write_hooks=[
+            ConsultWorkflow(identify=consult_party(gate), bus=bus),
+            CaseRules(identify=case_actor(gate)),
+        ],
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -129,32 +192,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.database_url)
-        bus = create_bus(settings.redis_url)
-        indexer = SearchIndexer()
-        audit = AuditWriter(database, indexer, chain_key(secret))
-        gate = Gate(
-            settings=settings,
-            database=database,
-            indexer=indexer,
-            signer=TokenSigner(secret, issuer=settings.issuer),
-            audit=audit,
-        )
+        bus = create_bus(settings.redis_url, settings.bus_prefix)
+        gate = gate_for(settings, database, SearchIndexer(), secret)
+        audit = gate.audit
         app.state.gate = gate
         app.state.settings = settings
         app.state.bus = bus
         app.state.login_throttle = LoginThrottle(bus, settings.logins_per_address_per_minute)
-        records = RecordsContext(
-            database=database,
-            indexer=indexer,
-            bus=bus,
-            base_url=settings.fhir_base_url,
-            max_page_size=settings.max_page_size,
-            default_page_size=settings.default_page_size,
-            max_body_bytes=settings.max_body_bytes,
-            authenticate=gate.authenticate,
-            security=capability_security,
-        )
+        records = records_context(settings, gate, bus)
         app.state.records = records
+        app.state.case_actor = case_actor(gate)
         # This worker's consult rooms and media hub: the consult signalling route hands each
         # participant's WebSocket to consult.signalling.SignallingSession with these. What a
         # call keeps (readings, chat, files, recordings) goes through records.perform as the
@@ -170,8 +217,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         )
         identify = consult_party(gate)
-        # The consult's rules hold for every write, whichever door it came through.
-        records.write_hooks.append(ConsultWorkflow(identify=identify, bus=bus))
         app.state.consult = ConsultContext(
             service=ConsultService(records, identify),
             identify=identify,

@@ -508,6 +508,7 @@ def user_token(username: str, scope: str, ttl: int | None) -> None:
         organization=account.organization_id,
         practitioner=account.practitioner_id,
         scope=str(scopes),
+        case_worker=account.case_worker,
         ttl_seconds=ttl or settings.access_token_ttl,
     )
     click.echo(token)
@@ -969,8 +970,12 @@ def poverty_cases(everything: bool, overdue: bool) -> None:
 @poverty.command(name="case-step")
 @click.argument("task_id")
 @click.argument("stage")
-@click.option("--by", "author", required=True, help="who takes the step (a name)")
-@click.option("--practitioner", help="the Practitioner id of who takes the step")
+@click.option(
+    "--as",
+    "username",
+    required=True,
+    help="the case worker taking the step (a user with the case-worker right)",
+)
 @click.option("--note", help="what was found or done (required for verified)")
 @click.option(
     "--help-given",
@@ -984,39 +989,64 @@ def poverty_cases(everything: bool, overdue: bool) -> None:
 def poverty_case_step(
     task_id: str,
     stage: str,
-    author: str,
-    practitioner: str | None,
+    username: str,
     note: str | None,
     help_given: tuple[str, ...],
     reason: str | None,
     worker: str | None,
 ) -> None:
-    """Take one step on a case: STAGE is verified, assisted, monitoring, closed, rejected, or
-    assigned (with --worker)."""
+    """Take one step on a case as a case worker (through the records, audited as theirs):
+    STAGE is verified, assisted, monitoring, closed, rejected, or assigned (with --worker)."""
+    from health.app import DEFAULT_FHIR_BASE, case_actor, gate_for, records_context
+    from health.auth import accounts
+    from health.auth.tokens import service_secret
+    from health.core.bus import create_bus
     from health.core.clock import utcnow
     from health.core.database import Database
-    from health.poverty.cases import STAGES, CaseStepError, CaseView, Person
+    from health.core.settings import VAR_DIR
+    from health.poverty.cases import STAGES, CaseStepError, CaseView
     from health.poverty.casework import take_step
     from records.indexing import SearchIndexer
+    from records.outcome import FhirError
 
     options = {"stage": "STAGE", "task": "TASK_ID", "help": "--help-given"}
+    settings = get_settings()
 
     async def run() -> CaseView:
-        database = Database(get_settings().database_url)
+        database = Database(settings.database_url)
+        bus = create_bus(settings.redis_url, settings.bus_prefix)
+        gate = gate_for(
+            settings,
+            database,
+            SearchIndexer(),
+            service_secret(settings.secret_key, VAR_DIR / "secret.key"),
+        )
         try:
-            return await take_step(
-                database,
-                SearchIndexer(),
+            async with database.transaction(write=False) as session:
+                user = await accounts.get_user(session, username=username)
+            if user is None or user.disabled:
+                raise CaseStepError("as", f"no active user {username}")
+            caller = gate.user_caller(user)
+            author = (await case_actor(gate)(caller)).case_worker
+            if author is None:
+                raise CaseStepError("as", f"{username} has not the case-worker right", status=403)
+            case, _version = await take_step(
+                records_context(settings, gate, bus),
+                caller,
                 task_id,
+                base_url=settings.fhir_base_url or DEFAULT_FHIR_BASE,
                 stage=stage,
-                author=Person(f"Practitioner/{practitioner}" if practitioner else None, author),
+                author=author,
                 at=utcnow(),
                 note=note,
                 help=help_given,
                 reason=reason,
                 worker=worker,
             )
+            return case
         finally:
+            await gate.audit.close()
+            await bus.close()
             await database.dispose()
 
     try:
@@ -1025,6 +1055,8 @@ def poverty_case_step(
         raise click.BadParameter(
             str(error), param_hint=options.get(error.field, f"--{error.field}")
         ) from None
+    except FhirError as error:
+        raise click.ClickException(f"refused ({error.status}): {error}") from None
     label = STAGES[case.stage][0]
     owner = case.owner.name if case.owner else "未指派 unassigned"
     click.echo(f"Task/{task_id}: {label} {case.stage}, {owner}")
@@ -1058,7 +1090,7 @@ async def _after_writes(
     if not changes:
         return
     settings = get_settings()
-    bus = create_bus(settings.redis_url)
+    bus = create_bus(settings.redis_url, settings.bus_prefix)
     try:
         await announce(bus, changes)
         try:

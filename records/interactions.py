@@ -259,6 +259,7 @@ class Interactions:
         data = _resource_body(request, res_type)
         condition = request.if_none_exist or (request.query or None)
         if condition:
+            await self.store.hold_criteria([(res_type, condition)])
             matches = await Criteria.parse(res_type, condition, self.store.indexer).find_ids(
                 self.store.session, access=self.store.access
             )
@@ -375,6 +376,8 @@ class Interactions:
 
     async def _conditional(self, request: FhirRequest, res_type: str, method: str) -> FhirResult:
         criteria = Criteria.parse(res_type, request.query, self.store.indexer)
+        if method == "PUT":  # it may create: see create
+            await self.store.hold_criteria([(res_type, request.query)])
         matches = await criteria.find_ids(self.store.session, access=self.store.access)
         if len(matches) > 1:
             raise FhirError.of(

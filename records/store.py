@@ -10,12 +10,12 @@ The caller owns the transaction (see :meth:`health.core.database.Database.transa
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, delete, func, insert, not_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, not_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import fhir_instant, utcnow
@@ -158,6 +158,22 @@ class ResourceStore:
     def _visible(self) -> list[ColumnElement[bool]]:
         condition = self.access.visible(resources)
         return [] if condition is None else [condition]
+
+    async def hold_criteria(self, criteria: Iterable[tuple[str, str]]) -> None:
+        """Hold, until this transaction ends, each (type, search) of a conditional write, so
+        that two concurrent writes on the same criteria cannot both find nothing and both
+        create: the second waits for the first to commit, then finds what it wrote.
+
+        On PostgreSQL an advisory lock per criteria (the same search with its parameters in
+        another order is the same lock), taken in one order so that two transactions holding
+        several cannot deadlock; SQLite's write transactions are exclusive already."""
+        if self.session.bind is None or self.session.bind.dialect.name != "postgresql":
+            return
+        keys = sorted({f"{t}?{'&'.join(sorted(query.split('&')))}" for t, query in criteria})
+        for key in keys:
+            await self.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+            )
 
     # -- reads -----------------------------------------------------------------------------
 

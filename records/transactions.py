@@ -146,6 +146,18 @@ def _walk_references(node: Any, rewrite: Any) -> None:
             _walk_references(item, rewrite)
 
 
+def _conditions(entries: list[_Entry]) -> list[tuple[str, str]]:
+    """The (type, search) of each conditional create and update among ``entries``."""
+    found = []
+    for entry in entries:
+        res_type = entry.path.split("/")[0]
+        if entry.method == "POST" and (entry.if_none_exist or entry.query):
+            found.append((res_type, entry.if_none_exist or entry.query))
+        elif entry.method == "PUT" and entry.query:
+            found.append((res_type, entry.query))
+    return found
+
+
 def _conditional_references(resource: dict[str, Any]) -> list[str]:
     found: list[str] = []
 
@@ -210,6 +222,7 @@ class BundleProcessor:
         indexer = self.store.indexer
         session = self.store.session
         aliases: dict[str, str] = {}  # fullUrl -> Type/id
+        await self.store.hold_criteria(_conditions(entries))
         for entry in entries:
             if entry.method not in ("POST", "PUT") or entry.resource is None:
                 continue
@@ -474,6 +487,8 @@ class BundleProcessor:
 
     async def _batch(self, entries: list[_Entry], scan_identifiers: bool) -> list[dict[str, Any]]:
         responses = []
+        # Every entry's criteria at once, in one order (see ResourceStore.hold_criteria).
+        await self.store.hold_criteria(_conditions(entries))
         for entry in entries:
             changes_before = len(self.store.changes)
             try:

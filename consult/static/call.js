@@ -19,6 +19,7 @@
   if (!root) return;
   const t = JSON.parse(root.dataset.i18n);
   const unitLabels = JSON.parse(root.dataset.units); // UCUM code -> as shown
+  const decimals = JSON.parse(root.dataset.decimals); // kind -> places its values are kept to
   const consultId = root.dataset.consult;
   const $ = (id) => document.getElementById(id);
   const receivePairs = 3; // a full room of four: three others
@@ -43,9 +44,9 @@
     serverQuality: null,
     consent: root.dataset.recordingConsent === "yes",
     channel: null, // the data channel of the current peer connection
-    outbox: [], // {data, file}: what waits for the data channel
+    outbox: [], // {data, id}: what waits for the data channel, by the message it belongs to
     pumping: false,
-    sendingFile: null, // the id of the file whose content is going out
+    resent: 0, // messages sent again after a channel closed before their reply
     pending: new Map(), // our message id -> what we sent, until the server's reply
     seen: new Set(), // "from/type/id" of what is shown: a replay shows nothing twice
   };
@@ -203,11 +204,14 @@
         break;
       case "recording":
         state.recording = message.state === "on" ? message : null;
+        if (typeof message.consent === "boolean") consentOnFile(message.consent);
+        if (message.reason === "consent-withdrawn") notice(t.consentWithdrawn);
         $("recording").hidden = !state.recording;
         $("record").textContent = state.recording ? t.recordStop : t.recordStart;
+        $("record").disabled = !state.consent && !state.recording;
         break;
       case "error":
-        say("call-status", message.message);
+        say("call-status", t.errors[message.code] || message.message);
         if (message.code === "media-failed" && state.pc) await negotiate(state.iceServers || []);
         break;
       case "bye":
@@ -273,6 +277,7 @@
       state.pc.close();
       state.pc = null;
     }
+    channelLost(state.channel);
     state.receivers.clear();
   }
 
@@ -357,6 +362,14 @@
     send({ type: "media-mode", mode: state.manual ? "audio-only" : "video" });
   }
 
+  function consentOnFile(yes) {
+    // The patient's clinic recorded or withdrew the consent during the call.
+    state.consent = yes;
+    const label = $("recording-consent");
+    label.dataset.consent = yes ? "yes" : "no";
+    label.textContent = yes ? t.consentYes : t.consentNo;
+  }
+
   function record() {
     if (!state.consent) return;
     send({ type: "recording", action: state.recording ? "stop" : "start" });
@@ -380,25 +393,42 @@
     channel.addEventListener("open", () => {
       if (state.channel === channel) pump();
     });
-    channel.addEventListener("close", () => {
-      if (state.channel !== channel) return;
-      // A file cut off halfway cannot be finished on the next channel: say so, drop the rest.
-      const cut = state.sendingFile;
-      if (cut !== null) {
-        state.outbox = state.outbox.filter((item) => item.file !== cut);
-        state.sendingFile = null;
-        state.pending.delete(cut);
-        showError("file-error", format(t.fileRefused, { message: t.failed }));
-        say("file-status", "");
-      }
-    });
+    channel.addEventListener("close", () => channelLost(channel));
     channel.addEventListener("message", (event) => {
       if (typeof event.data === "string") dataMessage(JSON.parse(event.data));
     });
   }
 
-  function channelSend(data, file = null) {
-    state.outbox.push({ data, file });
+  // What was sent on a channel and not yet answered may not have arrived (a file cut off
+  // halfway cannot be finished on another channel): when the channel goes, everything
+  // waiting for its reply is sent again, whole, on the next one, in the order it was first
+  // sent. The server keeps each message id once, so a repeat of one that did arrive is only
+  // answered with what was kept. After MAX_SENDS tries a message is given up, and said so.
+  const MAX_SENDS = 3;
+
+  function channelLost(channel) {
+    if (!channel || state.channel !== channel) return;
+    state.channel = null;
+    const again = [];
+    for (const [id, sent] of state.pending) {
+      if (!sent.started) continue; // never left: it is still in the outbox, whole
+      sent.started = false;
+      sent.sends += 1;
+      if (sent.sends >= MAX_SENDS) {
+        state.pending.delete(id);
+        gaveUp(sent);
+        continue;
+      }
+      state.resent += 1;
+      again.push(...sent.items.map((data) => ({ data, id })));
+    }
+    const resending = new Set(again.map((item) => item.id));
+    state.outbox = [...again, ...state.outbox.filter((item) => !resending.has(item.id))];
+  }
+
+  function dataSend(message, sent, items = [JSON.stringify(message)]) {
+    state.pending.set(message.id, { ...sent, message, items, sends: 0, started: false });
+    state.outbox.push(...items.map((data) => ({ data, id: message.id })));
     pump();
   }
 
@@ -419,9 +449,8 @@
           continue;
         }
         const item = state.outbox.shift();
-        if (item.file !== null && typeof item.data === "string") {
-          state.sendingFile = JSON.parse(item.data).type === "file" ? item.file : null;
-        }
+        const sent = state.pending.get(item.id);
+        if (sent) sent.started = true;
         channel.send(item.data);
       }
     } finally {
@@ -467,7 +496,6 @@
       sent.element.classList.remove("pending");
       sent.element.dataset.communication = message.resource;
     } else {
-      state.sendingFile = null;
       say("file-status", t.kept);
       showFile(sent.message, mine, message.resource, sent.blob);
     }
@@ -486,18 +514,35 @@
       const kind = sent.message.kind;
       const label =
         message.field === "value" ? t.kinds[kind] : t.fields[message.field] || message.field;
-      const text =
-        message.code === "implausible-reading"
-          ? format(t.impossibleReading, { field: label })
-          : format(t.refusedField, { field: label, message: message.message });
-      readingError(kind, message.field, text);
+      readingError(kind, message.field, refusal(message, label));
     } else if (type === "chat") {
       sent.element.remove();
-      showError("chat-error", message.message);
+      showError("chat-error", refusal(message, ""));
     } else {
-      state.sendingFile = null;
       say("file-status", "");
-      showError("file-error", format(t.fileRefused, { message: message.message }));
+      showError("file-error", format(t.fileRefused, { message: refusal(message, "") }));
+    }
+  }
+
+  // The server's refusal in the page's language, by its code (and field): its own words
+  // (English, for the logs and the Python client) only for a refusal the page does not know.
+  function refusal(message, label) {
+    const text = t.refusals[`${message.code}:${message.field}`] || t.refusals[message.code];
+    if (!text) return message.message;
+    return format(text, { field: label, limit: t.maxFileMiB });
+  }
+
+  function gaveUp(sent) {
+    const type = sent.message.type;
+    if (type === "reading") {
+      say("reading-status", "");
+      showError("reading-error", t.notSent);
+    } else if (type === "chat") {
+      sent.element.remove();
+      showError("chat-error", t.notSent);
+    } else {
+      say("file-status", "");
+      showError("file-error", format(t.fileRefused, { message: t.notSent }));
     }
   }
 
@@ -526,10 +571,14 @@
     item.dataset.kind = reading.kind;
     item.dataset.from = from.id;
     item.dataset.observation = observation;
+    // As kept, to the kind's places (38.0 ℃, not 38 ℃); a number the page does not know
+    // the places of is shown as it came.
+    const places = decimals[reading.kind];
+    const shown = (value) => (places === undefined ? String(value) : Number(value).toFixed(places));
     const values =
       reading.kind === "blood-pressure"
-        ? `${reading.systolic}/${reading.diastolic}`
-        : String(reading.value);
+        ? `${shown(reading.systolic)}/${shown(reading.diastolic)}`
+        : shown(reading.value);
     const what = document.createElement("span");
     what.className = "value";
     what.textContent = `${t.kinds[reading.kind] || reading.kind} ${values} ${
@@ -650,9 +699,8 @@
     }
     const unit = fieldset.querySelector("[data-unit]");
     message.unit = unit.tagName === "SELECT" ? unit.value : unit.dataset.value;
-    state.pending.set(message.id, { message });
     say("reading-status", t.sending);
-    channelSend(JSON.stringify(message));
+    dataSend(message, {});
     for (const input of fieldset.querySelectorAll("input[data-field]")) input.value = "";
   }
 
@@ -664,9 +712,8 @@
     const message = { type: "chat", id: newId("c"), text };
     const element = showChat(message, state.me || { id: "", displayName: t.you }, null);
     element.classList.add("pending");
-    state.pending.set(message.id, { message, element });
     state.seen.add(`${state.me ? state.me.id : ""}/chat/${message.id}`);
-    channelSend(JSON.stringify(message));
+    dataSend(message, { element });
     $("chat-text").value = "";
   }
 
@@ -687,13 +734,13 @@
       contentType: file.type || null,
       description: null,
     };
-    state.pending.set(message.id, { message, blob: file });
     say("file-status", t.sending);
-    channelSend(JSON.stringify(message), message.id);
+    const items = [JSON.stringify(message)];
     for (let start = 0; start < data.byteLength; start += CHUNK_BYTES) {
-      channelSend(data.slice(start, start + CHUNK_BYTES), message.id);
+      items.push(data.slice(start, start + CHUNK_BYTES));
     }
-    channelSend(JSON.stringify({ type: "file-end", id: message.id }), message.id);
+    items.push(JSON.stringify({ type: "file-end", id: message.id }));
+    dataSend(message, { blob: file }, items);
     $("share-file").value = "";
   }
 
@@ -807,6 +854,10 @@
     reconnecting: () => state.reconnecting,
     dropSignalling: () => state.socket && state.socket.close(),
     dataChannel: () => (state.channel ? state.channel.readyState : null),
+    // Sends what waits on a new media connection, as after a failed one.
+    renegotiate: () => negotiate(state.iceServers || []),
+    resent: () => state.resent,
+    waiting: () => state.pending.size,
   };
 
   $("join").addEventListener("click", join);

@@ -193,6 +193,7 @@ def issue_user_token(
         practitioner=user.practitioner_id,
         scope=scope,
         patient=patient,
+        case_worker=user.case_worker,
         ttl_seconds=ttl,
     )
     return token, ttl

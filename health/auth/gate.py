@@ -91,6 +91,7 @@ def user_subject(user: User, scopes: ScopeSet, *, token_id: str | None = None) -
         practitioner=user.practitioner_id,
         scopes=scopes,
         token_id=token_id,
+        case_worker=user.case_worker,
     )
 
 
@@ -164,6 +165,7 @@ class Gate:
             scopes=scopes,
             patient=claims.patient,
             token_id=claims.token_id,
+            case_worker=claims.case_worker,
         )
 
     async def web_session(self, request: HTTPConnection) -> WebSession | None:
@@ -218,9 +220,14 @@ class Gate:
 
     def web_caller(self, web: WebSession, request: HTTPConnection) -> RequestCaller:
         """The caller of a page request: the signed-in person with the scopes of a person."""
-        return self._caller(user_subject(web.user, parse_scopes(USER_SCOPES)), request)
+        return self.user_caller(web.user, request)
 
-    def _caller(self, subject: Subject, request: HTTPConnection) -> RequestCaller:
+    def user_caller(self, user: User, request: HTTPConnection | None = None) -> RequestCaller:
+        """A person as a caller (a page's, or an operator's command acting as them), with the
+        scopes of a person."""
+        return self._caller(user_subject(user, parse_scopes(USER_SCOPES)), request)
+
+    def _caller(self, subject: Subject, request: HTTPConnection | None) -> RequestCaller:
         return RequestCaller(subject, self.policy(subject), actor_of(subject, request), self)
 
 

@@ -12,6 +12,14 @@ A caller sees:
   (until its period ends, plus :attr:`Settings.consent_grace_seconds`); a commission
   analyst's are the persons and household members under an active illness-poverty Flag.
   Everybody's add the patients they opened by break-glass, until the grant expires;
+- **the follow-up Tasks of illness-poverty cases** (``meta.tag`` illness-poverty-case) by
+  case workers — commission analysts with the case-worker right — every one of them, open
+  or ended, whether or not the household's flags are still active (a case outlives the
+  flag whose cause help removed: it is then monitored and closed). A commission analyst
+  has no area narrower than the commission's, so neither has a case worker. Of all that a
+  caller may see, only a case worker writes a case Task, and only by updating it: cases
+  are opened and ended by the service (``health.poverty.case_rules`` then holds each update
+  to one legal step, as the caller). Other analysts write nothing;
 - **a consult's own workflow resources** (its ServiceRequest, Task, Appointment and CareTeam,
   not the patient's record) by the consult's parties who have no Consent yet: the
   specialists of the department it was sent to (or the practitioner it names), so that
@@ -42,6 +50,7 @@ from health.auth.tables import access_grants
 from health.core.naming import (
     CONSULT_SYSTEM,
     CONSULTATION_CATEGORY,
+    ILLNESS_POVERTY_CASE_TAG,
     ILLNESS_POVERTY_TAG,
     TAG_SYSTEM,
 )
@@ -85,8 +94,10 @@ SHARED_TYPES = DIRECTORY_TYPES | frozenset(
 #: The audit trail: written by the service only, never through the API.
 AUDIT_TYPE = "AuditEvent"
 _ALL_TYPES = frozenset(resource_types())
-#: What a commission analyst may write: the follow-up tasks of illness-poverty cases.
-ANALYST_WRITABLE = frozenset({"Task"})
+#: What a case worker (an analyst with the case-worker right) may write, and how: the
+#: follow-up Tasks of illness-poverty cases, by updating them (``u``; the content rule is
+#: ``health.poverty.case_rules``).
+CASE_WORKER_WRITES = {"Task": frozenset("u")}
 #: What a commission analyst may read of the people in their cases: the household, its
 #: flags and their evidence (diagnoses, bills, cover), and the follow-up — not the rest of
 #: the clinical record (observations, prescriptions, notes).
@@ -124,6 +135,9 @@ class Subject:
     patient: str | None = None
     #: The access token's id, for the audit trail.
     token_id: str | None = None
+    #: The user's case-worker right (``users.case_worker``): a commission analyst who takes
+    #: the steps of illness-poverty cases.
+    case_worker: bool = False
 
     @property
     def username(self) -> str | None:
@@ -178,8 +192,18 @@ class AccessPolicy:
                 "they do not write Consents"
             )
         if role == "commission_analyst":
-            if writing and res_type not in ANALYST_WRITABLE:
-                return "Commission analysts follow cases; they do not write clinical records"
+            if writing and not self.subject.case_worker:
+                return (
+                    "Commission analysts follow cases; taking their steps needs the "
+                    "case-worker right"
+                )
+            if writing and interaction not in CASE_WORKER_WRITES.get(res_type, frozenset()):
+                if res_type in CASE_WORKER_WRITES:
+                    return (
+                        "Cases are opened and ended by the service; a case worker takes "
+                        "their steps by updating the case's Task"
+                    )
+                return "Case workers take the steps of cases; they do not write clinical records"
             if res_type not in ANALYST_READABLE:
                 return f"Commission analysts follow cases; {res_type} is not part of a case"
         return None
@@ -235,12 +259,13 @@ class AccessPolicy:
                 task_for.c.target_id.in_(select(patients.c.id)),
             ),
         )
+        rows = [shared, in_care, about_household, task_for_patient]
         consults = self._consults_as_party()
-        if consults is None:
-            return or_(shared, in_care, about_household, task_for_patient)
-        return or_(
-            shared, in_care, about_household, task_for_patient, _consult_workflow_rows(r, consults)
-        )
+        if consults is not None:
+            rows.append(_consult_workflow_rows(r, consults))
+        if self.subject.role == "commission_analyst" and self.subject.case_worker:
+            rows.append(_case_tasks(r))
+        return or_(*rows)
 
     def _consults_as_party(self) -> Any:
         """The consults (ServiceRequest ids, a CTE made once per policy) the subject is a
@@ -398,6 +423,20 @@ def _consult_workflow_rows(r: FromClause, consults: Any) -> ColumnElement[bool]:
                 team.c.system == CONSULT_SYSTEM,
                 team.c.code.in_(consult_ids),
             ),
+        ),
+    )
+
+
+def _case_tasks(r: FromClause) -> ColumnElement[bool]:
+    """Rows of the follow-up Tasks of illness-poverty cases (by their ``meta.tag``)."""
+    tag = search_token.alias()
+    return and_(
+        r.c.res_type == "Task",
+        exists().where(
+            tag.c.rid == r.c.rid,
+            tag.c.param == "_tag",
+            tag.c.system == ILLNESS_POVERTY_CASE_TAG["system"],
+            tag.c.code == ILLNESS_POVERTY_CASE_TAG["code"],
         ),
     )
 

@@ -46,6 +46,8 @@ class AccessClaims:
     token_id: str
     expires_at: int
     issued_at: int
+    #: The user's case-worker right (``users.case_worker``) when the token was issued.
+    case_worker: bool = False
 
 
 class TokenSigner:
@@ -67,6 +69,7 @@ class TokenSigner:
         practitioner: str | None,
         scope: str,
         patient: str | None = None,
+        case_worker: bool = False,
         ttl_seconds: int,
         now: float | None = None,
     ) -> tuple[str, AccessClaims]:
@@ -83,6 +86,7 @@ class TokenSigner:
             token_id=secrets.token_urlsafe(16),
             expires_at=issued_at + ttl_seconds,
             issued_at=issued_at,
+            case_worker=case_worker,
         )
         payload: dict[str, Any] = {
             "iss": self._issuer,
@@ -98,6 +102,8 @@ class TokenSigner:
             value = getattr(claims, name)
             if value is not None:
                 payload[name] = value
+        if case_worker:
+            payload["case_worker"] = True
         token = jwt.encode(payload, self._secret, algorithm=ALGORITHM)
         return token, claims
 
@@ -153,7 +159,15 @@ class TokenSigner:
             token_id=_string_claim(payload, "jti"),
             expires_at=expires_at,
             issued_at=issued_at,
+            case_worker=_flag_claim(payload, "case_worker"),
         )
+
+
+def _flag_claim(payload: dict[str, Any], name: str) -> bool:
+    value = payload.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidToken("token malformed")
+    return value
 
 
 def _integer_claim(payload: dict[str, Any], name: str) -> int:

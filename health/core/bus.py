@@ -3,12 +3,18 @@
 It carries events (a record changed, a consult room's signalling) to whoever listens now; it
 is not a queue and keeps nothing for listeners that are not there. Durable hand-overs go
 through the outbox table instead (see ARCHITECTURE.md, decision 5).
+
+One Redis server may serve several deployments (a staging service beside production, two
+cities): each deployment's channels, counters and leases carry its namespace, by default
+named after its database (:func:`bus_namespace`), so that one deployment never hears
+another's record changes, counts another's failed logins or takes another's consult rooms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -152,21 +158,25 @@ return 0
 
 
 class RedisBus:
-    """Redis publish/subscribe: every process subscribed to a channel gets each message."""
+    """Redis publish/subscribe: every process subscribed to a channel gets each message.
 
-    def __init__(self, url: str) -> None:
+    Every channel and key is prefixed with ``namespace`` (the deployment's; see the module
+    docstring)."""
+
+    def __init__(self, url: str, namespace: str = "") -> None:
         from redis.asyncio import Redis
 
         self._redis = Redis.from_url(url)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
+        self._prefix = f"{namespace}:" if namespace else ""
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
-        await self._redis.publish(channel, orjson.dumps(message))
+        await self._redis.publish(self._prefix + channel, orjson.dumps(message))
 
     async def hit(self, key: str, window_seconds: int) -> int:
         window = int(time.time() // window_seconds)
-        name = f"hits:{key}:{window}"
+        name = f"{self._prefix}hits:{key}:{window}"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(name)
             pipe.expire(name, window_seconds * 2)
@@ -175,24 +185,38 @@ class RedisBus:
 
     async def hits(self, key: str, window_seconds: int) -> int:
         window = int(time.time() // window_seconds)
-        return int(await self._redis.get(f"hits:{key}:{window}") or 0)
+        return int(await self._redis.get(f"{self._prefix}hits:{key}:{window}") or 0)
 
     async def claim(self, name: str, holder: str, ttl_seconds: float) -> str:
         ttl_ms = max(1, int(ttl_seconds * 1000))
-        current = await self._claim(keys=[f"lease:{name}"], args=[holder, ttl_ms])
+        current = await self._claim(keys=[f"{self._prefix}lease:{name}"], args=[holder, ttl_ms])
         return current.decode() if isinstance(current, bytes) else str(current)
 
     async def release(self, name: str, holder: str) -> None:
-        await self._release(keys=[f"lease:{name}"], args=[holder])
+        await self._release(keys=[f"{self._prefix}lease:{name}"], args=[holder])
 
     async def subscribe(self, channel: str) -> Subscription:
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(channel)
+        await pubsub.subscribe(self._prefix + channel)
         return _RedisSubscription(pubsub)
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
-def create_bus(redis_url: str | None) -> MessageBus:
-    return RedisBus(redis_url) if redis_url else InProcessBus()
+def bus_namespace(database_url: str, chosen: str | None = None) -> str:
+    """The deployment's namespace on a shared Redis: ``chosen`` (``HEALTH_BUS_NAMESPACE``)
+    if set, else named after the database its processes share (the URL without its
+    password, hashed: processes that name the same database alike share a namespace)."""
+    if chosen:
+        return chosen
+    from sqlalchemy.engine import make_url
+
+    where = make_url(database_url).render_as_string(hide_password=True)
+    return "health-" + hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def create_bus(redis_url: str | None, namespace: str) -> MessageBus:
+    """Redis when ``redis_url`` is set (with the deployment's ``namespace``), else the
+    in-process bus (one process; nothing to share)."""
+    return RedisBus(redis_url, namespace) if redis_url else InProcessBus()

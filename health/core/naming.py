@@ -115,8 +115,8 @@ ILLNESS_POVERTY_COSTS_URL = f"{NAMESPACE}/StructureDefinition/illness-poverty-co
 # -- follow-up of illness-poverty cases -----------------------------------------------------
 
 #: meta.tag of the Task that follows up an illness-poverty case (one Task a case: a household
-#: from its first flag to 风险消除 or rejection); the policy lets analysts see a household
-#: while such a Task is open, even after its flags have ended.
+#: from its first flag to 风险消除 or rejection); the policy lets case workers see every
+#: such Task, even after the household's flags have ended, and only them update it.
 ILLNESS_POVERTY_CASE_TAG = {
     "system": TAG_SYSTEM,
     "code": "illness-poverty-case",

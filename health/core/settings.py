@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from health.core.bus import bus_namespace
+
 VAR_DIR = Path("var")
 
 
@@ -39,6 +41,10 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite+aiosqlite:///{VAR_DIR}/health.db"
     #: ``redis://host:6379/0``; unset means the in-process bus (one process only).
     redis_url: str | None = None
+    #: This deployment's prefix on a Redis server that others share; unset: named after
+    #: ``database_url`` (``health.core.bus.bus_namespace``). Set it when the processes of one
+    #: deployment name their database differently (one by host name, one by address).
+    bus_namespace: str | None = None
     #: The public base of the FHIR API, used in Location headers and Bundle links when set;
     #: otherwise taken from each request.
     fhir_base_url: str | None = None
@@ -154,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def bus_prefix(self) -> str:
+        """The namespace this deployment's processes use on the bus."""
+        return bus_namespace(self.database_url, self.bus_namespace)
 
 
 @cache

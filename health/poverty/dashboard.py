@@ -5,8 +5,10 @@ Every figure is one SQL aggregate over the derived tables (``poverty_cases`` joi
 ``poverty_household_diseases``), never a loop over resources, and reads the same on SQLite
 and PostgreSQL; the two dialects differ only in how a month and a duration are computed
 (:func:`_month`, :func:`_seconds`). The figures count **open** cases (identified to
-monitoring); the time from flag to assistance counts every case that was ever helped, open
-or closed, since closing a case does not undo how long its help took.
+monitoring) — with ``overdue``, only those whose next step was due before the query ran
+(:func:`overdue_by_township`); the time from flag to assistance counts every case that
+was ever helped, open or closed, since closing a case does not undo how long its help
+took.
 
 :class:`Filters` narrow all of it alike, so that a figure's drill-down list
 (:func:`households`) holds exactly the households the figure counted. Names and resident
@@ -30,6 +32,7 @@ from sqlalchemy import and_, case, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, Select
 
+from health.core.clock import utcnow
 from health.poverty.costs import CHINA_TIME
 from health.poverty.disease_groups import CHAPTERS, NO_LISTED_DISEASE
 from health.poverty.rules import RULE_NAMES
@@ -80,11 +83,17 @@ class Filters:
     disease_group: str | None = None
     month: str | None = None
     band: str | None = None
+    #: "1": only the cases whose next step is overdue (due before the moment of the query).
+    overdue: str | None = None
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> Filters:
         """From query parameters, each checked; BadParameter names the first one wrong."""
         values = {f.name: (params.get(f.name) or "").strip() or None for f in fields(cls)}
+        overdue = (values["overdue"] or "").lower()
+        if overdue not in ("", "0", "false", "1", "true"):
+            raise BadParameter("overdue", "overdue: 1 (only overdue cases) or 0")
+        values["overdue"] = "1" if overdue in ("1", "true") else None
         for name, value in values.items():
             if value is not None and len(value) > 128:
                 raise BadParameter(name, f"{name}: at most 128 characters")
@@ -168,6 +177,8 @@ def _where(filters: Filters, dialect: str, *, open_only: bool = True) -> list[Co
         conditions.append(_month(_c.opened_at, dialect) == filters.month)
     if filters.band is not None:
         conditions.append(_band() == filters.band)
+    if filters.overdue is not None:
+        conditions.append(_c.due_at < utcnow())
     return conditions
 
 
@@ -213,6 +224,11 @@ async def by_township(session: AsyncSession, filters: Filters) -> list[Count]:
     return await _counts(
         session, select(s.c.township, n).group_by(s.c.township).order_by(n.desc(), s.c.township)
     )
+
+
+async def overdue_by_township(session: AsyncSession, filters: Filters) -> list[Count]:
+    """Open cases whose next step is overdue, by township."""
+    return await by_township(session, filters.narrowed(overdue="1"))
 
 
 async def by_village(session: AsyncSession, filters: Filters) -> list[Count]:

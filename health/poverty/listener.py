@@ -5,10 +5,9 @@ announcement (a bill, a diagnosis, a contract, a household changed) on a queue; 
 takes whatever has queued up — one change, or the hundred entries of a transaction Bundle —
 and recomputes the households they touch in one go. Nothing polls: the worker waits on the
 queue. With several uvicorn workers on Redis every process hears every change; the bus's
-shared counter (``MessageBus.hit``) lets the first to count a change handle it. The counter
-is kept per database: a process of another deployment that shares the Redis server (a
-staging service, a second city) hears the change too, but must not take it from the
-processes whose database holds it.
+shared counter (``MessageBus.hit``) lets the first to count a change handle it. A process of
+another deployment that shares the Redis server (a staging service, a second city) hears
+none of it: the bus keeps each deployment in its own namespace (``health.core.bus``).
 
 A change the listener misses (the service was down; the bus keeps nothing) is caught by the
 next change to the same household or by ``health poverty recompute``, which a deployment
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from typing import Any
 
@@ -45,9 +43,6 @@ class FlagListener:
     def __init__(self, service: IllnessPovertyService, bus: MessageBus) -> None:
         self.service = service
         self.bus = bus
-        # The database, as its processes name it (without the password).
-        where = service.database.url.render_as_string(hide_password=True)
-        self._database_key = hashlib.sha256(where.encode()).hexdigest()[:16]
         self._queue: asyncio.Queue[Change] = asyncio.Queue()
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,9 +79,7 @@ class FlagListener:
                 await self._recompute(mine)
 
     async def _claim(self, change: Change) -> bool:
-        key = (
-            f"poverty-flags:{self._database_key}:{change.res_type}/{change.res_id}/{change.version}"
-        )
+        key = f"poverty-flags:{change.res_type}/{change.res_id}/{change.version}"
         try:
             return await self.bus.hit(key, _CLAIM_SECONDS) == 1
         except Exception:  # the bus is down: better twice than never

@@ -37,9 +37,10 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from health.core.bus import MessageBus, create_bus
+from health.core.bus import MessageBus, bus_namespace, create_bus
 from health.core.clock import utcnow
 from health.core.database import Database
+from health.core.settings import get_settings
 from health.poverty import repository
 from health.poverty.assessment import (
     Diagnosis,
@@ -685,7 +686,7 @@ def _recompute_in_process(
 ) -> RecomputeReport:
     async def run() -> RecomputeReport:
         database = Database(database_url)
-        bus = create_bus(redis_url) if redis_url else None
+        bus = create_bus(redis_url, _namespace(database_url)) if redis_url else None
         try:
             service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
             report = RecomputeReport(as_of, rules.version)
@@ -697,6 +698,10 @@ def _recompute_in_process(
             await database.dispose()
 
     return asyncio.run(run())
+
+
+def _namespace(database_url: str) -> str:
+    return bus_namespace(database_url, get_settings().bus_namespace)
 
 
 async def recompute_all_in_processes(
@@ -718,7 +723,7 @@ async def recompute_all_in_processes(
     started = time.perf_counter()
     as_of = as_of or today_in_china()
     database = Database(database_url)
-    bus = create_bus(redis_url) if redis_url else None
+    bus = create_bus(redis_url, _namespace(database_url)) if redis_url else None
     try:
         service = IllnessPovertyService(database, SearchIndexer(), rules, bus=bus)
         if database.is_sqlite or processes <= 1:

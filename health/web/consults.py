@@ -619,6 +619,11 @@ async def call_page(request: Request, consult_id: str) -> Response:
         consult=consult.summary(),
         me=party.username,
         reading_kinds=_reading_kinds(),
+        max_file_mib=f"{request.app.state.settings.consult_max_file_bytes / 2**20:g}",
+        reading_decimals={
+            name: max(vital.decimals for _field, vital in kind.fields)
+            for name, kind in KINDS.items()
+        },
         unit_labels={
             **{u.ucum: u.label for kind in KINDS.values() for u in kind.units},
             **{v.ucum: v.unit_text for v in VITALS.values()},

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from health.auth import accounts
 from health.auth.gate import Gate, RequestCaller
+from health.core.clock import utcnow
 from health.core.database import Database
 from health.core.naming import ILLNESS_POVERTY_COSTS_URL, ILLNESS_POVERTY_MEASURE_URL
 from health.core.problems import Problem
@@ -165,6 +166,7 @@ async def _figures(request: Request, filters: Filters) -> dict[str, Any]:
     database = _database(request)
     readers = {
         "township": figures.by_township,
+        "overdue": figures.overdue_by_township,
         "village": figures.by_village,
         "rule": figures.by_rule,
         "disease_group": figures.by_disease_group,
@@ -213,6 +215,8 @@ def _json_counts(kind: str, counts: list[figures.Count], filters: Filters) -> li
 
 
 def _drill(kind: str, count: figures.Count, filters: Filters) -> Filters:
+    if kind == "overdue":
+        return filters.narrowed(overdue="1", township=count.key or None)
     if kind == "village":
         return filters.narrowed(township=count.parent or None, village=count.key or None)
     return filters.narrowed(**{kind: count.key or None})
@@ -229,7 +233,7 @@ async def api_figures(request: Request) -> JSONResponse:
         "households": found["households"],
         "time_to_help": asdict(found["time_to_help"]),
     }
-    for kind in ("township", "village", "rule", "disease_group", "month", "band"):
+    for kind in ("township", "overdue", "village", "rule", "disease_group", "month", "band"):
         body[kind] = _json_counts(kind, found[kind], filters)
     return JSONResponse(body)
 
@@ -248,6 +252,7 @@ def _row_json(row: figures.HouseholdRow, members: list[figures.Member] | None) -
         "opened_at": row.opened_at.isoformat(),
         "due_at": row.due_at.isoformat() if row.due_at else None,
         "owner": row.owner_name,
+        "overdue": row.due_at is not None and row.due_at < utcnow(),
         "out_of_pocket": str(from_fen(row.out_of_pocket_fen))
         if row.out_of_pocket_fen is not None
         else None,
@@ -570,13 +575,25 @@ async def dashboard_page(request: Request) -> Response:
     charts = []
     for kind, heading in (
         ("township", _("Open cases by township")),
+        ("overdue", _("Overdue cases by township")),
         ("village", _("Open cases by village")),
         ("rule", _("Open cases by rule")),
         ("disease_group", _("Open cases by disease group")),
         ("band", _("Out-of-pocket costs of the last twelve months")),
     ):
         bars = _bars(kind, found[kind][:15], filters, english)
-        charts.append({"heading": heading, "svg": bars_svg(heading, bars), "bars": bars})
+        chart: dict[str, Any] = {
+            "heading": heading,
+            "svg": bars_svg(heading, bars),
+            "bars": bars,
+            "cases": None,
+        }
+        if kind == "overdue" and me.user.case_worker:
+            # A case worker goes from a township's overdue cases to working them.
+            chart["cases"] = [
+                "/cases?" + urlencode({"overdue": "1", "township": c.key}) for c in found[kind][:15]
+            ]
+        charts.append(chart)
     months = _bars("month", found["month"], filters, english)
     return me.render(
         "dashboard/dashboard.html",
@@ -599,6 +616,7 @@ def _row_view(
         "opened": row.opened_at.astimezone(_CHINA).strftime("%Y-%m-%d"),
         "due": row.due_at.astimezone(_CHINA).strftime("%Y-%m-%d") if row.due_at else "",
         "oop": yuan(from_fen(row.out_of_pocket_fen)) if row.out_of_pocket_fen is not None else "",
+        "overdue": row.due_at is not None and row.due_at < utcnow(),
         "rules": [RULE_NAMES.get(x, (x, x))[1 if english else 0] for x in row.rules],
         "members": names.get(row.group_id, []),
     }
@@ -611,11 +629,15 @@ async def households_page(request: Request) -> Response:
     limit, offset = _paging(request)
     total, rows, names = await _rows(request, viewer, filters, limit=limit, offset=offset)
     english = language_of(request) == "en"
+    _ = me.gettext
     query = filters.query()
     return me.render(
         "dashboard/households.html",
         filters=filters,
-        shown=[(key, _label(key, value, english)) for key, value in query.items()],
+        shown=[
+            (key, _("Overdue") if key == "overdue" else _label(key, value, english))
+            for key, value in query.items()
+        ],
         total=total,
         rows=[_row_view(r, names, english) for r in rows],
         case_worker=viewer.case_worker,
@@ -660,11 +682,13 @@ async def household_page(request: Request, group_id: str) -> Response:
 
 @router.get("/api/dashboard/{figure}")
 async def api_figure(request: Request, figure: str) -> JSONResponse:
-    """One figure: township, village, rule, disease_group, month, band or time_to_help."""
+    """One figure: township, overdue (by township), village, rule, disease_group, month, band
+    or time_to_help."""
     await _api_viewer(request)
     filters = _filters(request)
     reader = {
         "township": figures.by_township,
+        "overdue": figures.overdue_by_township,
         "village": figures.by_village,
         "rule": figures.by_rule,
         "disease_group": figures.by_disease_group,
@@ -678,8 +702,8 @@ async def api_figure(request: Request, figure: str) -> JSONResponse:
             raise Problem(
                 404,
                 "No such figure",
-                "figure: township, village, rule, disease_group, month, band, time_to_help "
-                "or households",
+                "figure: township, overdue, village, rule, disease_group, month, band, "
+                "time_to_help or households",
                 field="figure",
             )
         counts = await reader(session, filters)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from health.web import admin, chart, consults, dashboard, icd10, patients, visits
+from health.web import admin, cases, chart, consults, dashboard, icd10, patients, visits
 from health.web.signed_in import PageRefused
 
 
@@ -15,8 +15,8 @@ async def _refused(request: Request, exc: Exception) -> Response:
 
 
 def install_pages(app: FastAPI) -> None:
-    """Add the patient, chart, visit, consult, ICD-10, admin and dashboard pages (before
-    /fhir)."""
+    """Add the patient, chart, visit, consult, ICD-10, admin, dashboard and case pages
+    (before /fhir)."""
     for router in (
         patients.router,
         chart.router,
@@ -25,6 +25,7 @@ def install_pages(app: FastAPI) -> None:
         icd10.router,
         admin.router,
         dashboard.router,
+        cases.router,
     ):
         app.include_router(router)
     app.add_exception_handler(PageRefused, _refused)

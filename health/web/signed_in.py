@@ -89,17 +89,14 @@ class SignedIn:
         """A 404 page to raise: what the person looked for is not there, or not theirs."""
         return PageRefused(self.message(heading, text, status=404, back=back))
 
+    def forbidden(self, text: str) -> PageRefused:
+        """A 403 page to raise: the page is not for this person, ``text`` says why."""
+        return PageRefused(self.message(self.gettext("Not for your role"), text, status=403))
+
     def require_role(self, *roles: str) -> None:
         """Refuse the page (403) unless the person has one of ``roles``."""
         if self.role not in roles:
-            _ = self.gettext
-            raise PageRefused(
-                self.message(
-                    _("Not for your role"),
-                    _("This page is for other roles than yours."),
-                    status=403,
-                )
-            )
+            raise self.forbidden(self.gettext("This page is for other roles than yours."))
 
     async def form(self) -> FormData:
         """The posted form, refused (403) unless it carries the session's CSRF token."""

@@ -6,6 +6,7 @@ import stat
 import threading
 from pathlib import Path
 
+import jwt
 import pytest
 
 from health.auth.tokens import InvalidToken, TokenSigner, load_or_create_secret
@@ -55,6 +56,29 @@ class TestTokenSigner:
         assert verified.patient == "pat-3"
         assert verified.expires_at == int(NOW) + 300
         assert verified.token_id
+
+    def test_the_case_worker_right_travels_only_when_given(self) -> None:
+        token_signer = signer()
+        assert token_signer.verify(issue(token_signer), now=NOW).case_worker is False
+        token, _ = token_signer.issue(
+            subject="user:caseworker",
+            role="commission_analyst",
+            organization="org-1",
+            practitioner=None,
+            scope="user/*.cruds",
+            case_worker=True,
+            ttl_seconds=300,
+            now=NOW,
+        )
+        assert token_signer.verify(token, now=NOW).case_worker is True
+        # A token whose claim is not a boolean is malformed, never read as the right.
+        forged = jwt.encode(
+            {**jwt.decode(token, options={"verify_signature": False}), "case_worker": "yes"},
+            SECRET,
+            algorithm="HS256",
+        )
+        with pytest.raises(InvalidToken, match="malformed"):
+            token_signer.verify(forged, now=NOW)
 
     def test_each_token_has_its_own_id(self) -> None:
         token_signer = signer()

@@ -9,15 +9,17 @@ browser and the specialists' talk to different processes."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import av
 import pytest
 
 from tests.auth.conftest import VILLAGE_A
-from tests.consult.network import CARDIOLOGY, ConsultNetwork, make_network
+from tests.consult.network import CARDIOLOGY, MAX_FILE_BYTES, ConsultNetwork, make_network
 from tests.consult.test_call_records import png_image
 from tests.receivers import Receiver
 
@@ -289,6 +291,18 @@ async def test_consent_recording_audio_only_and_reconnecting_as_the_pages_show_t
     for page in (village, specialist):
         await eventually(lambda p=page: _not_recording(p), "the recording's end shown")
 
+    # Her clinic withdraws the patient's consent during the call: both pages follow at once.
+    withdrawn = await asyncio.to_thread(
+        net.act, "village-doctor", consult, "recording-consent", agreed=False
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    for page in (village, specialist):
+        await eventually(
+            lambda p=page: _consent_shown(p, "no"), "the withdrawn consent on the page"
+        )
+        assert await page.text_content("#recording-consent") == "无患者录像同意"
+        assert await page.locator("#record").is_disabled()
+
     # He switches to audio only: his page stops sending video, hers says so; and back.
     await specialist.click("#media-mode")
     await eventually(lambda: _mode(specialist, "audio-only"), "his page in audio only")
@@ -317,6 +331,10 @@ async def test_consent_recording_audio_only_and_reconnecting_as_the_pages_show_t
     assert kept["docStatus"] == "final"
     for page in (village, specialist):
         await page.context.close()
+
+
+async def _consent_shown(page: Any, shown: str) -> bool:
+    return bool(await page.get_attribute("#recording-consent", "data-consent") == shown)
 
 
 async def _recording(page: Any) -> bool:
@@ -383,7 +401,7 @@ async def test_readings_chat_and_an_image_from_the_village_page_reach_the_specia
     await village.click("#send-reading")
     fever = specialist.locator("#readings li[data-kind='temperature']")
     await fever.wait_for(timeout=DEADLINE * 1000)
-    assert "体温 38 ℃" in (await fever.text_content() or "")
+    assert "体温 38.0 ℃" in (await fever.text_content() or "")
 
     # An impossible one is refused beside her form, naming the field; he never sees it.
     await village.select_option("#reading-kind", "blood-pressure")
@@ -413,6 +431,33 @@ async def test_readings_chat_and_an_image_from_the_village_page_reach_the_specia
     )
     assert await specialist.locator("#readings li").count() == 2
 
+    # Her media connection fails while a large ECG photo is going out: the photo is sent
+    # again, whole, on the new connection, and reaches him once.
+    ecg = noisy_png(280, 280)
+    assert 200_000 < len(ecg) <= MAX_FILE_BYTES
+    await village.set_input_files(
+        "#share-file", {"name": "ecg.png", "mimeType": "image/png", "buffer": ecg}
+    )
+    await village.evaluate(CUT_WHILE_SENDING)
+    await eventually(lambda: _text_is(village, "#file-status", "已存入健康档案"), "her reply")
+    assert await village.evaluate("() => window.consultCall.resent()") == 1
+    big = specialist.locator("#shared li[data-from='village-doctor'] img[alt='ecg.png']")
+    await big.wait_for(timeout=DEADLINE * 1000)
+    await eventually(lambda: _image_decoded(big, 280), "the ECG photo shown whole")
+    assert await specialist.locator("#shared li[data-from='village-doctor']").count() == 2
+    with net.as_user("specialist") as fhir:
+        shared = (
+            await asyncio.to_thread(
+                fhir.get, "/DocumentReference", params={"patient": f"Patient/{patient}"}
+            )
+        ).json()
+    titles = [
+        content["attachment"].get("title")
+        for entry in shared.get("entry", [])
+        for content in entry["resource"]["content"]
+    ]
+    assert titles.count("ecg.png") == 1, titles
+
     # Someone from another clinic gets no call page, and so no data channel.
     outsider = await signed_in(browser, setup, "outsider", OUTSIDER_PASSWORD)
     response = await outsider.goto(f"/consult/{consult}/call")
@@ -420,6 +465,31 @@ async def test_readings_chat_and_an_image_from_the_village_page_reach_the_specia
     assert await outsider.locator("#join").count() == 0
     for page in (village, specialist, outsider):
         await page.context.close()
+
+
+#: Shares the chosen file and, once its first part is on the way, fails the media
+#: connection the way a dropped link does (the page negotiates a new one).
+CUT_WHILE_SENDING = """() => new Promise((resolve) => {
+  document.getElementById("share").click();
+  const wait = () => {
+    if (window.consultCall.waiting() > 0) {
+      window.consultCall.renegotiate();
+      resolve(true);
+    } else {
+      setTimeout(wait, 0);
+    }
+  };
+  wait();
+})"""
+
+
+def noisy_png(width: int, height: int) -> bytes:
+    """A PNG of noise: it does not compress, so it is about width × height × 3 bytes."""
+    frame = av.VideoFrame(width, height, "rgb24")
+    frame.planes[0].update(os.urandom(frame.planes[0].buffer_size))
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "rgb24"
+    return b"".join(bytes(p) for p in codec.encode(frame))
 
 
 async def _image_decoded(image: Any, width: int) -> bool:

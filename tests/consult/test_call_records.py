@@ -14,8 +14,15 @@ from typing import Any
 import av
 import orjson
 
+from consult.client import ConsultClient
 from tests.consult.conftest import DEADLINE
-from tests.consult.on_record import OUTSIDER, SPECIALIST_ON_RECORD, VILLAGE, ConsultsOnRecord
+from tests.consult.on_record import (
+    OUTSIDER,
+    SPECIALIST_ON_RECORD,
+    VILLAGE,
+    ConsultsOnRecord,
+    signalling_url,
+)
 from tests.consult.test_client_command import health
 
 LOINC = "http://loinc.org"
@@ -167,6 +174,36 @@ async def test_readings_are_checked_shown_live_and_kept_as_observations(
         assert [e["resource"]["id"] for e in found.get("entry", [])] == [bp_obs["id"]]
     with on_record.fhir(OUTSIDER.id) as fhir:
         assert fhir.get(f"/{kept['bp']}").status_code == 404
+
+
+async def test_what_the_call_keeps_for_her_stays_within_her_tokens_scopes(
+    on_record: ConsultsOnRecord,
+) -> None:
+    """An app she signed in to with read-only scopes may take her into the call, but what
+    she sends there is not written in her name: the hub writes with her token's scopes, not
+    with every scope a user has."""
+    consult = on_record.open_consult()
+    read_only = on_record.network.token(VILLAGE.id, "user/*.rs")
+    url = signalling_url(on_record.network.server.url, consult)
+    async with ConsultClient(url, token=read_only, width=320, height=240) as doctor:
+        refused = doctor.send_reading({"kind": "heart-rate", "value": 92, "unit": "bpm"})
+        said = doctor.send_chat("请看一下")
+        await doctor.wait_for(lambda c: {refused, said} <= set(c.replies), DEADLINE)
+        for ref in (refused, said):
+            reply = doctor.replies[ref]
+            assert (reply["type"], reply["code"]) == ("error", "not-stored"), reply
+    # With her usual scopes, the same call keeps them.
+    async with on_record.client(consult, VILLAGE) as doctor:
+        kept = doctor.send_reading({"kind": "heart-rate", "value": 92, "unit": "bpm"})
+        await doctor.wait_for(lambda c: kept in c.replies, DEADLINE)
+        assert doctor.replies[kept]["type"] == "stored", doctor.replies[kept]
+    with on_record.fhir("village-doctor") as fhir:
+        found = fhir.get(
+            "/Observation", params={"patient": on_record.patient_of(consult), "code": "8867-4"}
+        ).json()
+        assert len(found.get("entry", [])) == 1
+        chats = fhir.get("/Communication", params={"subject": on_record.patient_of(consult)}).json()
+        assert chats.get("entry", []) == []
 
 
 async def test_chat_and_shared_files_are_kept_and_only_those_allowed_see_them(

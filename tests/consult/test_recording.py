@@ -13,7 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from consult.client import ConsultClient
+from consult.resources import RECORDING_CONSENT, recording_consent
 from consult.rooms import ROOM_LEASE
+from health.core.bus import bus_namespace
+from health.core.clock import utcnow
 from tests.auth.test_logins import Browser
 from tests.consult.conftest import DEADLINE, eventually
 from tests.consult.network import make_two_workers
@@ -175,6 +178,122 @@ async def test_no_recording_without_the_patients_consent(on_record: ConsultsOnRe
         assert documents.get("entry", []) == []
 
 
+async def test_withdrawing_the_consent_stops_a_running_recording(
+    on_record: ConsultsOnRecord,
+) -> None:
+    """The patient changes her mind during the call: her clinic withdraws the consent, and
+    the recording stops at once — everyone is told why, the files stop growing, the record
+    says it was cut short, and the call cannot be recorded again."""
+    consult = on_record.open_consult(recording_consent=True)
+    async with (
+        on_record.client(consult, VILLAGE) as doctor,
+        on_record.client(consult, SPECIALIST_ON_RECORD) as specialist,
+    ):
+        await specialist.wait_for(lambda c: sees(c, doctor), DEADLINE)
+        await doctor.start_recording()
+        for client in (doctor, specialist):
+            await client.wait_for(lambda c: recording_state(c, "on"), DEADLINE)
+        assert specialist.recording is not None
+        document = specialist.recording.document
+        seen = specialist.received(VILLAGE.id, "video").frames
+        await specialist.wait_for(
+            lambda c: c.received(VILLAGE.id, "video").frames >= seen + 30, DEADLINE
+        )
+        withdrawn = await asyncio.to_thread(
+            on_record.network.act, "village-doctor", consult, "recording-consent", agreed=False
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert withdrawn.json()["recordingConsent"] is None
+        for client in (doctor, specialist):
+            await client.wait_for(lambda c: recording_state(c, "off"), DEADLINE)
+            assert client.recording is not None
+            assert client.recording.reason == "consent-withdrawn"
+            assert client.recording.consent is False
+            assert client.recording.document == document
+        folder = next(on_record.recording_dir.glob(f"{consult}/*"))
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".webm")
+        assert len(files) == 2
+        sizes = [p.stat().st_size for p in files]
+        # The call goes on; nothing more is written.
+        seen = specialist.received(VILLAGE.id, "video").frames
+        await specialist.wait_for(
+            lambda c: c.received(VILLAGE.id, "video").frames >= seen + 60, DEADLINE
+        )
+        assert [p.stat().st_size for p in files] == sizes
+        await doctor.start_recording()
+        await doctor.wait_for(
+            lambda c: any(e.code == "recording-not-allowed" for e in c.errors), DEADLINE
+        )
+        assert doctor.recording is not None and doctor.recording.state == "off"
+    assert len(list(on_record.recording_dir.glob(f"{consult}/*"))) == 1
+    with on_record.fhir("specialist") as fhir:
+        kept = fhir.get(f"/{document}").json()
+        assert kept["docStatus"] == "final"
+        assert "withdrew the consent" in kept["description"]
+        for attachment, path in zip(
+            sorted(kept["content"], key=lambda c: c["attachment"]["url"]), files, strict=True
+        ):
+            assert attachment["attachment"]["size"] == path.stat().st_size
+    for path in files:
+        played = decoded(path)
+        assert played["video"]["frames"] >= 20 and played["video"]["errors"] == 0
+
+
+async def test_only_the_patients_clinic_records_her_consent_and_only_as_a_yes_or_no(
+    on_record: ConsultsOnRecord,
+) -> None:
+    """The consent to recording is the patient's, given at her clinic: the specialist cannot
+    record it for her, and a body that is not a plain yes or no is refused, naming the field,
+    with nothing written."""
+    consult = on_record.open_consult(recording_consent=False)
+    net = on_record.network
+    by_specialist = net.act("specialist", consult, "recording-consent", agreed=True)
+    assert by_specialist.status_code == 403, by_specialist.text
+    for body in ({"agreed": "yes"}, {"agreed": None}, {}, {"agreed": [True]}):
+        refused = net.act("village-doctor", consult, "recording-consent", **body)
+        assert refused.status_code == 400, (body, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "body.agreed" in refused.json()["detail"], refused.text
+    with net.api("village-doctor") as api:
+        missing = api.post("/api/consults/no-such-consult/recording-consent", json={"agreed": True})
+        assert missing.status_code == 404, missing.text
+    # Written through /fhir, the same rules hold: the patient's clinic, for this consult.
+    patient = {"reference": on_record.patient_of(consult)}
+    agreed = recording_consent(
+        consult_id=consult, patient=patient, organization=None, start=utcnow()
+    )
+    with on_record.fhir("specialist") as fhir:
+        refused = fhir.post("/Consent", json=agreed)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+    other_data = [{"meaning": "related", "reference": {"reference": "ServiceRequest/x"}}]
+    for wrong, field in (
+        (
+            {**agreed, "provision": {**agreed["provision"], "data": other_data}},
+            "Consent.provision.data",
+        ),
+        ({**agreed, "status": "proposed"}, "Consent.status"),
+    ):
+        with on_record.fhir("village-doctor") as fhir:
+            refused = fhir.post("/Consent", json=wrong)
+        assert refused.status_code == 422, refused.text
+        outcome = refused.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert field in outcome["issue"][0]["expression"], outcome
+    assert net.consult("village-doctor", consult).json()["recordingConsent"] is None
+    with on_record.fhir("village-doctor") as fhir:
+        consents = fhir.get(
+            "/Consent", params={"patient": on_record.patient_of(consult), "status": "active"}
+        ).json()
+        categories = [
+            coding["code"]
+            for entry in consents.get("entry", [])
+            for category in entry["resource"].get("category", [])
+            for coding in category.get("coding", [])
+        ]
+        assert RECORDING_CONSENT["code"] not in categories
+
+
 async def test_a_crash_of_the_hub_loses_at_most_the_last_seconds(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -239,7 +358,8 @@ async def crash_mid_recording(
     lease = Redis.from_url(redis_server.url)
     try:
         deadline = loop.time() + DEADLINE
-        while await lease.exists(f"lease:{ROOM_LEASE.format(consult)}"):
+        namespace = bus_namespace(survivor.database_url)
+        while await lease.exists(f"{namespace}:lease:{ROOM_LEASE.format(consult)}"):
             assert loop.time() < deadline, "the dead worker's lease held"
             await asyncio.sleep(0.05)
     finally:

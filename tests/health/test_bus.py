@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from health.core.bus import InProcessBus, MessageBus, RedisBus
+from health.core.bus import InProcessBus, MessageBus, RedisBus, bus_namespace
 from records.feed import CHANGES_CHANNEL
 from tests.services import AppServer, RedisServer
 
@@ -67,7 +67,7 @@ async def test_committed_writes_are_announced_on_redis(
     redis_server: RedisServer, database_url: str
 ) -> None:
     server = AppServer(database_url, redis_url=redis_server.url).start()
-    listener = RedisBus(redis_server.url)
+    listener = RedisBus(redis_server.url, bus_namespace(database_url))
     try:
         subscription = await listener.subscribe(CHANGES_CHANNEL)
         async with httpx.AsyncClient(
@@ -124,3 +124,36 @@ async def test_a_lease_that_is_not_renewed_passes_to_the_next_claimant(bus: Mess
         assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
         await asyncio.sleep(0.05)
     await bus.release("consult.room.2", "worker-b")
+
+
+async def test_deployments_sharing_a_redis_server_keep_to_their_own(
+    redis_server: RedisServer,
+) -> None:
+    """Production and a staging service on one Redis: neither hears the other's messages,
+    counts the other's hits or holds the other's leases."""
+    production = RedisBus(redis_server.url, bus_namespace("postgresql+asyncpg://h:secret@db/city"))
+    staging = RedisBus(redis_server.url, bus_namespace("postgresql+asyncpg://h:secret@db/staging"))
+    also_production = RedisBus(
+        redis_server.url, bus_namespace("postgresql+asyncpg://h:other-password@db/city")
+    )
+    try:
+        heard_by_staging = await staging.subscribe(CHANGES_CHANNEL)
+        heard_by_production = await also_production.subscribe(CHANGES_CHANNEL)
+        await production.publish(CHANGES_CHANNEL, {"type": "Patient", "id": "p1"})
+        assert await next_message(heard_by_production) == {"type": "Patient", "id": "p1"}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(next_message(heard_by_staging), timeout=0.5)
+        key = f"login:account:village-doctor:{id(production)}"
+        assert [await production.hit(key, 3600) for _ in range(2)] == [1, 2]
+        assert await staging.hits(key, 3600) == 0
+        assert await also_production.hits(key, 3600) == 2
+        room = f"consult.room.{id(production)}"
+        assert await production.claim(room, "worker-a", 30) == "worker-a"
+        assert await staging.claim(room, "worker-b", 30) == "worker-b"
+        assert await also_production.claim(room, "worker-c", 30) == "worker-a"
+        await heard_by_staging.close()
+        await heard_by_production.close()
+    finally:
+        for bus in (production, staging, also_production):
+            await bus.close()
+    assert bus_namespace("sqlite+aiosqlite:///x.db", "chosen") == "chosen"

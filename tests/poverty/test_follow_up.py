@@ -8,6 +8,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
+from health.auth import accounts
 from health.core.database import Database
 from health.poverty.cases import is_case_task, read_case
 from health.poverty.casework import list_cases
@@ -224,12 +226,15 @@ class TestFlagChangesAndCases:
 
 
 class TestCaseSteps:
-    """A township worker's steps on a case, through ``health poverty case-step``."""
+    """A township worker's steps on a case, through ``health poverty case-step --as``."""
 
     def test_a_case_goes_from_identified_to_closed_and_wrong_steps_are_named(
         self, city: dict[str, Any], database_url: str
     ) -> None:
         poor: House = city["poor"]
+
+        suffix = uuid.uuid4().hex[:8]
+        worker_user, analyst_user = f"cw-{suffix}", f"an-{suffix}"
 
         async def case_and_worker() -> tuple[str, str]:
             database = Database(database_url)
@@ -239,40 +244,55 @@ class TestCaseSteps:
                     select(poverty_cases.c.task_id).where(poverty_cases.c.group_id == poor.id),
                 )
                 async with database.transaction(write=True) as session:
-                    worker = await ResourceStore(session, SearchIndexer()).create(
+                    store = ResourceStore(session, SearchIndexer())
+                    worker = await store.create(
                         {"resourceType": "Practitioner", "name": [{"text": "马小燕"}]}
                     )
+                    office = await store.create({"resourceType": "Organization", "name": "卫健委"})
+                    for username, right in ((worker_user, True), (analyst_user, False)):
+                        await accounts.add_user(
+                            session,
+                            username=username,
+                            role="commission_analyst",
+                            organization_id=office.res_id,
+                            practitioner_id=worker.res_id if right else None,
+                            display_name="马小燕" if right else "分析员",
+                            password=None,
+                            case_worker=right,
+                            now=dt.datetime.now(dt.UTC),
+                        )
                 return task_id, worker.res_id
             finally:
                 await database.dispose()
 
         task_id, worker = asyncio.run(case_and_worker())
 
-        def step(*args: str) -> Any:
-            return run_health(database_url, "poverty", "case-step", task_id, *args)
+        def step(*args: str, by: str = worker_user) -> Any:
+            return run_health(database_url, "poverty", "case-step", task_id, *args, "--as", by)
 
-        refused = step("verified", "--by", "马小燕")
+        refused = step("verified", "--note", "入户核实属实", by=analyst_user)
+        assert refused.returncode == 2 and "--as" in refused.stderr
+        assert "case-worker right" in refused.stderr
+        refused = step("verified")
         assert refused.returncode == 2 and "--note" in refused.stderr
-        refused = step("assigned", "--by", "乡镇干部", "--worker", "no-such-worker")
+        refused = step("assigned", "--worker", "no-such-worker")
         assert refused.returncode == 2 and "--worker" in refused.stderr
-        done = step("assigned", "--by", "乡镇干部", "--worker", worker)
+        done = step("assigned", "--worker", worker)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "马小燕" in done.stdout
-        done = step(
-            "verified", "--by", "马小燕", "--practitioner", worker, "--note", "入户核实属实"
-        )
+        done = step("verified", "--note", "入户核实属实")
         assert done.returncode == 0, done.stderr[-2000:]
-        refused = step("assisted", "--by", "马小燕")
+        refused = step("assisted")
         assert refused.returncode == 2 and "--help-given" in refused.stderr
-        refused = step("assisted", "--by", "马小燕", "--help-given", "cash")
+        refused = step("assisted", "--help-given", "cash")
         assert refused.returncode == 2 and "'cash' is not a kind of help" in refused.stderr
-        done = step("assisted", "--by", "马小燕", "--help-given", "medical-assistance")
+        done = step("assisted", "--help-given", "medical-assistance")
         assert done.returncode == 0, done.stderr[-2000:]
-        refused = step("closed", "--by", "马小燕")
+        refused = step("closed")
         assert refused.returncode == 2 and "STAGE" in refused.stderr
         assert "goes on to assisted, monitoring" in refused.stderr
         for stage in ("monitoring", "closed"):
-            done = step(stage, "--by", "马小燕")
+            done = step(stage)
             assert done.returncode == 0, done.stderr[-2000:]
         assert "风险消除" in done.stdout
 
@@ -294,7 +314,8 @@ class TestCaseSteps:
         assert case.help == "medical-assistance"
         task = orjson.loads(stored.content)
         assert task["status"] == "completed" and task["owner"]["display"] == "马小燕"
-        assert [s.stage for s in read_case(task_id, task).steps] == [
+        steps = read_case(task_id, task).steps
+        assert [s.stage for s in steps] == [
             "identified",
             "assigned",
             "verified",
@@ -302,6 +323,8 @@ class TestCaseSteps:
             "monitoring",
             "closed",
         ]
+        # Each step is the case worker's own, written through the records as them.
+        assert {s.author.reference for s in steps[1:]} == {f"Practitioner/{worker}"}
         listed = run_health(database_url, "poverty", "cases", "--all")
         assert listed.returncode == 0 and task_id in listed.stdout and "风险消除" in listed.stdout
 

@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from health.cli import run_migrations
+from health.core.bus import bus_namespace
 from health.core.database import Database
 from health.core.naming import (
     ILLNESS_POVERTY_RULE_SYSTEM,
@@ -86,7 +87,7 @@ async def test_a_posted_bill_raises_the_flag_and_its_deletion_clears_it(
 
     redis = Redis.from_url(redis_server.url)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANGES_CHANNEL)
+    await pubsub.subscribe(f"{bus_namespace(database_url)}:{CHANGES_CHANNEL}")
     try:
         async with httpx.AsyncClient(
             base_url=f"{service.url}/fhir", headers=service.auth_headers(), timeout=30
@@ -130,7 +131,7 @@ async def test_a_posted_bill_raises_the_flag_and_its_deletion_clears_it(
 
 @pytest.fixture
 def neighbour(redis_server: RedisServer, tmp_path: Path, service: AppServer) -> Iterator[AppServer]:
-    """Another deployment (its own database) on the same Redis server: it hears every change."""
+    """Another deployment (its own database) on the same Redis server."""
     other = AppServer(fresh_database_url(tmp_path), redis_url=redis_server.url).start()
     yield other
     other.stop()
@@ -157,13 +158,13 @@ async def test_a_deployment_sharing_the_redis_server_does_not_take_the_changes(
         await database.dispose()
     redis = Redis.from_url(redis_server.url)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANGES_CHANNEL)
+    await pubsub.subscribe(f"{bus_namespace(database_url)}:{CHANGES_CHANNEL}")
     try:
         async with httpx.AsyncClient(
             base_url=f"{service.url}/fhir", headers=service.auth_headers(), timeout=30
         ) as client:
-            # Each bill is heard by both deployments; each must raise its flag here, where
-            # the household is, whichever process counted the change first.
+            # Each bill must raise its flag here, where the household is: the neighbour on
+            # the same Redis server neither hears the change nor takes it.
             for house in houses:
                 posted = await client.post(
                     "ExplanationOfBenefit",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -221,6 +223,53 @@ class TestConditional:
         assert query_form.status_code == 200
         assert query_form.json()["id"] == first.json()["id"]
         assert fhir.get("/Patient", params={"identifier": f"{SYSTEM}|{value}"}).json()["total"] == 1
+
+    def test_concurrent_conditional_writes_create_once(self, fhir: httpx.Client) -> None:
+        """Eight clinics' systems send the same patient at the same moment, each asking to
+        create her only if she is not there yet (header form, query form, conditional
+        update, a transaction): she is created once, and every other request finds her."""
+        body = patient()
+        criteria = f"identifier={SYSTEM}|{body['identifier'][0]['value']}"
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": body,
+                    "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria},
+                }
+            ],
+        }
+        sends = [
+            lambda c: c.post("/Patient", json=body, headers={"If-None-Exist": criteria}),
+            lambda c: c.post(f"/Patient?{criteria}", json=body),
+            lambda c: c.put(f"/Patient?{criteria}", json=body),
+            lambda c: c.post("", json=bundle),
+        ] * 2
+        barrier = threading.Barrier(len(sends))
+
+        def send(how: Any) -> httpx.Response:
+            with httpx.Client(
+                base_url=str(fhir.base_url), headers=fhir.headers, timeout=60
+            ) as client:
+                barrier.wait()
+                return how(client)
+
+        with ThreadPoolExecutor(len(sends)) as pool:
+            responses = list(pool.map(send, sends))
+        statuses = [r.status_code for r in responses]
+        assert all(status in (200, 201) for status in statuses), [r.text for r in responses]
+        found = fhir.get("/Patient", params={"identifier": criteria.split("=", 1)[1]}).json()
+        assert found["total"] == 1, statuses
+        ids = set()
+        for response in responses:
+            data = response.json()
+            if data["resourceType"] == "Bundle":
+                ids.add(data["entry"][0]["response"]["location"].split("/")[1])
+            else:
+                ids.add(data["id"])
+        assert ids == {found["entry"][0]["resource"]["id"]}
 
     def test_conditional_create_with_two_matches_is_412(self, fhir: httpx.Client) -> None:
         shared = {"system": SYSTEM, "value": uuid.uuid4().hex}

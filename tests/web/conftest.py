@@ -44,6 +44,7 @@ ROLES = {
     "township-doctor": "township_doctor",
     "specialist": "specialist",
     "analyst": "commission_analyst",
+    "case-worker": "commission_analyst",
     "admin": "admin",
 }
 
@@ -91,6 +92,17 @@ def web(
     server = AppServer(url, settings={"HEALTH_LOGINS_PER_ADDRESS_PER_MINUTE": "200"})
     server.cli("seed", "--demo", "--patients", "20")
     server.start()
+    app = web_app(server, backend)
+    try:
+        yield app
+    finally:
+        app.system.close()
+        server.stop()
+
+
+def web_app(server: AppServer, backend: str) -> WebApp:
+    """A running app with the demo directory, as the tests hold it: a system client with
+    every scope, and the id of the demo village clinic."""
     system = httpx.Client(
         base_url=f"{server.url}/fhir",
         headers={"Authorization": f"Bearer {server.system_token()}"},
@@ -99,12 +111,7 @@ def web(
     found = system.get(
         "/Organization", params={"identifier": f"{ORGANIZATION_CODE_SYSTEM}|{VILLAGE}"}
     ).json()
-    app = WebApp(server, backend, system, found["entry"][0]["resource"]["id"])
-    try:
-        yield app
-    finally:
-        system.close()
-        server.stop()
+    return WebApp(server, backend, system, found["entry"][0]["resource"]["id"])
 
 
 def in_thread(work: Callable[..., T], *args: Any) -> T:

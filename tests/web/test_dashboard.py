@@ -95,9 +95,11 @@ def _write(web: WebApp) -> Written:
     finally:
         worker.close()
     task = listed["households"][0]["task_id"]
-    web.server.cli("poverty", "case-step", task, "verified", "--by", "测试员", "--note", "入户核实")
     web.server.cli(
-        "poverty", "case-step", task, "assisted", "--by", "测试员", "--help-given",
+        "poverty", "case-step", task, "verified", "--as", "case-worker", "--note", "入户核实"
+    )
+    web.server.cli(
+        "poverty", "case-step", task, "assisted", "--as", "case-worker", "--help-given",
         "medical-assistance",
     )  # fmt: skip
     return Written(east, west, houses, flagged, rules, task)

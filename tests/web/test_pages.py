@@ -181,6 +181,7 @@ def test_every_role_has_pages_to_walk(walks: dict[str, Walk]) -> None:
     assert len(walks["admin"].pages) >= 5  # home, directory, clinic forms, users, a user
     assert any("/visit" in p for p in walks["township-doctor"].pages)
     assert any(p.startswith("/admin/users/") for p in walks["admin"].pages)
+    assert any(p.startswith("/cases/") for p in walks["case-worker"].pages)  # a case's page
 
 
 def test_no_broken_links_or_assets(walks: dict[str, Walk]) -> None:
