@@ -42,6 +42,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from health.cli import run_migrations
+from health.core.bus import bus_namespace
 from health.core.database import Database
 from health.core.naming import (
     HOUSEHOLD_NUMBER_SYSTEM,
@@ -288,7 +289,8 @@ async def incremental(url: str, samples: int) -> list[float]:
     app = AppServer(url, redis_url=redis_server.url).start()
     redis = Redis.from_url(redis_server.url)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANGES_CHANNEL)
+    # The service's change feed, in its deployment's namespace on the Redis server.
+    await pubsub.subscribe(f"{bus_namespace(url)}:{CHANGES_CHANNEL}")
     delays: list[float] = []
     today = today_in_china()
     try:
