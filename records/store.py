@@ -170,9 +170,13 @@ class ResourceStore:
         if self.session.bind is None or self.session.bind.dialect.name != "postgresql":
             return
         keys = sorted({f"{t}?{'&'.join(sorted(query.split('&')))}" for t, query in criteria})
-        for key in keys:
+        if keys:  # one round trip, however many entries a Bundle has
             await self.session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+                text(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM "
+                    "(SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS sorted"
+                ),
+                {"keys": keys},
             )
 
     # -- reads -----------------------------------------------------------------------------

@@ -399,7 +399,9 @@ async def break_glass(
     return expires
 
 
-async def _api_caller(request: Request) -> RequestCaller:
+async def api_caller(request: Request) -> RequestCaller:
+    """The bearer token's or web session's caller of a JSON API outside ``/fhir``; a 401
+    problem (with its WWW-Authenticate) for anyone else."""
     try:
         return await _gate(request).authenticate(request)
     except FhirError as error:
@@ -411,7 +413,7 @@ async def _api_caller(request: Request) -> RequestCaller:
 @router.post("/auth/break-glass", status_code=201)
 async def break_glass_endpoint(request: Request) -> JSONResponse:
     """Open a patient's record outside your care, for a stated reason (audited)."""
-    caller = await _api_caller(request)
+    caller = await api_caller(request)
     try:
         body = await request.json()
     except ValueError:
@@ -432,7 +434,7 @@ async def break_glass_endpoint(request: Request) -> JSONResponse:
 @router.get("/auth/break-glass")
 async def break_glass_report(request: Request, days: int = 30) -> JSONResponse:
     """Break-glass openings of the last ``days`` days, newest first (administrators)."""
-    caller = await _api_caller(request)
+    caller = await api_caller(request)
     if caller.subject.role != "admin":
         raise Problem(403, "For administrators", "Only administrators see break-glass reports")
     return JSONResponse(await break_glass_report_rows(_gate(request), days=days))

@@ -32,7 +32,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from health.auth.gate import Gate, RequestCaller
+from health.auth.endpoints import api_caller
+from health.auth.gate import RequestCaller
 from health.core.clock import utcnow
 from health.core.database import Database
 from health.core.problems import Problem
@@ -107,16 +108,7 @@ async def _actor(request: Request, caller: RequestCaller) -> CaseActor:
 
 
 async def _api_worker(request: Request) -> Worker:
-    gate: Gate = request.app.state.gate
-    try:
-        caller = await gate.authenticate(request)
-    except FhirError as error:
-        raise Problem(
-            error.status,
-            "Not logged in" if error.status == 401 else "Forbidden",
-            str(error),
-            headers={k: v for k, v in error.headers.items() if k.lower() == "www-authenticate"},
-        ) from None
+    caller = await api_caller(request)
     person = (await _actor(request, caller)).case_worker
     if person is None:
         raise Problem(

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from health.auth import accounts
+from health.auth.endpoints import api_caller
 from health.auth.gate import Gate, RequestCaller
 from health.core.clock import utcnow
 from health.core.database import Database
@@ -41,7 +42,6 @@ from health.web.i18n import language_of
 from health.web.signed_in import SignedIn, signed_in
 from integrations.spreadsheet import FORMATS, MEDIA_TYPES, table_bytes
 from records.access import AccessEvent
-from records.outcome import FhirError
 
 router = APIRouter()
 _CHINA = dt.timezone(dt.timedelta(hours=8), "CST")
@@ -84,10 +84,7 @@ class Viewer:
 
 async def _api_viewer(request: Request) -> Viewer:
     gate: Gate = request.app.state.gate
-    try:
-        caller = await gate.authenticate(request)
-    except FhirError as error:
-        raise Problem(error.status, "Not logged in", str(error)) from None
+    caller = await api_caller(request)
     if caller.subject.role != ROLE:
         raise Problem(403, "Forbidden", "The dashboard is for health commission analysts")
     case_worker = False
