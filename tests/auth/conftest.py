@@ -42,7 +42,10 @@ def fhir_client(server: AppServer, token: str | None) -> httpx.Client:
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=f"{server.url}/fhir", headers=headers, timeout=60)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive runs out: a request sent
+    # on a connection the server is closing at that moment fails with "Server disconnected".
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    return httpx.Client(base_url=f"{server.url}/fhir", headers=headers, timeout=60, limits=limits)
 
 
 @dataclass
