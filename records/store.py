@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import fhir_instant, utcnow
 from health.core.ids import is_valid_resource_id, new_resource_id
-from records import derived
+from records import custodians, derived
 from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError, Issue
@@ -519,9 +519,12 @@ class ResourceStore:
             )
         if deleted:
             return None
-        return await self._append_version(
+        stored = await self._append_version(
             rid, res_type, res_id, version + 1, utcnow(), "DELETE", None
         )
+        if res_type == "Patient":  # her record is no longer held by anyone
+            await custodians.keep(self.session, [], [res_id])
+        return stored
 
     async def _append_version(
         self,
@@ -678,16 +681,26 @@ class ResourceStore:
         """Search index rows and derived rows of new versions: (rid, type, id, content) each."""
         await derived.write_rows(self.session, items)
         batches: dict[str, list[dict[str, Any]]] = {}
-        for rid, res_type, _res_id, data in items:
-            for kind, rows in self.indexer.extract(res_type, data).items():
+        in_records: list[tuple[int, str, list[str]]] = []
+        patients: list[str] = []
+        for rid, res_type, res_id, data in items:
+            extracted = self.indexer.extract(res_type, data)
+            for kind, rows in extracted.items():
                 batch = batches.setdefault(kind, [])
                 for row in rows:
                     row["rid"] = rid
                     row["res_type"] = res_type
                     batch.append(row)
+            if extracted.get("compartment"):
+                owners = [row["owner_id"] for row in extracted["compartment"]]
+                in_records.append((rid, res_type, owners))
+            if res_type == "Patient":
+                patients.append(res_id)
         for kind, rows in batches.items():
             if rows:
                 await self.session.execute(insert(SEARCH_TABLES[kind]), rows)
+        if in_records or patients:
+            await custodians.keep(self.session, in_records, patients)
 
 
 def _gone_issue(res_type: str, res_id: str, version: int) -> Issue:

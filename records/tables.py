@@ -176,6 +176,18 @@ search_compartment = _index_table(
     indexes=(("param", "owner_id", "rid"),),
 )
 
+#: Custodians: for each resource in a patient's record (a ``search_compartment`` row with
+#: ``param`` Patient), the organisations that manage that patient (Patient.managingOrganization,
+#: "the custodian of the patient record"). Kept by the store in the transaction of every write
+#: of the resource and of the patient (a patient who moves clinic takes her whole record along),
+#: so that "is this row held by one of these clinics?" is one indexed equality per row instead
+#: of a lookup among the clinics' patients.
+search_custodian = _index_table(
+    "search_custodian",
+    Column("org_id", String(64), nullable=False),
+    indexes=(("param", "org_id", "res_type", "rid"),),
+)
+
 SEARCH_TABLES = {
     "string": search_string,
     "token": search_token,
@@ -186,4 +198,5 @@ SEARCH_TABLES = {
     "uri": search_uri,
     "composite": search_composite,
     "compartment": search_compartment,
+    "custodian": search_custodian,
 }

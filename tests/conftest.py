@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.config import Config
 
-from health.cli import run_migrations
+from health.cli import PROJECT_ROOT, run_migrations
 from tests.services import SHARED, AppServer, PostgresServer, RedisServer, ServiceUnavailable
 
 BACKENDS = ("sqlite", "postgresql")
@@ -39,6 +40,15 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.skip(str(error))
     yield server
     server.stop()
+
+
+def alembic_config(database_url: str) -> Config:
+    """The migrations' configuration for ``database_url``, to move it up or down by hand."""
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    return config
 
 
 def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:

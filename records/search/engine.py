@@ -21,15 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from records.access import FULL_ACCESS, RecordAccess
 from records.definitions import compartments
 from records.indexing import SearchIndexer
 from records.search.cursor import Cursor
-from records.search.parse import Include, ResultOptions, SearchQuery
+from records.search.parse import Include, ResultOptions, SearchQuery, split_token
 from records.search.sql import condition, sort_value
 from records.store import StoredVersion
-from records.tables import resource_versions, resources, search_reference
+from records.tables import resource_versions, resources, search_reference, search_token
 
 #: How many rounds ``:iterate`` includes follow before stopping.
 MAX_INCLUDE_DEPTH = 4
@@ -47,9 +48,20 @@ MAX_WALK_ROWS = 20_000
 
 
 class _Explain(Executable, ClauseElement):
-    """``EXPLAIN (FORMAT JSON) <statement>`` (PostgreSQL): the plan, and so its cost."""
+    """``EXPLAIN (FORMAT JSON) <statement>`` (PostgreSQL): the plan, and so its cost.
 
-    inherit_cache = False
+    Cached like the statement it explains (its cache key is the statement's), so explaining
+    the same search again does not compile it again: compiling a search with the access
+    policy in it costs more than PostgreSQL's planning of it."""
+
+    inherit_cache = True
+    _traverse_internals = [("statement", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    @property
+    def _all_selected_columns(self) -> list[Any]:
+        # The plan is one JSON column read by position; a cached compilation asks what the
+        # invoked statement selects to adapt its result map, and there is nothing to adapt.
+        return []
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
@@ -151,12 +163,15 @@ class SearchEngine:
         base_url: str,
         access: RecordAccess = FULL_ACCESS,
         costly_count: float = COSTLY_COUNT,
+        walks: bool = True,
     ) -> None:
         self.session = session
         self.indexer = indexer
         self.base_url = base_url
         self.access = access
         self.costly_count = costly_count
+        #: False: every page from the full plan (what the walks are compared with in tests).
+        self.walks = walks
 
     def _seen(self, r: Any, interaction: str) -> list[ColumnElement[bool]]:
         """What the caller may see of ``r``: its types for ``interaction`` and the policy's rows."""
@@ -210,20 +225,27 @@ class SearchEngine:
         forward = cursor is None or cursor.forward
         count_cost: float | None = None
         rows: list[Any] | None = None
-        if self._walkable(query):
+        driven = self._walkable(query) and self._driver(query) is not None
+        if driven:
+            # Walking one code's resources costs at most its slice: tried before anything.
+            rows = await self._walk(query, compartment)
+        elif self._walkable(query):
             count_cost = await self._count_cost(filters)
             if count_cost is not None and count_cost > self.costly_count:
                 rows = await self._walk(query, compartment)
         if rows is None:
+            driven = False
             rows = list((await self.session.execute(self._page(query, filters, keys))).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
         if not forward:
             rows.reverse()
         first_page = cursor is None and options.offset == 0
-        total = await self._total(
-            options, filters, len(rows) if first_page and not has_more else None, count_cost
-        )
+        all_on_page = len(rows) if first_page and not has_more else None
+        if driven and all_on_page is None and options.total not in ("accurate", "none"):
+            total = await self._driven_total(query, compartment)
+        else:
+            total = await self._total(options, filters, all_on_page, count_cost)
         result = SearchResult([StoredVersion.from_row(r) for r in rows], total, has_more)
         if rows:
             # Reading forward there is more before this page if the client came from one;
@@ -244,7 +266,8 @@ class SearchEngine:
         """A page in rid order, read forward, of one type: one :meth:`_walk` can answer."""
         options = query.options
         return (
-            self.session.get_bind().dialect.name == "postgresql"
+            self.walks
+            and self.session.get_bind().dialect.name == "postgresql"
             and query.res_type is not None
             and bool(query.clauses)
             and not options.sort
@@ -253,8 +276,9 @@ class SearchEngine:
         )
 
     async def _walk(self, query: SearchQuery, compartment: Compartment | None) -> list[Any] | None:
-        """The page read from the next resources of the type in rid order, at most
-        ``WALK_ROWS_PER_MATCH`` per row of the page; None if they hold less than a page.
+        """The page read from the next resources in rid order, at most
+        ``WALK_ROWS_PER_MATCH`` per row of the page; None if they hold less than a page and
+        may not be all there is.
 
         PostgreSQL underestimates how many resources match several conditions on different
         index tables (most quantities over 170 are body heights; it assumes a fortieth are),
@@ -262,15 +286,18 @@ class SearchEngine:
         sorts it: 30 ms at 1,000 matches, growing with the store. The first page of the
         resources in rid order is the first page of the matches among them, so when the
         full plan looks costly this slice is tried first; it costs as much as its length.
+
+        The slice is of the resources of the type, or, when the search names one exact code
+        (``code=system|code``), of the resources with that code, read from its index in rid
+        order: where the matches are rare among the type's resources (a township doctor's
+        body heights among the city's readings) a slice of the type holds too few of them,
+        and a slice of that code's resources holds many. A slice that reaches the code's last
+        resource holds every match, however few.
         """
         options = query.options
-        length = min(WALK_ROWS_PER_MATCH * (options.count + 1), MAX_WALK_ROWS)
-        scan = select(resources).where(
-            resources.c.res_type == query.res_type, resources.c.deleted.is_(False)
-        )
-        if options.cursor is not None:
-            scan = scan.where(resources.c.rid > options.cursor.rid)
-        walked = scan.order_by(resources.c.rid).limit(length).subquery("walked")
+        length = self._walk_length(query)
+        after = options.cursor.rid if options.cursor is not None else None
+        walked, driven = self._walked(query, after, length)
         # Each condition a test of the walked row, in rid order, that stops at the page's end.
         tests = self._filters(query, compartment, walked, probe=True)
         page = (
@@ -299,7 +326,88 @@ class SearchEngine:
             .order_by(page.c.rid)
         )
         rows = list((await self.session.execute(statement)).all())
-        return rows if len(rows) > options.count else None
+        if len(rows) > options.count:
+            return rows
+        # Fewer than a page: all there is, if the slice reached the code's last resource.
+        if driven is not None and await self._slice_is_whole(driven, length):
+            return rows
+        return None
+
+    def _walk_length(self, query: SearchQuery) -> int:
+        return min(WALK_ROWS_PER_MATCH * (query.options.count + 1), MAX_WALK_ROWS)
+
+    def _walked(self, query: SearchQuery, after: int | None, length: int) -> tuple[Any, Any]:
+        """The slice a walk reads (a subquery of ``resources`` rows in rid order), and the
+        driver's rows it is made of (None for a slice of the type)."""
+        scan = select(resources).where(
+            resources.c.res_type == query.res_type, resources.c.deleted.is_(False)
+        )
+        driven = self._driver(query)
+        if driven is None:
+            if after is not None:
+                scan = scan.where(resources.c.rid > after)
+            return scan.order_by(resources.c.rid).limit(length).subquery("walked"), None
+        if after is not None:
+            driven = driven.where(driven.selected_columns.rid > after)
+        driven = driven.limit(length)
+        # Joined in the driver's order, so the page's LIMIT stops the walk at its end.
+        slice_ = driven.subquery("driven")
+        walked = (
+            scan.join(slice_, slice_.c.rid == resources.c.rid)
+            .order_by(slice_.c.rid)
+            .subquery("walked")
+        )
+        return walked, driven
+
+    async def _slice_is_whole(self, driven: Any, length: int) -> bool:
+        """Whether the driver's slice holds fewer than ``length`` rows: all it has left."""
+        counted = select(func.count()).select_from(driven.subquery("counted"))
+        return int((await self.session.execute(counted)).scalar_one()) < length
+
+    async def _driven_total(
+        self, query: SearchQuery, compartment: Compartment | None
+    ) -> int | None:
+        """The number of matches of a search walked along one code's resources, when they
+        all fit in one slice from the first (counted there, each a test as in the walk);
+        None when the code has more resources than that, as for a costly count."""
+        length = self._walk_length(query)
+        walked, driven = self._walked(query, None, length)
+        if not await self._slice_is_whole(driven, length):
+            return None
+        tests = self._filters(query, compartment, walked, probe=True)
+        counted = select(func.count()).select_from(walked).where(*tests)
+        return int((await self.session.execute(counted)).scalar_one())
+
+    def _driver(self, query: SearchQuery) -> Any:
+        """The rids of the resources with the one exact code the search names, in rid order
+        (a SELECT), or None when it names none. Such rows come out of the token index (type,
+        parameter, code, system, rid) already in rid order."""
+        for clause in query.clauses:
+            if (
+                clause.type != "token"
+                or clause.modifier is not None
+                or clause.chain is not None
+                or clause.has is not None
+                or len(clause.values) != 1
+                or clause.res_type != query.res_type
+            ):
+                continue
+            system, code = split_token(clause.values[0].text)
+            if not system or not code:
+                continue
+            token = search_token.alias("driver")
+            return (
+                select(token.c.rid)
+                .where(
+                    token.c.res_type == clause.res_type,
+                    token.c.param == clause.param,
+                    token.c.code == code,
+                    token.c.system == system,
+                )
+                .distinct()
+                .order_by(token.c.rid)
+            )
+        return None
 
     def page_statement(self, query: SearchQuery, *, compartment: Compartment | None = None) -> Any:
         """The SELECT of a page of ``query``'s matches (and one more), as :meth:`run` sends it."""

@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from health.core.naming import ILLNESS_POVERTY_TAG
-from tests.auth.conftest import SYSTEM, Network, created
+from tests.auth.conftest import SYSTEM, VILLAGE_A, VILLAGE_B, Network, created
 from tests.services import wait_until
 
 
@@ -356,6 +356,65 @@ class TestRoles:
         _not_found(township.get(f"/Patient/{c.id}"))
         listed = ids(township.get("/Patient", params={"_id": f"{a.id},{b.id},{c.id}"}).json())
         assert listed == {a.id, b.id}
+
+    def test_a_patient_who_moves_clinic_takes_her_whole_record_along(
+        self, network: Network, doctor: httpx.Client, hostile: httpx.Client
+    ) -> None:
+        moving = network.make_patient("moving", VILLAGE_A, name="马秀兰")
+        record = [
+            f"/Patient/{moving.id}",
+            f"/Observation/{moving.observation}",
+            f"/Encounter/{moving.encounter}",
+            f"/Condition/{moving.condition}",
+        ]
+        by_subject = {"subject": f"Patient/{moving.id}"}
+
+        def sees(client: httpx.Client) -> bool:
+            found = [client.get(path).status_code for path in record]
+            assert found in ([200] * 4, [404] * 4), found  # all of her record, or none of it
+            searched = client.get("/Observation", params=by_subject).json()
+            assert (searched["total"] == 1) == (found[0] == 200)
+            return found[0] == 200
+
+        assert sees(doctor) and not sees(hostile)
+        body = network.system.get(f"/Patient/{moving.id}").json()
+        body["managingOrganization"] = {
+            "reference": f"Organization/{network.organizations[VILLAGE_B]}"
+        }
+        assert network.system.put(f"/Patient/{moving.id}", json=body).status_code == 200
+        assert sees(hostile) and not sees(doctor)
+
+        # A reading written before its patient exists is held by her clinic once she does.
+        early = created(
+            network.system.post(
+                "/Observation",
+                json={
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "subject": {"reference": "Patient/arrives-later"},
+                    "valueQuantity": {"value": 72, "unit": "/min"},
+                },
+            )
+        )
+        _not_found(hostile.get(f"/Observation/{early['id']}"))
+        newcomer = {
+            "resourceType": "Patient",
+            "id": "arrives-later",
+            "name": [{"text": "杨文"}],
+            "managingOrganization": {
+                "reference": f"Organization/{network.organizations[VILLAGE_B]}"
+            },
+        }
+        assert network.system.put("/Patient/arrives-later", json=newcomer).status_code == 201
+        assert hostile.get(f"/Observation/{early['id']}").status_code == 200
+        _not_found(doctor.get(f"/Observation/{early['id']}"))
+
+        # Deleted, she is nobody's patient: her clinic no longer sees what was hers.
+        assert network.system.delete(f"/Patient/{moving.id}").status_code in (200, 204)
+        _not_found(hostile.get(f"/Observation/{moving.observation}"))
+        assert hostile.get("/Observation", params=by_subject).json()["total"] == 0
+        assert network.system.get(f"/Observation/{moving.observation}").status_code == 200
 
     def test_a_doctor_of_another_township_sees_neither(self, network: Network) -> None:
         outsider = network.as_user("outsider")

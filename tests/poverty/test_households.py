@@ -16,10 +16,8 @@ from typing import Any
 import orjson
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import delete, select
 
-from health.cli import PROJECT_ROOT
 from health.core.database import Database
 from health.poverty import repository
 from health.poverty import service as service_module
@@ -36,7 +34,7 @@ from health.poverty.tables import (
 from integrations.household_registry import household_characteristics
 from records.indexing import SearchIndexer
 from records.store import Change, ResourceStore
-from tests.conftest import BACKENDS, fresh_database
+from tests.conftest import BACKENDS, alembic_config, fresh_database
 from tests.poverty.factories import House, Town
 
 AS_OF = dt.date(2026, 6, 30)
@@ -208,14 +206,6 @@ class TestRecomputeAfterAHouseholdChange:
             await database.dispose()
 
 
-def _config(database_url: str) -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logger"] = False
-    return config
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_migration_fills_the_records_from_the_stored_groups(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -253,8 +243,8 @@ def test_the_migration_fills_the_records_from_the_stored_groups(
 
     asyncio.run(write())
     before = asyncio.run(table_rows())
-    command.downgrade(_config(database_url), "0011")
-    command.upgrade(_config(database_url), "head")
+    command.downgrade(alembic_config(database_url), "0011")
+    command.upgrade(alembic_config(database_url), "head")
     assert asyncio.run(table_rows()) == before
 
 

@@ -1,10 +1,12 @@
 """Pages read by walking the resources in rid order are the pages the full plan gives.
 
-When PostgreSQL prices a search's full count as costly, the engine first looks for the page in
-the next resources of the type in rid order (``SearchEngine._walk``) and gives no total beyond
-the page. Here the price limit is set to nothing, so every such search walks, and each page,
-followed to the end through its ``next`` cursors, must hold exactly the resources the engine
-finds without walking, on both databases (SQLite never walks: the two agree trivially there).
+A search naming one exact code (``code=system|code``) first looks for its page among that
+code's resources in rid order; any other search does so among the next resources of the type
+when PostgreSQL prices its full count as costly (``SearchEngine._walk``), and then gives no
+total beyond the page. Here the price limit is set to nothing, so every such search walks,
+and each page, followed to the end through its ``next`` cursors, must hold exactly the
+resources the engine finds without walking (``walks=False``), on both databases (SQLite
+never walks: the two agree trivially there).
 """
 
 from __future__ import annotations
@@ -61,8 +63,20 @@ class Store:
         finally:
             await database.dispose()
 
-    def pages(self, params: dict[str, str], *, costly_count: float) -> list[SearchResult]:
-        """Every page of ``Observation?params``, following next cursors."""
+    def pages(
+        self,
+        params: dict[str, str],
+        *,
+        costly_count: float,
+        walks: bool = True,
+        by_tag: bool = True,
+    ) -> list[SearchResult]:
+        """Every page of ``Observation?params`` among this store's, following next cursors.
+
+        The store's readings are found by their tag, one exact code that a walk can follow;
+        ``by_tag=False`` names a second tag besides (that no reading has), so that the walk
+        follows another exact code of ``params``, or walks the type."""
+        tag = f"{TAG_SYSTEM}|{self.marker}" + ("" if by_tag else f",{TAG_SYSTEM}|none")
 
         async def run() -> list[SearchResult]:
             indexer = SearchIndexer()
@@ -72,13 +86,13 @@ class Store:
             cursor: str | None = None
             try:
                 while True:
-                    pairs = [("_tag", f"{TAG_SYSTEM}|{self.marker}"), *params.items()]
+                    pairs = [("_tag", tag), *params.items()]
                     if cursor is not None:
                         pairs.append(("_cursor", cursor))
                     query = parser.parse("Observation", pairs, strict=True)
                     async with database.transaction(write=False) as session:
                         engine = SearchEngine(
-                            session, indexer, base_url="", costly_count=costly_count
+                            session, indexer, base_url="", costly_count=costly_count, walks=walks
                         )
                         pages.append(await engine.run(query))
                     cursor = pages[-1].next_cursor
@@ -107,24 +121,47 @@ def _ids(pages: list[SearchResult]) -> list[list[str]]:
         {"code": "8867-4", "_count": "25"},
         {"value-quantity": "ge100", "_count": "10"},
         {"code": f"{LOINC}|8302-2,8867-4", "value-quantity": "lt80", "_count": "4"},
+        # One exact code: the slice is of that code's readings, whole (every height) or not
+        # (the first 200 of the pulses hold the page, and each next page walks on from it).
+        {"code": f"{LOINC}|8867-4", "value-quantity": "ge99", "_count": "1"},
     ],
-    ids=["tall", "very-tall", "pulse", "over-100", "either-under-80"],
+    ids=["tall", "very-tall", "pulse", "over-100", "either-under-80", "rare-pulse"],
 )
-def test_walked_pages_are_the_full_plans_pages(store: Store, params: dict[str, str]) -> None:
-    walked = store.pages(params, costly_count=0)
-    planned = store.pages(params, costly_count=math.inf)
+@pytest.mark.parametrize("by_tag", [True, False], ids=["along-the-tag", "along-the-rest"])
+def test_walked_pages_are_the_full_plans_pages(
+    store: Store, params: dict[str, str], by_tag: bool
+) -> None:
+    walked = store.pages(params, costly_count=0, by_tag=by_tag)
+    planned = store.pages(params, costly_count=math.inf, walks=False)
     assert _ids(walked) == _ids(planned)
     every = [i for page in _ids(planned) for i in page]
     assert len(every) == len(set(every)) and every, "each match once, and some match"
 
 
 def test_a_costly_count_gives_no_total_beyond_the_page(store: Store) -> None:
-    params = {"code": f"{LOINC}|8302-2", "value-quantity": "gt170", "_count": "7"}
-    first = store.pages(params, costly_count=0)[0]
-    counted = store.pages(params, costly_count=math.inf)[0]
+    params = {"value-quantity": "ge100", "_count": "7"}
+    first = store.pages(params, costly_count=0, by_tag=False)[0]
+    counted = store.pages(params, costly_count=math.inf, walks=False)[0]
     assert counted.total is not None and counted.total > 7
     on_postgresql = not store.url.startswith("sqlite")
     assert first.total == (None if on_postgresql else counted.total)
     # A first page holding every match is its own total, costly or not.
-    everything = store.pages({**params, "_count": "1000"}, costly_count=0)
+    everything = store.pages({**params, "_count": "1000"}, costly_count=0, by_tag=False)
     assert everything[0].total == counted.total
+
+
+def test_a_walk_along_one_code_counts_the_matches_when_the_code_s_resources_fit_a_slice(
+    store: Store,
+) -> None:
+    # The 100 heights fit one slice (800 rows for a page of 7): every page knows the total.
+    params = {"code": f"{LOINC}|8302-2", "value-quantity": "gt170", "_count": "7"}
+    counted = store.pages(params, costly_count=math.inf, walks=False)
+    walked = store.pages(params, costly_count=0, by_tag=False)
+    assert counted[0].total is not None and counted[0].total > 7
+    assert [page.total for page in walked] == [counted[0].total] * len(walked)
+    # Beyond a slice (the 200 pulses, for a page of 1: a slice of 200) no total is given.
+    pulses = store.pages({"code": f"{LOINC}|8867-4", "_count": "1"}, costly_count=0, by_tag=False)[
+        0
+    ]
+    on_postgresql = not store.url.startswith("sqlite")
+    assert pulses.total == (None if on_postgresql else 200)
