@@ -403,7 +403,14 @@ class AccessPolicy:
                 granted = self._granted()
                 if granted is not None:
                     households = union(households, _groups_of(granted))
-            self._ctes = (patients, households.cte("households_in_care"))
+            # Computed once for the statement: a CTE named once is otherwise inlined, and a
+            # walk would compute it again for every row it tests (0.13 ms each).
+            self._ctes = (
+                patients.prefix_with("MATERIALIZED", dialect="postgresql"),
+                households.cte("households_in_care").prefix_with(
+                    "MATERIALIZED", dialect="postgresql"
+                ),
+            )
         return self._ctes
 
     def patients_in_care(self) -> Any:

@@ -225,16 +225,13 @@ class SearchEngine:
         forward = cursor is None or cursor.forward
         count_cost: float | None = None
         rows: list[Any] | None = None
-        driven = self._walkable(query) and self._driver(query) is not None
-        if driven:
-            # Walking one code's resources costs at most its slice: tried before anything.
-            rows = await self._walk(query, compartment)
-        elif self._walkable(query):
+        driven = False
+        if self._walkable(query):
             count_cost = await self._count_cost(filters)
             if count_cost is not None and count_cost > self.costly_count:
                 rows = await self._walk(query, compartment)
+                driven = rows is not None and self._driver(query) is not None
         if rows is None:
-            driven = False
             rows = list((await self.session.execute(self._page(query, filters, keys))).all())
         has_more = len(rows) > options.count
         rows = rows[: options.count]
