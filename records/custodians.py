@@ -51,16 +51,7 @@ def fill_all() -> Any:
                     patient.c.res_id == member.c.owner_id,
                     patient.c.deleted.is_(False),
                 ),
-            ).join(
-                managing,
-                and_(
-                    managing.c.rid == patient.c.rid,
-                    managing.c.res_type == "Patient",
-                    managing.c.param == "organization",
-                    managing.c.target_type == "Organization",
-                    managing.c.target_id.is_not(None),
-                ),
-            )
+            ).join(managing, _managing(patient, managing))
         )
         .where(member.c.param == COMPARTMENT)
     )
@@ -103,25 +94,24 @@ async def keep(
             members.setdefault(row.rid, (row.res_type, set()))
         for rids in _chunks(sorted(stale)):
             await session.execute(delete(search_custodian).where(search_custodian.c.rid.in_(rids)))
-        if stale:  # what else is in those records: their other patients hold them too
-            for rids in _chunks(sorted(stale)):
-                others = await session.execute(
-                    select(search_compartment.c.rid, search_compartment.c.owner_id).where(
-                        search_compartment.c.param == COMPARTMENT,
-                        search_compartment.c.rid.in_(rids),
-                    )
+            # Whose records they are besides: their other patients hold them too.
+            others = await session.execute(
+                select(search_compartment.c.rid, search_compartment.c.owner_id).where(
+                    search_compartment.c.param == COMPARTMENT,
+                    search_compartment.c.rid.in_(rids),
                 )
-                for row in others:
-                    members[row.rid][1].add(row.owner_id)
+            )
+            for other in others:
+                members[other.rid][1].add(other.owner_id)
     owners = sorted({owner for _, found in members.values() for owner in found})
     organizations = await _organizations_of(session, owners)
-    rows = [
+    held = [
         {"rid": rid, "res_type": res_type, "param": COMPARTMENT, "org_id": org}
         for rid, (res_type, found) in sorted(members.items())
         for org in sorted({o for owner in found for o in organizations.get(owner, ())})
     ]
-    if rows:
-        await session.execute(insert(search_custodian), rows)
+    if held:
+        await session.execute(insert(search_custodian), held)
 
 
 async def _organizations_of(session: AsyncSession, patients: Sequence[str]) -> dict[str, set[str]]:
@@ -134,18 +124,7 @@ async def _organizations_of(session: AsyncSession, patients: Sequence[str]) -> d
     for part in _chunks(patients):
         statement = (
             select(patient.c.res_id, managing.c.target_id)
-            .select_from(
-                patient.outerjoin(
-                    managing,
-                    and_(
-                        managing.c.rid == patient.c.rid,
-                        managing.c.res_type == "Patient",
-                        managing.c.param == "organization",
-                        managing.c.target_type == "Organization",
-                        managing.c.target_id.is_not(None),
-                    ),
-                )
-            )
+            .select_from(patient.outerjoin(managing, _managing(patient, managing)))
             .where(
                 patient.c.res_type == "Patient",
                 patient.c.res_id.in_(part),
@@ -158,6 +137,17 @@ async def _organizations_of(session: AsyncSession, patients: Sequence[str]) -> d
             if row.target_id is not None:
                 found.setdefault(row.res_id, set()).add(row.target_id)
     return found
+
+
+def _managing(patient: Any, managing: Any) -> Any:
+    """The join of a Patient's row to its index rows naming her managing organisations."""
+    return and_(
+        managing.c.rid == patient.c.rid,
+        managing.c.res_type == "Patient",
+        managing.c.param == "organization",
+        managing.c.target_type == "Organization",
+        managing.c.target_id.is_not(None),
+    )
 
 
 def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
