@@ -147,9 +147,7 @@ class Gate:
     audit: AuditWriter
 
     def policy(self, subject: Subject) -> AccessPolicy:
-        return AccessPolicy(
-            subject, now=utcnow(), consent_grace_seconds=self.settings.consent_grace_seconds
-        )
+        return AccessPolicy(subject, consent_grace_seconds=self.settings.consent_grace_seconds)
 
     def subject_from_token(self, token: str) -> Subject:
         claims = self.signer.verify(token)

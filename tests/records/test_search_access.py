@@ -17,7 +17,6 @@ import pytest
 
 from health.auth.policy import AccessPolicy, Subject
 from health.auth.scopes import ScopeSet
-from health.core.clock import utcnow
 from health.core.database import Database
 from records.access import FULL_ACCESS, RecordAccess
 from records.importer import process_bundle
@@ -125,7 +124,7 @@ class Clinics:
             practitioner=None,
             scopes=ScopeSet.everything("user"),
         )
-        return AccessPolicy(subject, now=utcnow(), consent_grace_seconds=0)
+        return AccessPolicy(subject, consent_grace_seconds=0)
 
     def search(
         self,
