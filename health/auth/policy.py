@@ -247,8 +247,9 @@ class AccessPolicy:
 
 
 def _viewer_of(subject: Subject) -> Subject:
-    """The subject with only what decides the rows it sees: not the token (its id, its
-    scopes, which :class:`AccessPolicy` applies by type and interaction)."""
+    """The subject with only what decides the rows it sees: who, in which role, clinic and
+    patient context; not the token's id, nor its scopes (:class:`AccessPolicy` applies
+    those by type and interaction)."""
     return replace(subject, scopes=ScopeSet(), token_id=None)
 
 
