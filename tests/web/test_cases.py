@@ -27,7 +27,7 @@ from redis import Redis
 
 from health.core.bus import bus_namespace
 from health.core.database import Database
-from health.poverty.cases import Person, Step, advance
+from health.poverty.cases import NEXT_STAGES, Person, Step, advance, read_case
 from records.feed import CHANGES_CHANNEL
 from records.indexing import SearchIndexer
 from tests.conftest import BACKENDS, fresh_database
@@ -472,9 +472,23 @@ class TestThroughFhir:
     """The same rules for a client writing the case's Task through ``/fhir``."""
 
     def _next_version(self, place: Place, key: str, author: Person) -> dict[str, Any]:
+        """The case's Task after its next legal step forward, whatever stage earlier tests
+        left it at; the step's stage is the body's ``businessStatus``."""
         task = place.task(key)
-        body = advance(task, Step("monitoring", dt.datetime.now(dt.UTC), author, "季度回访"))
-        return {**body, "id": task["id"]}
+        stage = read_case(task["id"], task).stage
+        forward = next(s for s in NEXT_STAGES[stage] if s not in (stage, "rejected"))
+        step = Step(
+            forward,
+            dt.datetime.now(dt.UTC),
+            author,
+            "季度回访",
+            help=("medical-assistance",) if forward == "assisted" else (),
+        )
+        return {**advance(task, step), "id": task["id"]}
+
+    @staticmethod
+    def _stage_of(body: dict[str, Any]) -> str:
+        return str(body["businessStatus"]["coding"][0]["code"])
 
     def test_analysts_and_doctors_may_not_write_a_case_s_task(self, place: Place) -> None:
         worker = Person(f"Practitioner/{place.practitioner}", WORKER_NAME)
@@ -499,13 +513,14 @@ class TestThroughFhir:
             copy = {k: v for k, v in task.items() if k not in ("id", "meta")}
             created = client.post("/Task", json={**copy, "meta": {"tag": task["meta"]["tag"]}})
             assert created.status_code == 403, created.text
-            rewritten = {**task, "extension": task["extension"][:1]}
+            rewritten = {**task, "extension": task["extension"][:-1]}  # its last step gone
             refused = client.put(f"/Task/{task['id']}", json=rewritten)
             assert refused.status_code == 422
             assert refused.json()["issue"][0]["expression"] == ["Task.extension"]
             body = self._next_version(place, "a", worker)
             jump = orjson.loads(orjson.dumps(body))
-            jump["extension"][-1]["extension"][0]["valueCode"] = "closed"  # monitoring skipped
+            # Back to the start: never a legal step, from any stage.
+            jump["extension"][-1]["extension"][0]["valueCode"] = "identified"
             refused = client.put(f"/Task/{task['id']}", json=jump)
             assert refused.status_code == 409
             assert refused.json()["issue"][0]["expression"] == ["Task.extension.stage"]
@@ -516,4 +531,4 @@ class TestThroughFhir:
                 headers={"If-Match": f'W/"{task["meta"]["versionId"]}"'},
             )
             assert done.status_code == 200, done.text
-        assert place.task("a")["businessStatus"]["coding"][0]["code"] == "monitoring"
+        assert place.task("a")["businessStatus"]["coding"][0]["code"] == self._stage_of(body)
