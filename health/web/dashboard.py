@@ -5,8 +5,11 @@ Only commission analysts open it (admins keep to the directory and the audit tra
 access policy has it; doctors follow their own patients). Every figure comes from
 :mod:`health.poverty.dashboard`; a figure's bar links to the list of the households behind
 it, a household to its evidence (the flag's rule, the measures against their thresholds, the
-diagnoses and costs the RiskAssessment holds, read through the records API so that the read
-is the analyst's own and audited). Households are named by their registry number and
+diagnoses and costs the RiskAssessment holds). The figures, lists and evidence are read from
+the illness-poverty service's derived tables and stored RiskAssessments by hand
+(:func:`health.poverty.dashboard.evidence`), not through the records API: the analyst policy
+over a whole city is too slow for a page. Each read is put on the person's own audit trail
+here, with every resource and patient it showed. Households are named by their registry number and
 village; names and resident identity numbers appear only for users with the case-worker
 right (``health user add --case-worker``), and each household list or household read is an
 AuditEvent of the person.
