@@ -242,9 +242,6 @@ class AccessPolicy:
     def visible(self, r: FromClause) -> ColumnElement[bool] | None:
         return self.rows.visible(r)
 
-    def patients_in_care(self) -> Any:
-        return self.rows.patients_in_care()
-
 
 def _viewer_of(subject: Subject) -> Subject:
     """The subject with only what decides the rows it sees: who, in which role, clinic and
