@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from health.core.database import insert_rows
 from records.tables import resources, search_compartment, search_custodian, search_reference
 
 #: The compartment whose owners' organisations are the custodians.
@@ -111,7 +112,7 @@ async def keep(
         for org in sorted({o for owner in found for o in organizations.get(owner, ())})
     ]
     if held:
-        await session.execute(insert(search_custodian), held)
+        await insert_rows(session, search_custodian, held)
 
 
 async def _organizations_of(session: AsyncSession, patients: Sequence[str]) -> dict[str, set[str]]:

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import utcnow
-from health.core.database import Database
+from health.core.database import Database, insert_rows
 from records.tables import reindex_jobs, resource_versions, resources
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ async def write_rows(session: AsyncSession, items: Sequence[tuple[int, str, str,
                 batch = batches.setdefault(derived.name, (derived, []))[1]
                 batch.extend({**row, "rid": rid} for row in rows)
     for derived, rows in batches.values():
-        await session.execute(insert(derived.table), _uniform(rows))
+        await insert_rows(session, derived.table, rows)
 
 
 async def delete_rows(session: AsyncSession, rid: int, res_type: str) -> None:
@@ -230,7 +230,7 @@ async def rebuild(
             await session.execute(delete(table).where(table.c.rid > last, table.c.rid <= upto))
             rows = _rows_of(derived, batch)
             if rows:
-                await session.execute(insert(table), _uniform(rows))
+                await insert_rows(session, table, rows)
             await session.execute(
                 update(reindex_jobs).where(reindex_jobs.c.scope == scope).values(last_rid=upto)
             )

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, insert, not_, select, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import fhir_instant, utcnow
+from health.core.database import insert_rows
 from health.core.ids import is_valid_resource_id, new_resource_id
 from records import custodians, derived
 from records.access import FULL_ACCESS, RecordAccess
@@ -427,7 +428,7 @@ class ResourceStore:
             )
             stored.append(StoredVersion(item.res_type, item.res_id, 1, now, method, content))
             self.changes.append(Change(item.res_type, item.res_id, 1, method))
-        await self.session.execute(insert(resource_versions), version_rows)
+        await insert_rows(self.session, resource_versions, version_rows)
         # Index what was stored: with the id the server gave (a Patient is in its own
         # compartment by that id), not any id the client sent.
         await self._write_index_rows(
@@ -698,7 +699,7 @@ class ResourceStore:
                 patients.append(res_id)
         for kind, rows in batches.items():
             if rows:
-                await self.session.execute(insert(SEARCH_TABLES[kind]), rows)
+                await insert_rows(self.session, SEARCH_TABLES[kind], rows)
         if in_records or patients:
             await custodians.keep(self.session, in_records, patients)
 

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.auth.tables import audit_chain
 from health.core.clock import fhir_instant
-from health.core.database import Database
+from health.core.database import Database, insert_rows
 from health.core.ids import new_resource_id
 from health.core.naming import NAMESPACE
 from records.access import AccessEvent
@@ -356,7 +356,7 @@ async def append(
         position += 1
         previous = link_hash(key, previous, version.res_id, version.content)
         rows.append({"position": position, "event_id": version.res_id, "hash": previous})
-    await session.execute(audit_chain.insert(), rows)
+    await insert_rows(session, audit_chain, rows)
     return [v.res_id for v in stored]
 
 

@@ -8,12 +8,12 @@ with a plain ``BEGIN``. PostgreSQL runs at READ COMMITTED and the store takes ro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -75,3 +75,39 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def insert_rows(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert ``rows`` into ``table`` in the session's transaction; a key no row has is left
+    to the column's default, and one that some rows lack is NULL in those.
+
+    On PostgreSQL the rows go in by one binary ``COPY``, which spares the executor's start-up
+    for each row that ``executemany`` pays: on this machine 21 µs a search-index row instead of
+    40. The index tables take a few dozen rows for each resource written and each AuditEvent,
+    so this is most of what writing costs the database. A ``COPY`` takes no part in
+    SQLAlchemy's transaction bookkeeping, so it is used only once that transaction has begun
+    (any statement before it begins it; the store's writes always have one).
+    """
+    if not rows:
+        return
+    keys = set().union(*rows)
+    names = [column.name for column in table.columns if column.name in keys]
+    if session.get_bind().dialect.name == "postgresql":
+        connection = await session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        if driver is not None and driver.is_in_transaction():
+            dialect = connection.dialect
+            processors = [
+                table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+            ]
+            if not any(processors):
+                await driver.copy_records_to_table(
+                    table.name,
+                    records=[tuple(row.get(name) for name in names) for row in rows],
+                    columns=names,
+                )
+                return
+    uniform = [{name: row.get(name) for name in names} for row in rows]
+    await session.execute(insert(table), uniform)
