@@ -3,14 +3,23 @@ clinic and the administrators, and a hash chain that shows a row changed by hand
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from sqlalchemy import func, select
 
+from health.auth.audit import BATCH_EVENTS, Actor, AuditWriter, chain_key, login_event
+from health.auth.tables import audit_chain
+from health.core.clock import utcnow
+from health.core.database import Database
+from records.indexing import SearchIndexer
+from records.tables import resource_versions, resources
 from records.validation import validate_resource
 from tests.auth.conftest import Network, fhir_client
 from tests.conftest import BACKENDS, fresh_database
@@ -273,3 +282,52 @@ def test_every_read_is_on_the_trail_once_the_server_has_stopped(lone_server: App
     )
     assert reads == 40
     assert lone_server.run("audit", "verify").returncode == 0
+
+
+async def test_a_write_waits_for_its_own_audit_event_not_for_the_backlog(
+    database_url: str,
+) -> None:
+    """Searches hand their events over without waiting and can pile up thousands of them; a
+    write, which waits until its event is on the trail, is written with the next batch
+    rather than after all of them. Every event is on the chain once the writer closes."""
+    database = Database(database_url)
+    writer = AuditWriter(database, SearchIndexer(), chain_key(secrets.token_bytes(32)))
+    reader = Actor(id=f"user:reader-{uuid.uuid4().hex[:8]}", address="127.0.0.1")
+    author = Actor(id=f"user:writer-{uuid.uuid4().hex[:8]}", address="127.0.0.1")
+    ours = {actor.id.partition(":")[2]: actor for actor in (reader, author)}  # type: ignore[union-attr]
+
+    async def on_the_chain() -> list[str]:
+        async with database.transaction(write=False) as session:
+            rows = await session.execute(
+                select(resource_versions.c.content)
+                .select_from(audit_chain)
+                .join(resources, resources.c.res_id == audit_chain.c.event_id)
+                .join(resource_versions, resource_versions.c.rid == resources.c.rid)
+                .where(audit_chain.c.position > start, resources.c.res_type == "AuditEvent")
+            )
+            who = [orjson.loads(c)["agent"][0]["who"]["identifier"]["value"] for (c,) in rows]
+            return [ours[name].id for name in who if name in ours]  # type: ignore[misc]
+
+    try:
+        async with database.transaction(write=False) as session:
+            start = (
+                await session.execute(select(func.coalesce(func.max(audit_chain.c.position), 0)))
+            ).scalar_one()
+        backlog = 4 * BATCH_EVENTS
+        for _ in range(backlog):
+            await writer.record(
+                login_event(reader, succeeded=True, method="password", now=utcnow()), wait=False
+            )
+        await writer.record(
+            login_event(author, succeeded=True, method="password", now=utcnow()), wait=True
+        )
+        written = await on_the_chain()
+        assert author.id in written
+        assert len(written) <= BATCH_EVENTS < backlog
+        await writer.close()
+        written = await on_the_chain()
+        assert set(written) == {reader.id, author.id}
+        assert len(written) == backlog + 1
+    finally:
+        await writer.close()
+        await database.dispose()
