@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Table, event, insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 _WRITE = "health_write_transaction"
@@ -103,11 +105,21 @@ async def insert_rows(
                 table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
             ]
             if not any(processors):
-                await driver.copy_records_to_table(
-                    table.name,
-                    records=[tuple(row.get(name) for name in names) for row in rows],
-                    columns=names,
-                )
+                try:
+                    await driver.copy_records_to_table(
+                        table.name,
+                        records=[tuple(row.get(name) for name in names) for row in rows],
+                        columns=names,
+                    )
+                except asyncpg.PostgresError as error:
+                    # As SQLAlchemy reports what its own statements meet, so that callers
+                    # tell a conflict (409) or a deadlock (retry) the same way.
+                    kind = (
+                        IntegrityError
+                        if isinstance(error, asyncpg.IntegrityConstraintViolationError)
+                        else DBAPIError
+                    )
+                    raise kind(f"COPY {table.name}", None, error) from error
                 return
     uniform = [{name: row.get(name) for name in names} for row in rows]
     await session.execute(insert(table), uniform)
