@@ -419,21 +419,34 @@ class SearchEngine:
     def _page(
         self, query: SearchQuery, filters: list[ColumnElement[bool]], keys: list[tuple[Any, bool]]
     ) -> Any:
+        """The page: its rows chosen first, then their current versions read.
+
+        Joined to the versions before the LIMIT, PostgreSQL read the content of every match
+        to keep a page of them: 652 ICD-10 conditions' to show 51.
+        """
         options = query.options
         cursor = options.cursor
         forward = cursor is None or cursor.forward
-        statement = (
-            select(*_version_columns(), *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
-            .select_from(_current_join())
+        chosen = (
+            select(resources.c.rid, *(v.label(f"sort_{i}") for i, (v, _) in enumerate(keys)))
             .where(*filters)
             .order_by(*_ordering(keys, forward), _ordering_rid(forward))
             .limit(options.count + 1)
         )
         if cursor is not None:
-            statement = statement.where(cursor.condition(keys, resources.c.rid))
+            chosen = chosen.where(cursor.condition(keys, resources.c.rid))
         elif options.offset:
-            statement = statement.offset(options.offset)
-        return statement
+            chosen = chosen.offset(options.offset)
+        page = chosen.subquery("page")
+        sorts = [page.c[f"sort_{i}"] for i in range(len(keys))]
+        return (
+            select(*_version_columns(), *sorts)
+            .select_from(_current_join().join(page, page.c.rid == resources.c.rid))
+            .order_by(
+                *_ordering([(c, d) for c, (_, d) in zip(sorts, keys, strict=True)], forward),
+                page.c.rid.asc() if forward else page.c.rid.desc(),
+            )
+        )
 
     async def _total(
         self,
