@@ -25,7 +25,13 @@ from records import custodians, derived
 from records.access import FULL_ACCESS, RecordAccess
 from records.indexing import SearchIndexer
 from records.outcome import FhirError, Issue
-from records.tables import SEARCH_TABLES, resource_versions, resources, search_compartment
+from records.tables import (
+    SEARCH_TABLES,
+    named,
+    resource_versions,
+    resources,
+    search_compartment,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,36 +356,31 @@ class ResourceStore:
             select(resources.c.res_type, resources.c.res_id, search_compartment.c.owner_id)
             .select_from(resources)
             .join(search_compartment, search_compartment.c.rid == resources.c.rid)
-            .where(
-                search_compartment.c.param == "Patient",
-                resources.c.res_type.in_({t for t, _ in wanted}),
-                resources.c.res_id.in_({i for _, i in wanted}),
-            )
+            .where(search_compartment.c.param == "Patient", named(resources, wanted))
         )
         for row in rows:
-            key = (row.res_type, row.res_id)
-            if key in owners:
-                owners[key].add(row.owner_id)
-        for res_type, res_id in [key for key, found in owners.items() if not found]:
-            content = (
-                await self.session.execute(
-                    select(resource_versions.c.content)
-                    .join(resources, resources.c.rid == resource_versions.c.rid)
-                    .where(
-                        resources.c.res_type == res_type,
-                        resources.c.res_id == res_id,
-                        resources.c.deleted.is_(True),
-                        resource_versions.c.content.is_not(None),
-                    )
-                    .order_by(resource_versions.c.version.desc())
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-            if content is not None:
-                rows_of = self.indexer.extract(res_type, orjson.loads(content))
-                owners[(res_type, res_id)].update(
-                    r["owner_id"] for r in rows_of.get("compartment", ())
-                )
+            owners[(row.res_type, row.res_id)].add(row.owner_id)
+        unowned = [key for key, found in owners.items() if not found]
+        if not unowned:
+            return owners
+        # Deleted ones among them: their last content, newest version first. (Most of the
+        # unowned are simply outside every record: practitioners, organisations.)
+        last: dict[tuple[str, str], str] = {}
+        versions = await self.session.execute(
+            select(resources.c.res_type, resources.c.res_id, resource_versions.c.content)
+            .join(resources, resources.c.rid == resource_versions.c.rid)
+            .where(
+                named(resources, unowned),
+                resources.c.deleted.is_(True),
+                resource_versions.c.content.is_not(None),
+            )
+            .order_by(resource_versions.c.version.desc())
+        )
+        for row in versions:
+            last.setdefault((row.res_type, row.res_id), row.content)
+        for (res_type, res_id), content in last.items():
+            rows_of = self.indexer.extract(res_type, orjson.loads(content))
+            owners[(res_type, res_id)].update(r["owner_id"] for r in rows_of.get("compartment", ()))
         return owners
 
     # -- writes ----------------------------------------------------------------------------
@@ -608,13 +609,11 @@ class ResourceStore:
         outside = (
             await self.session.execute(
                 select(resources.c.res_type, resources.c.res_id).where(
-                    resources.c.res_type.in_({t for t, _ in written}),
-                    resources.c.res_id.in_({i for _, i in written}),
-                    not_(and_(*visible)),
+                    named(resources, written), not_(and_(*visible))
                 )
             )
         ).all()
-        refused = sorted(f"{r.res_type}/{r.res_id}" for r in outside if tuple(r) in written)
+        refused = sorted(f"{r.res_type}/{r.res_id}" for r in outside)
         if refused:
             raise FhirError.of(
                 403,

@@ -10,9 +10,13 @@ are never the truth (``health reindex`` rebuilds them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -22,6 +26,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    or_,
 )
 
 from health.core.schema import SurrogateKey, metadata
@@ -38,6 +44,25 @@ resources = Table(
     UniqueConstraint("res_type", "res_id"),
     Index(None, "res_type", "last_updated"),
 )
+
+
+def named(r: Any, items: Iterable[tuple[str, str]]) -> ColumnElement[bool]:
+    """The row ``r`` of ``resources`` is one of these (type, id) resources.
+
+    Each type with its own ids: every type with every id had PostgreSQL probe the (type, id)
+    index for each pair of the two lists, 550 probes for the 50 resources of a page of
+    ``$everything`` over 11 types (10 ms).
+    """
+    ids: dict[str, set[str]] = {}
+    for res_type, res_id in items:
+        ids.setdefault(res_type, set()).add(res_id)
+    return or_(
+        *(
+            and_(r.c.res_type == res_type, r.c.res_id.in_(sorted(found)))
+            for res_type, found in sorted(ids.items())
+        )
+    )
+
 
 resource_versions = Table(
     "resource_versions",

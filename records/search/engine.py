@@ -30,7 +30,7 @@ from records.search.cursor import Cursor
 from records.search.parse import Include, ResultOptions, SearchQuery, split_token
 from records.search.sql import condition, sort_value
 from records.store import StoredVersion
-from records.tables import resource_versions, resources, search_reference, search_token
+from records.tables import named, resource_versions, resources, search_reference, search_token
 
 #: How many rounds ``:iterate`` includes follow before stopping.
 MAX_INCLUDE_DEPTH = 4
@@ -564,13 +564,12 @@ class SearchEngine:
                 .select_from(_current_join())
                 .where(
                     resources.c.deleted.is_(False),
-                    resources.c.res_type.in_({t for t, _ in wanted}),
-                    resources.c.res_id.in_({i for _, i in wanted}),
+                    named(resources, wanted),
                     *self._seen(resources, "r"),
                 )
             )
         ).all()
-        return [r for r in rows if (r.res_type, r.res_id) in wanted]
+        return list(rows)
 
     async def _revinclude(
         self, include: Include, frontier: list[tuple[int, str, str]]
