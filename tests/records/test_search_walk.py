@@ -165,3 +165,24 @@ def test_a_walk_along_one_code_counts_the_matches_when_the_code_s_resources_fit_
     ]
     on_postgresql = not store.url.startswith("sqlite")
     assert pulses.total == (None if on_postgresql else 200)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"code": f"{LOINC}|8302-2", "_count": "7"},
+        {"value-quantity": "ge100", "_count": "10"},
+        {"code": f"{LOINC}|8302-2", "value-quantity": "gt197", "_count": "50"},
+    ],
+    ids=["heights", "over-100", "very-tall-on-one-page"],
+)
+def test_a_cheap_count_made_with_the_first_page_gives_the_same_pages_and_total(
+    store: Store, params: dict[str, str]
+) -> None:
+    """Where the count is cheap the first page and the count come from one statement; its
+    pages and total are those of the page and the count made apart."""
+    together = store.pages(params, costly_count=math.inf)
+    apart = store.pages(params, costly_count=math.inf, walks=False)
+    assert _ids(together) == _ids(apart)
+    assert [p.total for p in together] == [p.total for p in apart]
+    assert together[0].total is not None and together[0].total >= len(together[0].matches)
