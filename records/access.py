@@ -11,6 +11,7 @@ same condition: what a caller writes must be visible to that caller when the wri
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,8 +29,11 @@ class RecordAccess(Protocol):
         """The types the caller may do ``interaction`` on; None means every type."""
         ...
 
-    def visible(self, r: FromClause) -> ColumnElement[bool] | None:
-        """The condition that the ``resources`` row ``r`` is visible; None: everything is."""
+    def visible(
+        self, r: FromClause, types: Collection[str] | None = None
+    ) -> ColumnElement[bool] | None:
+        """The condition that the ``resources`` row ``r`` is visible; None: everything is.
+        ``types``: ``r`` is known to be of one of these types (None: of any)."""
         ...
 
 
@@ -42,7 +46,9 @@ class FullAccess:
     def types_allowed(self, interaction: str) -> frozenset[str] | None:
         return None
 
-    def visible(self, r: FromClause) -> ColumnElement[bool] | None:
+    def visible(
+        self, r: FromClause, types: Collection[str] | None = None
+    ) -> ColumnElement[bool] | None:
         return None
 
 

@@ -12,6 +12,7 @@ Includes follow the reference index from the page (``_include``) or to it (``_re
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,13 +193,16 @@ class SearchEngine:
         #: False: every page from the full plan (what the walks are compared with in tests).
         self.walks = walks
 
-    def _seen(self, r: Any, interaction: str) -> list[ColumnElement[bool]]:
-        """What the caller may see of ``r``: its types for ``interaction`` and the policy's rows."""
+    def _seen(
+        self, r: Any, interaction: str, searched: Collection[str] | None = None
+    ) -> list[ColumnElement[bool]]:
+        """What the caller may see of ``r`` (of the ``searched`` types, when they are known):
+        its types for ``interaction`` and the policy's rows."""
         conditions = []
         types = self.access.types_allowed(interaction)
         if types is not None:
             conditions.append(r.c.res_type.in_(types))
-        visible = self.access.visible(r)
+        visible = self.access.visible(r, searched)
         if visible is not None:
             conditions.append(visible)
         return conditions
@@ -213,8 +217,11 @@ class SearchEngine:
     ) -> list[ColumnElement[bool]]:
         """The WHERE of a search over ``r``: ``resources``, or (``probe``) each row of a
         slice of it in rid order."""
-        filters: list[ColumnElement[bool]] = [r.c.deleted.is_(False), *self._seen(r, "s")]
         types = [query.res_type] if query.res_type else query.options.types
+        filters: list[ColumnElement[bool]] = [
+            r.c.deleted.is_(False),
+            *self._seen(r, "s", types or None),
+        ]
         if types:
             filters.append(r.c.res_type.in_(types))
         if compartment is not None:

@@ -598,7 +598,11 @@ class TestAnalyst:
         assert network.system.put(f"/Flag/{flag['id']}", json=ended).status_code == 200
         _not_found(analyst.get(f"/Patient/{a.id}"))
         # The household's own doctor sees the flag: it is about her patient's household.
-        assert network.as_user("village-doctor").get(f"/Flag/{flag['id']}").status_code == 200
+        doctor = network.as_user("village-doctor")
+        assert doctor.get(f"/Flag/{flag['id']}").status_code == 200
+        # And finds it by searching Flags, whose condition is made for the type searched.
+        found = doctor.get("/Flag", params={"subject": f"Group/{household['id']}"}).json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == [flag["id"]]
 
 
 class TestTokens:
