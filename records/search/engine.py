@@ -631,7 +631,7 @@ class SearchEngine:
                 .where(
                     resources.c.deleted.is_(False),
                     named(resources, wanted),
-                    *self._seen(resources, "r"),
+                    *self._seen(resources, "r", {res_type for res_type, _ in wanted}),
                 )
             )
         ).all()
@@ -665,7 +665,8 @@ class SearchEngine:
                     .where(
                         resources.c.deleted.is_(False),
                         resources.c.rid.in_(rids),
-                        *self._seen(resources, "r"),
+                        resources.c.res_type == include.source_type,
+                        *self._seen(resources, "r", [include.source_type]),
                     )
                     .order_by(resources.c.rid)
                 )
