@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.core.clock import utcnow
-from health.core.database import Database, insert_rows
+from health.core.database import Database, insert_rows, uniform_rows
 from records.tables import reindex_jobs, resource_versions, resources
 
 logger = logging.getLogger(__name__)
@@ -100,14 +100,6 @@ async def delete_rows(session: AsyncSession, rid: int, res_type: str) -> None:
         await session.execute(delete(derived.table).where(derived.table.c.rid == rid))
 
 
-def _uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with the same keys (None where one says nothing), as one multi-row INSERT needs."""
-    keys = {key for row in rows for key in row}
-    if all(len(row) == len(keys) for row in rows):
-        return rows
-    return [{key: row.get(key) for key in keys} for row in rows]
-
-
 def _current(types: Sequence[str], after: int) -> Any:
     """Current versions of these types after rid ``after``, in rid order. The bound on the
     versions' rid too keeps the planner's merge join from reading every version from the
@@ -164,7 +156,7 @@ def refill(connection: Connection, derived: DerivedTable) -> int:
             for row in _rows_of(derived, batch)
         ]
         if rows:
-            connection.execute(insert(table), _uniform(rows))
+            connection.execute(insert(table), uniform_rows(rows))
         read += len(batch)
         last = batch[-1].rid
 

@@ -121,5 +121,12 @@ async def insert_rows(
                     )
                     raise kind(f"COPY {table.name}", None, error) from error
                 return
-    uniform = [{name: row.get(name) for name in names} for row in rows]
-    await session.execute(insert(table), uniform)
+    await session.execute(insert(table), uniform_rows(rows))
+
+
+def uniform_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows with the same keys (None where one says nothing), as one multi-row INSERT needs."""
+    keys = set().union(*rows)
+    if all(len(row) == len(keys) for row in rows):
+        return list(rows)
+    return [{key: row.get(key) for key in keys} for row in rows]
