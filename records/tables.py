@@ -95,10 +95,12 @@ reindex_jobs = Table(
 
 
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+    # No key of their own: rows are found by their resource (``rid``) and by value, and
+    # written many to a resource (16 a Synthea resource), where a key's sequence and unique
+    # index cost PostgreSQL a fifth of each row's insertion for nothing a query reads.
     table = Table(
         name,
         metadata,
-        Column("id", SurrogateKey, primary_key=True, autoincrement=True),
         Column(
             "rid", SurrogateKey, ForeignKey("resources.rid", ondelete="CASCADE"), nullable=False
         ),

@@ -68,7 +68,7 @@ async def test_a_row_that_breaks_a_constraint_is_an_integrity_error(database_url
         async with database.transaction(write=False) as session:
             left = (
                 await session.execute(
-                    select(search_token.c.id).where(search_token.c.param == param)
+                    select(search_token.c.rid).where(search_token.c.param == param)
                 )
             ).all()
         assert left == []
