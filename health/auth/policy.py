@@ -71,6 +71,7 @@ from health.core.naming import (
     ILLNESS_POVERTY_TAG,
     TAG_SYSTEM,
 )
+from health.core.statements import KeyedOnce
 from records.custodians import COMPARTMENT
 from records.definitions import resource_types, search_parameters
 from records.outcome import FhirError
@@ -311,7 +312,7 @@ class RowPolicy:
             condition = self._visible(r, kinds)
             if len(self._of_resources) >= MAX_CACHED_CONDITIONS:
                 return condition
-            self._of_resources[kinds] = condition
+            self._of_resources[kinds] = None if condition is None else KeyedOnce(condition)
         return self._of_resources[kinds]
 
     def _visible(self, r: FromClause, kinds: frozenset[str] | None) -> ColumnElement[bool] | None:
