@@ -45,7 +45,8 @@ from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from health.demo import build_demo_bundles
 from health.demo.directory import build_directory
 from records.importer import import_files, process_bundle
-from records.indexing import SearchIndexer
+from records.indexing import SearchIndexer, normalize_text
+from records.search.sql import han_grams
 from tests.services import SHARED, AppServer, PostgresServer
 
 SYNTHEA = SHARED / "data" / "synthea-r4"
@@ -144,17 +145,26 @@ def page_sql(res_type: str, where: str, order: str = "r.rid") -> str:
     return _PAGE.format(type=res_type, where=where, order=order)
 
 
+#: The rows of a Han name holding the grams in $1, from the index of ``search_han_grams``
+#: (migration 0006), as the service finds 小明 in 马小明.
+_HAN_NAMES = (
+    "SELECT s.rid FROM search_string s WHERE search_han_grams(s.res_type::text, "
+    "s.param::text, s.value_normalized::text) @> $1::text[] AND s.res_type = 'Patient' "
+    "AND s.param = '{param}'"
+)
+
+
+def _grams(res_type: str, param: str, text: str) -> list[str]:
+    return [f"{res_type}|{param}|{gram}" for gram in han_grams(normalize_text(text))]
+
+
 QUERIES = [
     Query(
         "Patient by Chinese name",
         lambda s: "Patient",
         lambda s: {"name": s["han"]},
-        page_sql(
-            "Patient",
-            "EXISTS (SELECT 1 FROM search_string s WHERE s.rid = r.rid AND s.param = 'name' "
-            "AND s.value_normalized LIKE '%' || $1 || '%')",
-        ),
-        lambda s: [s["han"]],
+        page_sql("Patient", f"r.rid IN ({_HAN_NAMES.format(param='name')})"),
+        lambda s: [_grams("Patient", "name", s["han"])],
     ),
     Query(
         "Patient by pinyin initials",
@@ -173,8 +183,8 @@ QUERIES = [
         lambda s: {"identifier": f"urn:oid:2.16.156.10011.1.3|{s['resident_id']}"},
         page_sql(
             "Patient",
-            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'identifier' "
-            "AND t.code = $1 AND t.system = 'urn:oid:2.16.156.10011.1.3')",
+            "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Patient' "
+            "AND t.param = 'identifier' AND t.code = $1 AND t.system = 'urn:oid:2.16.156.10011.1.3')",
         ),
         lambda s: [s["resident_id"]],
     ),
@@ -215,8 +225,9 @@ QUERIES = [
         lambda s: {"service-provider": s["provider"], "date": ["ge2018-01-01", "lt2019-01-01"]},
         page_sql(
             "Encounter",
-            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid AND f.param = 'service-provider' "
-            "AND f.target_id = $1) AND EXISTS (SELECT 1 FROM search_date d WHERE d.rid = r.rid "
+            "r.rid IN (SELECT f.rid FROM search_reference f WHERE f.res_type = 'Encounter' "
+            "AND f.param = 'service-provider' AND f.target_id = $1) "
+            "AND EXISTS (SELECT 1 FROM search_date d WHERE d.rid = r.rid "
             "AND d.param = 'date' AND d.\"end\" >= '2017-12-31 16:00:00' AND d.start < '2018-12-31 16:00:00')",
         ),
         lambda s: [s["provider"].split("/")[1]],
@@ -227,8 +238,8 @@ QUERIES = [
         lambda s: {"code": "http://hl7.org/fhir/sid/icd-10|I10"},
         page_sql(
             "Condition",
-            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
-            "AND t.code = 'I10' AND t.system = 'http://hl7.org/fhir/sid/icd-10')",
+            "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Condition' "
+            "AND t.param = 'code' AND t.code = 'I10' AND t.system = 'http://hl7.org/fhir/sid/icd-10')",
         ),
         lambda s: [],
     ),
@@ -238,8 +249,8 @@ QUERIES = [
         lambda s: {"code": "http://snomed.info/sct|44054006"},
         page_sql(
             "Condition",
-            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
-            "AND t.code = '44054006' AND t.system = 'http://snomed.info/sct')",
+            "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Condition' "
+            "AND t.param = 'code' AND t.code = '44054006' AND t.system = 'http://snomed.info/sct')",
         ),
         lambda s: [],
     ),
@@ -249,13 +260,14 @@ QUERIES = [
         lambda s: {"subject:Patient.name": s["han"], "code": "http://loinc.org|85354-9"},
         page_sql(
             "Observation",
-            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid AND f.param = 'subject' "
-            "AND f.target_type = 'Patient' AND f.target_id IN (SELECT p.res_id FROM resources p "
-            "JOIN search_string s ON s.rid = p.rid WHERE p.res_type = 'Patient' AND s.param = 'name' "
-            "AND s.value_normalized LIKE '%' || $1 || '%')) AND EXISTS (SELECT 1 FROM search_token t "
-            "WHERE t.rid = r.rid AND t.param = 'code' AND t.code = '85354-9')",
+            "r.rid IN (SELECT f.rid FROM search_reference f WHERE f.res_type = 'Observation' "
+            "AND f.param = 'subject' AND f.target_type = 'Patient' AND f.target_id IN "
+            "(SELECT p.res_id FROM resources p WHERE p.res_type = 'Patient' AND NOT p.deleted "
+            f"AND p.rid IN ({_HAN_NAMES.format(param='name')}))) "
+            "AND EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.res_type = 'Observation' "
+            "AND t.param = 'code' AND t.code = '85354-9' AND t.system = 'http://loinc.org')",
         ),
-        lambda s: [s["han"]],
+        lambda s: [_grams("Patient", "name", s["han"])],
     ),
     Query(
         "Encounters of a patient with _include practitioner",
@@ -263,8 +275,8 @@ QUERIES = [
         lambda s: {"patient": s["patient"], "_include": "Encounter:participant"},
         page_sql(
             "Encounter",
-            "EXISTS (SELECT 1 FROM search_reference f WHERE f.rid = r.rid "
-            "AND f.param = 'patient' AND f.target_id = $1)",
+            "r.rid IN (SELECT f.rid FROM search_reference f WHERE f.res_type = 'Encounter' "
+            "AND f.param = 'patient' AND f.target_id = $1 AND f.target_type = 'Patient')",
         ),
         lambda s: [s["patient"]],
     ),
@@ -274,9 +286,10 @@ QUERIES = [
         lambda s: {"code": "http://loinc.org|8302-2", "value-quantity": "gt170", "_count": "20"},
         page_sql(
             "Observation",
-            "EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.param = 'code' "
-            "AND t.code = '8302-2') AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
-            "AND q.param = 'value-quantity' AND q.value > 170)",
+            "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Observation' "
+            "AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org') "
+            "AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
+            "AND q.res_type = 'Observation' AND q.param = 'value-quantity' AND q.value > 170)",
         ),
         lambda s: [],
     ),
