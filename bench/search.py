@@ -46,7 +46,7 @@ from health.demo import build_demo_bundles
 from health.demo.directory import build_directory
 from records.importer import import_files, process_bundle
 from records.indexing import SearchIndexer, normalize_text
-from records.search.sql import han_grams
+from records.search.sql import han_gram_keys
 from tests.services import SHARED, AppServer, PostgresServer
 
 SYNTHEA = SHARED / "data" / "synthea-r4"
@@ -145,17 +145,17 @@ def page_sql(res_type: str, where: str, order: str = "r.rid") -> str:
     return _PAGE.format(type=res_type, where=where, order=order)
 
 
-#: The rows of a Han name holding the grams in $1, from the index of ``search_han_grams``
-#: (migration 0006), as the service finds 小明 in 马小明.
+#: The rows of a Patient's name holding the Han grams in $1, from the index of
+#: ``search_han_grams`` (migration 0006), as the service finds 小明 in 马小明.
 _HAN_NAMES = (
     "SELECT s.rid FROM search_string s WHERE search_han_grams(s.res_type::text, "
     "s.param::text, s.value_normalized::text) @> $1::text[] AND s.res_type = 'Patient' "
-    "AND s.param = '{param}'"
+    "AND s.param = 'name'"
 )
 
 
-def _grams(res_type: str, param: str, text: str) -> list[str]:
-    return [f"{res_type}|{param}|{gram}" for gram in han_grams(normalize_text(text))]
+def _name_grams(text: str) -> list[str]:
+    return han_gram_keys("Patient", "name", normalize_text(text))
 
 
 QUERIES = [
@@ -163,8 +163,8 @@ QUERIES = [
         "Patient by Chinese name",
         lambda s: "Patient",
         lambda s: {"name": s["han"]},
-        page_sql("Patient", f"r.rid IN ({_HAN_NAMES.format(param='name')})"),
-        lambda s: [_grams("Patient", "name", s["han"])],
+        page_sql("Patient", f"r.rid IN ({_HAN_NAMES})"),
+        lambda s: [_name_grams(s["han"])],
     ),
     Query(
         "Patient by pinyin initials",
@@ -263,11 +263,11 @@ QUERIES = [
             "r.rid IN (SELECT f.rid FROM search_reference f WHERE f.res_type = 'Observation' "
             "AND f.param = 'subject' AND f.target_type = 'Patient' AND f.target_id IN "
             "(SELECT p.res_id FROM resources p WHERE p.res_type = 'Patient' AND NOT p.deleted "
-            f"AND p.rid IN ({_HAN_NAMES.format(param='name')}))) "
+            f"AND p.rid IN ({_HAN_NAMES}))) "
             "AND EXISTS (SELECT 1 FROM search_token t WHERE t.rid = r.rid AND t.res_type = 'Observation' "
             "AND t.param = 'code' AND t.code = '85354-9' AND t.system = 'http://loinc.org')",
         ),
-        lambda s: [_grams("Patient", "name", s["han"])],
+        lambda s: [_name_grams(s["han"])],
     ),
     Query(
         "Encounters of a patient with _include practitioner",

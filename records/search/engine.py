@@ -44,11 +44,12 @@ from records.tables import (
 MAX_INCLUDE_DEPTH = 4
 #: Up to how many matches a search counts when the client did not ask for ``_total=accurate``.
 ESTIMATE_LIMIT = 1000
-#: The price, in PostgreSQL's planner units, above which counting a search's matches (up to
-#: ``ESTIMATE_LIMIT``) is too costly: the search gives no total beyond its page, and looks for
-#: a page in rid order in the next resources of the type first (SearchEngine._walk). A
-#: patient's 659 readings are priced ~3,600; body heights over 170 cm ~6,300 at 91,000
-#: resources and ~19,000 at 365,000, where the full plan took 30 and 50 ms.
+#: The price, in PostgreSQL's planner units, above which counting a search's matches among
+#: all the resources is too costly (SearchEngine._count_cost): the search gives no total
+#: beyond its page, and looks for a page in rid order in the next resources of the type
+#: first (SearchEngine._walk). A patient's 659 readings are priced ~3,600; body heights over
+#: 170 cm ~6,300 at 91,000 resources and ~19,000 at 365,000, where the full plan took 30 and
+#: 50 ms.
 COSTLY_COUNT = 5_000.0
 #: How many resources a walk reads for each row of the page it looks for, and at most.
 WALK_ROWS_PER_MATCH = 100
@@ -197,6 +198,10 @@ class SearchEngine:
         #: False: every page from the full plan (what the walks are compared with in tests).
         self.walks = walks
 
+    def _sees_everything(self) -> bool:
+        """Whether the caller's searches are over every resource (a hospital system)."""
+        return self.access.types_allowed("s") is None and self.access.visible(resources) is None
+
     def _seen(
         self, r: Any, interaction: str, searched: Collection[str] | None = None
     ) -> list[ColumnElement[bool]]:
@@ -265,7 +270,7 @@ class SearchEngine:
         counted: int | None = None
         driven = False
         if self._walkable(query):
-            count_cost = await self._count_cost(query, compartment)
+            count_cost = await self._count_cost(query, compartment, filters)
             if count_cost is not None and count_cost > self.costly_count:
                 rows = await self._walk(query, compartment)
                 driven = rows is not None and self._driver(query) is not None
@@ -565,7 +570,7 @@ class SearchEngine:
         if all_on_page is not None:
             return all_on_page
         if count_cost is None:
-            count_cost = await self._count_cost(query, compartment)
+            count_cost = await self._count_cost(query, compartment, filters)
         if count_cost is not None and count_cost > self.costly_count:
             return None
         counted = await self._count_up_to(filters, ESTIMATE_LIMIT + 1)
@@ -583,16 +588,21 @@ class SearchEngine:
         return int((await self.session.execute(self._bounded_count(filters, limit))).scalar_one())
 
     async def _count_cost(
-        self, query: SearchQuery, compartment: Compartment | None
+        self,
+        query: SearchQuery,
+        compartment: Compartment | None,
+        filters: list[ColumnElement[bool]],
     ) -> float | None:
         """What PostgreSQL expects counting the search's matches among all the resources to
-        cost; None on other databases.
+        cost (``filters``: the caller's, the same when she sees everything); None on other
+        databases.
 
-        ``LIMIT`` does not bound a count's work on PostgreSQL: it multiplies the selectivities
-        of the index tables' conditions as if they were independent, believes a few hundred
-        rows match, and plans to join every Observation with every quantity over 170 before
-        counting, at a cost that grows with the store rather than with the limit. The planner
-        prices that work well even when it misjudges the rows, so its price decides.
+        The planner misjudges how many resources match several conditions on different
+        index tables (it multiplies their selectivities as if they were independent), but it
+        prices the work well: joining every Observation with every quantity over 170 before
+        counting costs as the store grows, whatever it believes of the rows. So its price
+        decides, of the whole count: a caller who sees a few of the matches finds them by
+        testing them all, and a LIMIT bounds nothing until that many have been found.
 
         The price is of the question, not of the caller's view of it: priced with the access
         policy in it, the planner's guesses about the policy's subqueries made a township
@@ -602,8 +612,9 @@ class SearchEngine:
         """
         if self.session.get_bind().dialect.name != "postgresql":
             return None
-        # Unbounded: a caller who sees a few of the matches counts them by testing them all.
-        explained = _Explain(_counted(self._filters(query, compartment, seen=False)))
+        if not self._sees_everything():
+            filters = self._filters(query, compartment, seen=False)
+        explained = _Explain(_counted(filters))
         plan = (await self.session.execute(explained)).scalar_one()
         if isinstance(plan, str):  # the driver may or may not decode the json column
             plan = orjson.loads(plan)

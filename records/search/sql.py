@@ -298,8 +298,7 @@ def _han_name_rows(
     alternatives = []
     for value in clause.values:
         normalized = normalize_text(value.text)
-        prefix = f"{clause.res_type}|{clause.param}|"
-        grams = [prefix + gram for gram in han_grams(normalized)]
+        grams = han_gram_keys(clause.res_type, clause.param, normalized)
         by_like = and_(
             table.c.res_type == clause.res_type,
             table.c.param == clause.param,
@@ -318,6 +317,12 @@ def _han_name_rows(
         )
     rows = select(literal(1)).select_from(table).where(table.c.rid == r.c.rid, or_(*alternatives))
     return _probed(rows, probe).exists()
+
+
+def han_gram_keys(res_type: str, param: str, normalized: str) -> list[str]:
+    """The entries of ``search_han_grams``'s index (``Patient|name|小明``) that every name
+    row of that type and parameter containing ``normalized`` text has."""
+    return [f"{res_type}|{param}|{gram}" for gram in han_grams(normalized)]
 
 
 def han_grams(text: str) -> list[str]:
