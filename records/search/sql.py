@@ -2,8 +2,9 @@
 
 Each clause becomes a condition on one ``resources`` row (``r``): an EXISTS over the index
 rows of that parameter, with the OR of its values inside. Chains and ``_has`` nest the same
-conditions on another alias of ``resources``. Dates compare as ranges, numbers and quantities
-with the implicit precision of the value the client wrote, as the FHIR search page says.
+conditions in uncorrelated subqueries over ``resources``. Dates compare as ranges, numbers
+and quantities with the implicit precision of the value the client wrote, as the FHIR search
+page says.
 """
 
 from __future__ import annotations
@@ -154,8 +155,15 @@ def condition(
     return _has_row(table, r, clause, alternatives, probe)
 
 
-def _seen(access: RecordAccess, r: FromClause) -> list[ColumnElement[bool]]:
-    condition_ = access.visible(r)
+def _seen(access: RecordAccess, res_type: str) -> list[ColumnElement[bool]]:
+    """What the caller may see of the ``res_type`` rows of ``resources`` in a chain or
+    ``_has``.
+
+    Those subqueries read ``resources`` itself, not an alias of it: they are uncorrelated,
+    so SQL scoping gives their columns to their own FROM, and the policy's condition on
+    ``resources`` is the one it built once for the type (an alias needed its own, 1.5-3 ms
+    of Python for every chained search)."""
+    condition_ = access.visible(resources, (res_type,))
     return [] if condition_ is None else [condition_]
 
 
@@ -166,14 +174,13 @@ def _chain(
     ref = search_reference.alias()
     alternatives = []
     for chained in (clause.chain, *clause.chain_alternatives):
-        target = resources.alias()
         targets = (
-            select(target.c.res_id)
+            select(resources.c.res_id)
             .where(
-                target.c.res_type == chained.res_type,
-                target.c.deleted.is_(False),
-                condition(chained, target, base_url, access),
-                *_seen(access, target),
+                resources.c.res_type == chained.res_type,
+                resources.c.deleted.is_(False),
+                condition(chained, resources, base_url, access),
+                *_seen(access, chained.res_type),
             )
             .correlate(None)
         )
@@ -186,19 +193,18 @@ def _chain(
 def _has(clause: Clause, r: FromClause, base_url: str, access: RecordAccess) -> ColumnElement[bool]:
     assert clause.has is not None and clause.chain is not None
     referring_type, reference_param = clause.has
-    referrer = resources.alias()
     ref = search_reference.alias()
     referred = (
         select(ref.c.target_id)
-        .select_from(ref.join(referrer, referrer.c.rid == ref.c.rid))
+        .select_from(ref.join(resources, resources.c.rid == ref.c.rid))
         .where(
-            referrer.c.res_type == referring_type,
-            referrer.c.deleted.is_(False),
+            resources.c.res_type == referring_type,
+            resources.c.deleted.is_(False),
             ref.c.res_type == referring_type,
             ref.c.param == reference_param,
             ref.c.target_type == clause.res_type,
-            condition(clause.chain, referrer, base_url, access),
-            *_seen(access, referrer),
+            condition(clause.chain, resources, base_url, access),
+            *_seen(access, referring_type),
         )
         .correlate(None)
     )
