@@ -262,6 +262,23 @@ def _about_groups() -> frozenset[str]:
     )
 
 
+def _any_about_a_household(types: Collection[str]) -> ColumnElement[bool]:
+    """Whether any resource of these types is about a household, asked once for the
+    statement (an uncorrelated EXISTS, which PostgreSQL makes an InitPlan) from the few
+    references to Groups.
+
+    Most types that may be about a household almost never are (a Condition, an
+    Observation): when none is, no row pays the per-row lookup of what it is about, 0.013 ms
+    a row, 7 ms of a township doctor's count of her ICD-10 I10 conditions.
+    """
+    about = search_reference.alias()
+    return exists().where(
+        about.c.target_type == "Group",
+        about.c.param == "subject",
+        about.c.res_type.in_(sorted(types)),
+    )
+
+
 def _viewer_of(subject: Subject) -> Subject:
     """The subject with only what decides the rows it sees: who, in which role, clinic and
     patient context; not the token's id, nor its scopes (:class:`AccessPolicy` applies
@@ -358,8 +375,10 @@ class RowPolicy:
         rows = [in_care]
         if kinds is None or kinds & SHARED_TYPES:
             rows.append(shared)
-        if kinds is None or kinds & _about_groups():
+        if kinds is None:
             rows.append(about_household)
+        elif kinds & _about_groups():
+            rows.append(and_(_any_about_a_household(kinds & _about_groups()), about_household))
         if kinds is None or "Task" in kinds:
             rows.append(task_for_patient)
         consults = self._consults_as_party()
