@@ -33,7 +33,11 @@ class RecordAccess(Protocol):
         self, r: FromClause, types: Collection[str] | None = None
     ) -> ColumnElement[bool] | None:
         """The condition that the ``resources`` row ``r`` is visible; None: everything is.
-        ``types``: ``r`` is known to be of one of these types (None: of any)."""
+        ``types``: ``r`` is known to be of one of these types (None: of any).
+
+        A policy keeps one rule the store relies on: every row in the Patient compartment of
+        a visible Patient is visible (a compartment search then tests the Patient, not each
+        row). What :meth:`types_allowed` leaves out stays out."""
         ...
 
 

@@ -34,9 +34,11 @@ compartment has no Tasks). A doctor's clinics see the records they hold: the sto
 for each row in a patient's record, her managing organisations (``search_custodian``, see
 :mod:`records.custodians`), so the question is one indexed equality per row, however many
 patients the clinics have. The whole rule is one SQL condition
-(:meth:`AccessPolicy.visible`) that the store adds to every query. SMART scopes narrow it
-further by type and interaction, and a token with a patient context (``patient/`` scopes)
-sees that patient's record only.
+(:meth:`AccessPolicy.visible`) that the store adds to every query. Whoever may see a
+patient may see her whole record, which the store relies on: a search of one patient's
+record tests whether the caller may see the patient, not each of its rows. SMART scopes
+narrow it further by type and interaction, and a token with a patient context
+(``patient/`` scopes) sees that patient's record only.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from health.auth.policy import AccessPolicy, Subject
-from health.auth.scopes import ScopeSet
+from health.auth.scopes import ScopeSet, parse_scopes
 from health.core.database import Database
 from records.access import FULL_ACCESS, RecordAccess
 from records.importer import process_bundle
 from records.indexing import SearchIndexer
-from records.search.engine import COSTLY_COUNT, SearchEngine
+from records.search.engine import COSTLY_COUNT, Compartment, SearchEngine
 from records.search.parse import SearchParser
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
 
@@ -116,36 +116,41 @@ class Clinics:
         finally:
             await database.dispose()
 
-    def doctor_of_clinic_a(self) -> AccessPolicy:
+    def doctor_of_clinic_a(self, scopes: ScopeSet | None = None) -> AccessPolicy:
         subject = Subject(
             id="user:village-doctor",
             role="village_doctor",
             organization=self.ids["clinic-a"],
             practitioner=None,
-            scopes=ScopeSet.everything("user"),
+            scopes=scopes or ScopeSet.everything("user"),
         )
         return AccessPolicy(subject, consent_grace_seconds=0)
 
+    def record_of(self, patient: str) -> Compartment:
+        """The compartment ``$everything`` searches (without the audit trail)."""
+        return Compartment("Patient", self.ids[patient], excluded=frozenset({"AuditEvent"}))
+
     def search(
         self,
-        res_type: str,
+        res_type: str | None,
         params: dict[str, str],
         access: RecordAccess,
         costly_count: float = COSTLY_COUNT,
+        compartment: Compartment | None = None,
     ) -> tuple[set[str], int | None]:
         async def run() -> tuple[set[str], int | None]:
             indexer = SearchIndexer()
             parser = SearchParser(indexer, max_count=1000, default_count=50)
-            query = parser.parse(
-                res_type, [("_tag", f"{TAG_SYSTEM}|{self.marker}"), *params.items()], strict=True
-            )
+            # A search of all types takes no _tag; a patient's record is this test's alone.
+            tag = [("_tag", f"{TAG_SYSTEM}|{self.marker}")] if res_type is not None else []
+            query = parser.parse(res_type, [*tag, *params.items()], strict=True)
             database = Database(self.url)
             try:
                 async with database.transaction(write=False) as session:
                     engine = SearchEngine(
                         session, indexer, base_url="", access=access, costly_count=costly_count
                     )
-                    result = await engine.run(query)
+                    result = await engine.run(query, compartment=compartment)
             finally:
                 await database.dispose()
             return {m.res_id for m in result.matches}, result.total
@@ -194,6 +199,23 @@ class TestAVillageDoctorSearches:
         accurate = {**heights, "_count": "1", "_total": "accurate"}
         assert clinics.search("Observation", accurate, doctor)[1] == 3
         assert clinics.search("Observation", {**heights, "_count": "5"}, doctor)[1] == 3
+
+    def test_her_patient_s_whole_record_and_none_of_another_s(self, clinics: Clinics) -> None:
+        """A search of a patient's record tests whether she may see the patient, not each
+        of its rows: her patient's is all there, the other clinic's patient's is empty,
+        and her token's scopes still bound the types."""
+        doctor = clinics.doctor_of_clinic_a()
+        ours, theirs = clinics.record_of("patient-a"), clinics.record_of("patient-b")
+        record = clinics.names("patient-a", "height-a1", "height-a2", "height-a3", "condition-a")
+        assert clinics.search(None, {}, FULL_ACCESS, compartment=ours) == (record, 5)
+        assert clinics.search(None, {}, doctor, compartment=ours) == (record, 5)
+        assert clinics.search(None, {"_count": "2"}, doctor, compartment=ours)[1] == 5
+        assert clinics.search(None, {}, FULL_ACCESS, compartment=theirs)[1] == 3
+        assert clinics.search(None, {}, doctor, compartment=theirs) == (set(), 0)
+        assert clinics.search("Observation", {}, doctor, compartment=theirs) == (set(), 0)
+        observer = clinics.doctor_of_clinic_a(parse_scopes("user/Observation.rs"))
+        heights = clinics.names("height-a1", "height-a2", "height-a3")
+        assert clinics.search(None, {}, observer, compartment=ours) == (heights, 3)
 
     def test_a_walk_in_rid_order_sees_only_her_patients_too(self, clinics: Clinics) -> None:
         """Counting priced as costly (here: always), pages come from a walk in rid order."""
