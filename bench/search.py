@@ -7,9 +7,11 @@ resources (default 1,000,000), each copied Synthea patient placed under one of t
 village clinics; then, for each typical clinic query, sends ``--runs`` requests over HTTP to
 ``health serve`` with values drawn from the data and prints p50, p95, p99 and requests/s,
 beside the p50/p95 of the best SQL we could write for the same question, run directly with
-asyncpg. It does so twice: as a hospital system that sees everything (``system/*.cruds``),
-and as a township doctor of 闽宁镇 (the policy in every query: the patients of the
-township's eight villages), with the values drawn from that township's patients.
+asyncpg. It does so for two callers, a hospital system that sees everything
+(``system/*.cruds``) and a township doctor of 闽宁镇 (the policy in every query: the patients
+of the township's eight villages), with the values drawn from that township's patients, and
+their requests interleaved: each value is asked by both, each first in turn, so that the
+ratio of their latencies does not follow the machine's speed as it drifts.
 
     python bench/search.py [--target 1000000] [--runs 100] [--database-url URL]
 
@@ -407,34 +409,49 @@ async def township_clinics(url: str) -> list[str]:
 
 
 def run_queries(
-    url: str, server: AppServer, token: str, chosen: list[dict[str, Any]], title: str
-) -> dict[str, tuple[float, float, float]]:
-    figures = {}
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=f"{server.url}/fhir", headers=headers, timeout=120) as client:
-        print(f"\n{title}")
-        print(
-            f"{'query':<58} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7} | {'SQL p50':>7} {'SQL p95':>7}  (ms)"
+    url: str, server: AppServer, tokens: dict[str, str], chosen: list[dict[str, Any]]
+) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """p50/p95/p99 of each query for each caller (``tokens``: name to bearer token), the
+    callers' requests interleaved: this machine's speed drifts over minutes, and measured
+    one caller after the other, one ran at twice the other's speed on identical SQL."""
+    figures: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in tokens}
+    clients = {
+        name: httpx.Client(
+            base_url=f"{server.url}/fhir", headers={"Authorization": f"Bearer {token}"}, timeout=120
         )
+        for name, token in tokens.items()
+    }
+    names = list(tokens)
+    try:
         for query in QUERIES:
-            client.get(f"/{query.path(chosen[0])}", params=query.params(chosen[0]))  # warm
-            times = []
-            matched = 0
-            for sample in chosen:
-                started = time.perf_counter()
-                response = client.get(f"/{query.path(sample)}", params=query.params(sample))
-                times.append(time.perf_counter() - started)
-                assert response.status_code == 200, response.text[:300]
-                matched += bool(response.json().get("entry"))
-            sql_times = asyncio.run(measure_sql(url, query, chosen))
-            p50, p95, p99 = percentiles(times)
-            s50, s95, _ = percentiles(sql_times)
-            figures[query.label] = (p50, p95, p99)
-            print(
-                f"{query.label:<58} {p50:7.1f} {p95:7.1f} {p99:7.1f} {len(times) / sum(times):7.0f} | "
-                f"{s50:7.1f} {s95:7.1f}   ({matched}/{len(chosen)} non-empty)",
-                flush=True,
-            )
+            times: dict[str, list[float]] = {name: [] for name in names}
+            matched = dict.fromkeys(names, 0)
+            for name in names:  # warm
+                clients[name].get(f"/{query.path(chosen[0])}", params=query.params(chosen[0]))
+            for turn, sample in enumerate(chosen):
+                # Each caller first in turn, so neither always follows the other's audit work.
+                for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                    started = time.perf_counter()
+                    response = clients[name].get(
+                        f"/{query.path(sample)}", params=query.params(sample)
+                    )
+                    times[name].append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text[:300]
+                    matched[name] += bool(response.json().get("entry"))
+            s50, s95, _ = percentiles(asyncio.run(measure_sql(url, query, chosen)))
+            print(f"{query.label}   (hand-written SQL p50 {s50:.1f}, p95 {s95:.1f} ms)")
+            for name in names:
+                p50, p95, p99 = percentiles(times[name])
+                figures[name][query.label] = (p50, p95, p99)
+                rate = len(times[name]) / sum(times[name])
+                print(
+                    f"    {name:<54} {p50:7.1f} {p95:7.1f} {p99:7.1f} {rate:7.0f}"
+                    f"   ({matched[name]}/{len(chosen)} non-empty)",
+                    flush=True,
+                )
+    finally:
+        for client in clients.values():
+            client.close()
     return figures
 
 
@@ -449,19 +466,17 @@ def measure(url: str, runs: int) -> None:
                 "user", "add", username, "--role", "township_doctor", "--org", TOWNSHIP_CENTRE
             )
         doctor = server.cli("user", "token", username, "--ttl", "86400").strip()
-        system = run_queries(
-            url, server, server.system_token(), chosen, "as a hospital system (no policy):"
+        system = "as a hospital system (no policy)"
+        township = "as the township doctor of 闽宁镇 (the access policy applied)"
+        print(
+            f"\n{'query, then each caller':<58} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7}  (ms)"
         )
-        policy = run_queries(
-            url,
-            server,
-            doctor,
-            chosen,
-            "as the township doctor of 闽宁镇 (the access policy applied):",
+        figures = run_queries(
+            url, server, {system: server.system_token(), township: doctor}, chosen
         )
         print(f"\n{'query':<58} {'p50 ratio':>9} {'p95 ratio':>9}   (policy / no policy)")
-        for label, (p50, p95, _) in system.items():
-            q50, q95, _ = policy[label]
+        for label, (p50, p95, _) in figures[system].items():
+            q50, q95, _ = figures[township][label]
             print(f"{label:<58} {q50 / p50:9.2f} {q95 / p95:9.2f}")
     finally:
         server.stop()
