@@ -56,6 +56,7 @@ from health.poverty.service import recompute_all_in_processes, today_in_china
 from records.feed import CHANGES_CHANNEL
 from records.indexing import SearchIndexer
 from records.store import ResourceStore
+from records.tables import SEARCH_TABLES
 from records.validation import validate_resource
 from tests.services import AppServer, PostgresServer, RedisServer
 
@@ -142,6 +143,13 @@ async def reset_flags(url: str) -> None:
     connection = await asyncpg.connect(plain(url))
     try:
         async with connection.transaction():
+            # The index rows first: they have no foreign key to cascade from (migration 0016).
+            gone = (
+                "SELECT rid FROM poverty_cases UNION ALL SELECT rid FROM resources "
+                "WHERE res_type IN ('Flag', 'RiskAssessment')"
+            )
+            for table in SEARCH_TABLES.values():
+                await connection.execute(f"DELETE FROM {table.name} WHERE rid IN ({gone})")
             cases = await connection.execute(
                 "DELETE FROM resources WHERE rid IN (SELECT rid FROM poverty_cases)"
             )

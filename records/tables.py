@@ -97,13 +97,13 @@ reindex_jobs = Table(
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     # No key of their own: rows are found by their resource (``rid``) and by value, and
     # written many to a resource (16 a Synthea resource), where a key's sequence and unique
-    # index cost PostgreSQL a fifth of each row's insertion for nothing a query reads.
+    # index cost PostgreSQL a fifth of each row's insertion for nothing a query reads. No
+    # foreign key either (migration 0016): the store writes and removes them with their
+    # resource, and the check was a lookup and a lock of its row for each index row.
     table = Table(
         name,
         metadata,
-        Column(
-            "rid", SurrogateKey, ForeignKey("resources.rid", ondelete="CASCADE"), nullable=False
-        ),
+        Column("rid", SurrogateKey, nullable=False),
         Column("res_type", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,

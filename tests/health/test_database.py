@@ -63,7 +63,8 @@ async def test_a_row_that_breaks_a_constraint_is_an_integrity_error(database_url
                 await insert_rows(
                     session,
                     search_token,
-                    [{"rid": -1, "res_type": "Basic", "param": param, "code": "x"}],
+                    # No resource: ``rid`` is NOT NULL (index rows have no foreign key).
+                    [{"rid": None, "res_type": "Basic", "param": param, "code": "x"}],
                 )
         async with database.transaction(write=False) as session:
             left = (
