@@ -325,7 +325,8 @@ class SearchEngine:
         all_on_page = len(rows) if first_page and not has_more else None
         if counted is not None:
             total = counted if counted <= ESTIMATE_LIMIT else None
-        elif driven and all_on_page is None and options.total not in ("accurate", "none"):
+        elif driven and cursor is not None and options.total not in ("accurate", "none"):
+            # A first page's walk has decided its total (_walk); a later page counts anew.
             total = await self._driven_total(query, compartment)
         else:
             total = await self._total(query, compartment, filters, all_on_page, count_cost)
@@ -397,8 +398,9 @@ class SearchEngine:
     ) -> tuple[list[Any], int | None] | None:
         """The page read from the next resources in rid order, at most
         ``WALK_ROWS_PER_MATCH`` per row of the page, and, when ``counting`` (a first page
-        whose total is wanted), the number of matches if the slice holds them all; None if
-        the slice holds less than a page and may not be all there is.
+        whose total is wanted), the number of matches if the slice holds them all (else no
+        total: there are more than it can count, as for a costly count); None if the slice
+        holds less than a page and may not be all there is.
 
         PostgreSQL underestimates how many resources match several conditions on different
         index tables (most quantities over 170 are body heights; it assumes a fortieth are),
@@ -502,7 +504,7 @@ class SearchEngine:
         """The number of matches of a search walked along one code's resources, when they
         all fit in one slice from the first (counted there, each a test as in the walk);
         None when the code has more resources than that, as for a costly count. For the
-        pages after the first: the first counts them with its page (:meth:`_walk`)."""
+        pages after the first: the first decides its total with its page (:meth:`_walk`)."""
         length = self._walk_length(query)
         walked, driven = self._walked(query, None, length)
         if not await self._slice_is_whole(driven, length):
