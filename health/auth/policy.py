@@ -377,10 +377,11 @@ class RowPolicy:
         rows = [in_care]
         if kinds is None or kinds & SHARED_TYPES:
             rows.append(shared)
-        if kinds is None:
+        about_groups = None if kinds is None else kinds & _about_groups()
+        if about_groups is None:
             rows.append(about_household)
-        elif kinds & _about_groups():
-            rows.append(and_(_any_about_a_household(kinds & _about_groups()), about_household))
+        elif about_groups:
+            rows.append(and_(_any_about_a_household(about_groups), about_household))
         if kinds is None or "Task" in kinds:
             rows.append(task_for_patient)
         consults = self._consults_as_party()
