@@ -182,13 +182,23 @@ class PostgresServer:
         asyncio.run(create())
         return self.url(name)
 
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)  # started in a session of its own
+
     def stop(self) -> None:
         if self.process is not None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            # To the process group: as root the process is runuser, which ignores SIGINT and
+            # does not pass it on, so postgres itself must get it (SIGINT: fast shutdown).
+            # Sent to runuser alone, the stop waited 30 s, killed runuser and left postgres
+            # running.
+            self._signal_group(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
             if self.process.poll() is None:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
+                self.process.wait()
             self.process = None
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
