@@ -22,10 +22,12 @@ run: setup
 	$(BIN)/health seed --demo
 	$(BIN)/health serve
 
-## test: the whole suite, on SQLite and on a PostgreSQL the tests start themselves
+## test: the whole suite, on SQLite and on a PostgreSQL the tests start themselves, in
+## TEST_WORKERS processes (pytest-xdist), each test file in one of them with its own servers
+TEST_WORKERS ?= 2
 test: setup-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup-test
 	$(BIN)/ruff check .
