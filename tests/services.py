@@ -52,6 +52,14 @@ def wait_until(check: object, *, what: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s ({last})")
 
 
+def signal_group(process: subprocess.Popen[Any], signum: int) -> None:
+    """Send ``signum`` to the process group of ``process``, started with
+    ``start_new_session=True``: the process and whatever it started (runuser's postgres, a
+    server's workers), so that none of them outlives a kill."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
 def _as_postgres_user(command: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *command]
@@ -182,22 +190,17 @@ class PostgresServer:
         asyncio.run(create())
         return self.url(name)
 
-    def _signal_group(self, signum: int) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)  # started in a session of its own
-
     def stop(self) -> None:
         if self.process is not None:
             # To the process group: as root the process is runuser, which ignores SIGINT and
             # does not pass it on, so postgres itself must get it (SIGINT: fast shutdown).
             # Sent to runuser alone, the stop waited 30 s, killed runuser and left postgres
             # running.
-            self._signal_group(signal.SIGINT)
+            signal_group(self.process, signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
             if self.process.poll() is None:
-                self._signal_group(signal.SIGKILL)
+                signal_group(self.process, signal.SIGKILL)
                 self.process.wait()
             self.process = None
         if self.directory:
@@ -361,7 +364,7 @@ class AppServer:
     def kill(self) -> None:
         """``kill -9``: no shutdown, no cleanup, as a crash or a power cut."""
         if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            signal_group(self.process, signal.SIGKILL)
             self.process.wait(timeout=10)
             self.process = None
 

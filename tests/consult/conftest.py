@@ -10,7 +10,6 @@ runs the real :class:`~consult.signalling.SignallingSession` under uvicorn. Each
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -38,7 +37,14 @@ from tests.consult.network import (
     make_two_workers,
 )
 from tests.receivers import Receiver
-from tests.services import PROJECT_ROOT, AppServer, PostgresServer, RedisServer, free_port
+from tests.services import (
+    PROJECT_ROOT,
+    AppServer,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    signal_group,
+)
 
 __all__ = ["consult_receiver"]
 
@@ -216,8 +222,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """``kill -9``: no shutdown, no lease released."""
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
+        signal_group(self._process, signal.SIGKILL)
         self._process.wait(timeout=30)
 
 
