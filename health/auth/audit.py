@@ -36,6 +36,7 @@ from health.auth.tables import audit_chain
 from health.core.clock import fhir_instant
 from health.core.database import Database, insert_rows
 from health.core.ids import new_resource_id
+from health.core.log_redaction import redact_query
 from health.core.naming import NAMESPACE
 from records.access import AccessEvent
 from records.indexing import SearchIndexer
@@ -187,14 +188,20 @@ def record_access_events(
 ) -> list[dict[str, Any]]:
     """The AuditEvents of one FHIR API request: one for each patient whose record it showed
     or wrote (as IHE BALP does, so each patient's access history holds only what concerns
-    that patient), or a single one when it touched no patient's record."""
+    that patient), or a single one when it touched no patient's record.
+
+    The request is kept with its query, whose identifying values (names, resident IDs...)
+    are replaced (:func:`~health.core.log_redaction.redact_query`): the trail is long-lived
+    and append-only, and the patients a search showed are named in its entities anyway."""
+    target, question, query = event.request.partition("?")
+    request = target + question + redact_query(query)
     request_entity: dict[str, Any] = {
         "type": {"system": ENTITY_TYPE, "code": "2"},
         "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-        "description": event.request[:1000],
+        "description": request[:1000],
     }
     if event.action == "E":
-        request_entity["query"] = base64.b64encode(event.request.encode()).decode()
+        request_entity["query"] = base64.b64encode(request.encode()).decode()
     groups: list[tuple[str | None, tuple[tuple[str, str], ...]]] = (
         list(event.patients.items()) if event.patients else [(None, event.resources)]
     )

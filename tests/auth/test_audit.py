@@ -3,6 +3,7 @@ clinic and the administrators, and a hash chain that shows a row changed by hand
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from health.core.database import Database
 from records.indexing import SearchIndexer
 from records.tables import resource_versions, resources
 from records.validation import validate_resource
-from tests.auth.conftest import Network, fhir_client
+from tests.auth.conftest import SYSTEM, Network, fhir_client
 from tests.conftest import BACKENDS, fresh_database
 from tests.services import AppServer, change_database, query_database, wait_until
 
@@ -101,6 +102,25 @@ class TestEveryLookIsRecorded:
         query = next(e for e in searches[0]["entity"] if e["role"]["code"] == "24")
         assert a.marker in query["description"]
         assert f"Condition/{a.condition}" in entities(searches[0])
+
+    def test_a_search_by_identity_keeps_the_question_not_the_number(self, network: Network) -> None:
+        """The trail is long-lived and append-only: a search by identifier is recorded with
+        its parameters and the patient it found, but not the identifier it was given."""
+        a = network.patients["a"]
+        with network.as_user("village-doctor") as doctor:
+            found = doctor.get("/Patient", params={"identifier": f"{SYSTEM}|{a.marker}"})
+            assert [e["resource"]["id"] for e in found.json()["entry"]] == [a.id]
+        with network.as_user("admin") as admin:
+            searches = settled(
+                admin,
+                lambda trail: [e for e in trail if subtype(e) == "search-type"],
+                patient=a.id,
+                altid="village-doctor",
+            )
+        query = next(e for e in searches[0]["entity"] if e["role"]["code"] == "24")
+        assert query["description"] == "GET Patient?identifier=…"
+        assert base64.b64decode(query["query"]).decode() == "GET Patient?identifier=…"
+        assert a.marker not in orjson.dumps(searches).decode()
 
     def test_refusals_are_recorded_and_the_patients_clinic_sees_them(
         self, network: Network
