@@ -377,6 +377,11 @@ def user() -> None:
     is_flag=True,
     help="may see households' names and identity numbers on the commission's dashboard",
 )
+@click.option(
+    "--temporary",
+    is_flag=True,
+    help="the person must choose her own password at her first login",
+)
 def user_add(
     username: str,
     role: str,
@@ -385,6 +390,7 @@ def user_add(
     display_name: str | None,
     password_stdin: bool,
     case_worker: bool,
+    temporary: bool,
 ) -> None:
     """Create a user (without --password-stdin the account cannot log in until one is set)."""
     from health.auth import accounts
@@ -402,6 +408,7 @@ def user_add(
             display_name=display_name,
             password=password,
             case_worker=case_worker,
+            temporary_password=temporary,
             now=utcnow(),
         )
 
@@ -419,6 +426,8 @@ def user_list() -> None:
 
     for account in _in_transaction(work):
         state = "disabled" if account.disabled else "active"
+        if account.password_change_required and not account.disabled:
+            state = "temporary"  # active, once she has chosen her own password
         click.echo(
             f"{account.username:24} {account.role:20} {account.organization_id or '-':38} "
             f"{account.practitioner_id or '-':38} {state:9} {account.display_name or ''}"
@@ -456,14 +465,22 @@ def user_case_worker(username: str, revoke: bool) -> None:
 
 @user.command(name="password")
 @click.argument("username")
-def user_password(username: str) -> None:
-    """Set a user's password, read from standard input; unlocks the account."""
+@click.option(
+    "--temporary",
+    is_flag=True,
+    help="the person must choose her own password at her first login",
+)
+def user_password(username: str, temporary: bool) -> None:
+    """Set a user's password, read from standard input; unlocks the account and ends the
+    logins made with the old one."""
     from health.auth import accounts
 
     password = _read_password(True) or ""
 
     async def work(session: AsyncSession) -> Any:
-        await accounts.set_password(session, username=username, password=password)
+        await accounts.set_password(
+            session, username=username, password=password, temporary=temporary
+        )
         return None
 
     _in_transaction(work)

@@ -61,6 +61,8 @@ class User:
     disabled: bool
     #: May see households' names and resident identity numbers on the dashboard.
     case_worker: bool = False
+    #: Her password was set by someone else: she must choose her own before anything else.
+    password_change_required: bool = False
 
     @classmethod
     def from_row(cls, row: object) -> User:
@@ -72,6 +74,7 @@ class User:
             display_name=row.display_name,  # type: ignore[attr-defined]
             disabled=row.disabled,  # type: ignore[attr-defined]
             case_worker=bool(row.case_worker),  # type: ignore[attr-defined]
+            password_change_required=bool(row.password_change_required),  # type: ignore[attr-defined]
         )
 
 
@@ -104,8 +107,11 @@ async def add_user(
     practitioner_id: str | None = None,
     display_name: str | None = None,
     case_worker: bool = False,
+    temporary_password: bool = False,
     now: dt.datetime,
 ) -> User:
+    """Create a user. ``temporary_password``: the password is someone else's choice (an
+    administrator's), so she must change it at her first login."""
     if not USERNAME.match(username):
         raise AccountError(
             "username: 2–64 lower-case letters, digits, '.', '_' or '-', starting with a "
@@ -137,11 +143,21 @@ async def add_user(
             password_hash=password_hash,
             disabled=False,
             case_worker=case_worker,
+            password_change_required=bool(password) and temporary_password,
             failed_logins=0,
             created_at=now,
         )
     )
-    return User(username, role, organization_id, practitioner_id, display_name, False, case_worker)
+    return User(
+        username,
+        role,
+        organization_id,
+        practitioner_id,
+        display_name,
+        False,
+        case_worker,
+        password_change_required=bool(password) and temporary_password,
+    )
 
 
 async def get_user(session: AsyncSession, *, username: str) -> User | None:
@@ -218,6 +234,7 @@ async def update_user(
         display_name,
         before.disabled,
         before.case_worker,
+        bool(before.password_change_required),
     )
 
 
@@ -243,26 +260,44 @@ async def enable_user(session: AsyncSession, *, username: str) -> None:
         raise AccountError(f"username: no user {username}")
 
 
-async def _end_logins(session: AsyncSession, username: str) -> None:
-    await session.execute(
-        update(web_sessions).where(web_sessions.c.username == username).values(revoked=True)
-    )
+async def _end_logins(session: AsyncSession, username: str, *, keep: str | None = None) -> None:
+    """End the user's web sessions (but the one of cookie token ``keep``) and refresh tokens."""
+    ended = update(web_sessions).where(web_sessions.c.username == username)
+    if keep is not None:
+        ended = ended.where(web_sessions.c.token_hash != _digest(keep))
+    await session.execute(ended.values(revoked=True))
     await session.execute(
         update(refresh_tokens).where(refresh_tokens.c.username == username).values(revoked=True)
     )
 
 
-async def set_password(session: AsyncSession, *, username: str, password: str) -> None:
+async def set_password(
+    session: AsyncSession,
+    *,
+    username: str,
+    password: str,
+    temporary: bool,
+    keep_session: str | None = None,
+) -> None:
+    """Set the user's password and unlock the account; every login made with the old one
+    ends (but the web session of cookie token ``keep_session``: hers, when she changes it
+    herself). ``temporary``: set by someone else, so she must change it at her next login."""
     if problem := password_problem(password):
         raise AccountError(f"password: {problem}")
     password_hash = await asyncio.to_thread(hash_password, password)
     done = await session.execute(
         update(users)
         .where(users.c.username == username)
-        .values(password_hash=password_hash, failed_logins=0, locked_until=None)
+        .values(
+            password_hash=password_hash,
+            password_change_required=temporary,
+            failed_logins=0,
+            locked_until=None,
+        )
     )
     if done.rowcount == 0:  # type: ignore[attr-defined]
         raise AccountError(f"username: no user {username}")
+    await _end_logins(session, username, keep=keep_session)
 
 
 async def check_password(

@@ -290,7 +290,8 @@ ACCOUNT_CHANGES = {
 def account_event(
     actor: Actor, *, change: str, username: str, now: dt.datetime, description: str
 ) -> dict[str, Any]:
-    """An administrator changed a user account: who, which account, what (never a password).
+    """A user account changed, by an administrator or (her own password) by the person:
+    who, which account, what (never a password).
 
     The account is the event's entity, by its login name (``USERNAME_SYSTEM``), so an
     account's history is ``AuditEvent?entity-role=...`` or a search by its identifier.

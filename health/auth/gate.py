@@ -197,6 +197,13 @@ class Gate:
             return self._caller(subject, request)
         web = await self.web_session(request)
         if web is not None:
+            if web.user.password_change_required:
+                raise FhirError.of(
+                    403,
+                    "The password of this session was set by an administrator: choose your "
+                    "own at /account/password first",
+                    code="security",
+                )
             if _is_socket(request):
                 if not _same_origin(request):
                     raise FhirError.of(

@@ -60,9 +60,17 @@ class LoginThrottle:
 
 
 async def password_login(
-    gate: Gate, throttle: LoginThrottle, request: Request, *, username: str, password: str
+    gate: Gate,
+    throttle: LoginThrottle,
+    request: Request,
+    *,
+    username: str,
+    password: str,
+    method: str = "password",
 ) -> User:
-    """The user whose password this is, or LoginRefused; the attempt is audited either way."""
+    """The user whose password this is, or LoginRefused; the attempt is audited either way.
+    ``method`` names the door in the audit trail (``password-change``: her current password,
+    asked again before she sets a new one; throttled and locked out as any login)."""
     address = client_address(request)
     account = username.strip().lower()[:64]
     user: User | None = None
@@ -91,7 +99,7 @@ async def password_login(
             login_event(
                 Actor(id=f"user:{account}", address=address),
                 succeeded=False,
-                method="password",
+                method=method,
                 now=utcnow(),
                 problem=str(refused),
             )
@@ -107,7 +115,7 @@ async def password_login(
                 address=address,
             ),
             succeeded=True,
-            method="password",
+            method=method,
             now=utcnow(),
         )
     )

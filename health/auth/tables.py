@@ -39,6 +39,15 @@ users = Table(
     #: The case-worker right: sees the names and identity numbers of illness-poverty
     #: households on the commission's dashboard (analysts without it see numbers only).
     Column("case_worker", Boolean, nullable=False, default=False, server_default=false()),
+    #: The password was set by someone else (an administrator): she must choose her own at
+    #: her next login before she can use anything.
+    Column(
+        "password_change_required",
+        Boolean,
+        nullable=False,
+        default=False,
+        server_default=false(),
+    ),
     #: Failed logins since the last success, and the lockout they earned.
     Column("failed_logins", Integer, nullable=False, default=0),
     Column("locked_until", DateTime(timezone=True), nullable=True),

@@ -25,8 +25,6 @@ from fastapi.responses import RedirectResponse, Response
 
 from health.auth import accounts
 from health.auth.accounts import AccountError, User
-from health.auth.audit import account_event, append
-from health.auth.passwords import MINIMUM_LENGTH, password_problem
 from health.auth.policy import ROLES
 from health.core.clock import utcnow
 from health.core.naming import ORGANIZATION_CODE_SYSTEM, ORGANIZATION_KIND_SYSTEM
@@ -373,23 +371,6 @@ def _message(error: AccountError) -> tuple[str, str]:
     return fields.get(name, name if name in ("username", "role", "password") else ""), rest or text
 
 
-def _password_message(me: SignedIn, password: str) -> str | None:
-    problem = password_problem(password)
-    if problem is None:
-        return None
-    _ = me.gettext
-    if password.isdigit() and len(password) >= MINIMUM_LENGTH:
-        return _("The password must not be digits only.")
-    return _("The password must have at least %(n)s characters.") % {"n": MINIMUM_LENGTH}
-
-
-async def _record(me: SignedIn, session: Any, *, change: str, username: str, what: str) -> None:
-    event = account_event(
-        me.caller.actor, change=change, username=username, now=utcnow(), description=what
-    )
-    await append(session, me.gate.indexer, me.gate.audit.key, [event])
-
-
 @router.get("/admin/users")
 async def users_page(request: Request) -> Response:
     me = await _admin(request)
@@ -465,7 +446,7 @@ async def create_user(request: Request) -> Response:
         errors["role"] = _("Choose a role.")
     if entry.role != "admin" and not entry.organization:
         errors["organization"] = _("Choose where the person works.")
-    if problem := _password_message(me, entry.password):
+    if problem := me.password_message(entry.password):
         errors["password"] = problem
     async with me.gate.database.transaction(write=False) as session:
         if not errors and await accounts.get_user(session, username=entry.username):
@@ -487,10 +468,10 @@ async def create_user(request: Request) -> Response:
                 practitioner_id=practitioner,
                 display_name=entry.display_name,
                 password=entry.password,
+                temporary_password=True,  # the administrator's choice, not hers
                 now=utcnow(),
             )
-            await _record(
-                me,
+            await me.record_account_change(
                 session,
                 change="user-create",
                 username=entry.username,
@@ -562,8 +543,7 @@ async def change_user(request: Request, username: str) -> Response:
                     practitioner_id=practitioner,
                     display_name=entry.display_name,
                 )
-                await _record(
-                    me,
+                await me.record_account_change(
                     session,
                     change="user-update",
                     username=user.username,
@@ -581,20 +561,19 @@ async def change_user(request: Request, username: str) -> Response:
                     await accounts.disable_user(session, username=user.username)
                 else:
                     await accounts.enable_user(session, username=user.username)
-                await _record(
-                    me, session, change=f"user-{action}", username=user.username, what=action
+                await me.record_account_change(
+                    session, change=f"user-{action}", username=user.username, what=action
                 )
             saved = action + "d"
         elif action == "password":
-            if problem := _password_message(me, entry.password):
+            if problem := me.password_message(entry.password):
                 entry.errors["password"] = problem
                 return await _user_page(me, entry, existing=user, status=400)
             async with me.gate.database.transaction(write=True) as session:
                 await accounts.set_password(
-                    session, username=user.username, password=entry.password
+                    session, username=user.username, password=entry.password, temporary=True
                 )
-                await _record(
-                    me,
+                await me.record_account_change(
                     session,
                     change="user-password",
                     username=user.username,

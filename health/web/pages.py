@@ -1,4 +1,5 @@
-"""The pages of signing in and out, the home page, break-glass, and the SMART approval page.
+"""The pages of signing in and out, changing one's password, the home page, break-glass, and
+the SMART approval page.
 
 Every form carries a CSRF token: the session's own once signed in, and before that (the
 login form) a random token also set in a short-lived cookie, so another site can neither
@@ -29,7 +30,7 @@ from health.core.ids import is_valid_resource_id
 from health.core.problems import Problem
 from health.web.i18n import LANGUAGE_COOKIE, LANGUAGES, gettext_for
 from health.web.rendering import render
-from health.web.signed_in import SignedIn
+from health.web.signed_in import CHANGE_PASSWORD_PATH, SignedIn, page_session
 from health.web.worklists import worklist
 from records.interactions import FhirRequest
 from records.outcome import FhirError
@@ -221,6 +222,93 @@ async def logout(request: Request) -> Response:
     return response
 
 
+# -- her own password ----------------------------------------------------------------------
+
+
+def _password_page(
+    request: Request, web: WebSession, *, errors: dict[str, str], next_path: str, status: int
+) -> Response:
+    return render(
+        request,
+        "account_password.html",
+        status=status,
+        user=web.user,
+        csrf_token=web.csrf_token,
+        errors=errors,
+        next=next_path,
+    )
+
+
+@router.get(CHANGE_PASSWORD_PATH)
+async def password_form(request: Request, next: str = "/") -> Response:
+    web = await _gate(request).web_session(request)
+    if web is None:
+        return _login_redirect(request)
+    return _password_page(request, web, errors={}, next_path=_safe_next(next), status=200)
+
+
+@router.post(CHANGE_PASSWORD_PATH)
+async def change_password(request: Request) -> Response:
+    """She gives her current password (checked as a login is: throttled, locked out after
+    repeated failures, audited) and her new one twice. Her other sessions and her apps'
+    refresh tokens end; this session goes on."""
+    gate = _gate(request)
+    _ = gettext_for(request).gettext
+    web = await gate.web_session(request)
+    if web is None:
+        return _login_redirect(request)
+    form = await _form(request)
+    if not _csrf_ok(web, form):
+        return _refuse_csrf(request, web)
+    next_path = _safe_next(str(form.get("next") or "/"))
+    current = str(form.get("current_password") or "")
+    new = str(form.get("new_password") or "")
+    me = SignedIn(request, web, gate.web_caller(web, request))
+    errors: dict[str, str] = {}
+    if problem := me.password_message(new):
+        errors["new_password"] = problem
+    elif new != str(form.get("repeat_password") or ""):
+        errors["repeat_password"] = _("The two new passwords differ.")
+    elif new == current:
+        errors["new_password"] = _("Choose a password other than the one you have now.")
+    if errors:
+        return _password_page(request, web, errors=errors, next_path=next_path, status=400)
+    try:
+        await password_login(
+            gate,
+            request.app.state.login_throttle,
+            request,
+            username=web.user.username,
+            password=current,
+            method="password-change",
+        )
+    except TooManyAttempts:
+        errors["current_password"] = _("Too many attempts. Wait a minute and try again.")
+        return _password_page(request, web, errors=errors, next_path=next_path, status=429)
+    except LoginRefused as refused:
+        errors["current_password"] = (
+            _("This account is locked after repeated failures; try again later.")
+            if "locked" in str(refused)
+            else _("This is not your current password.")
+        )
+        return _password_page(request, web, errors=errors, next_path=next_path, status=401)
+    async with gate.database.transaction(write=True) as session:
+        await accounts.set_password(
+            session,
+            username=web.user.username,
+            password=new,
+            temporary=False,
+            keep_session=request.cookies[SESSION_COOKIE],
+        )
+        await me.record_account_change(
+            session,
+            change="user-password",
+            username=web.user.username,
+            what="password changed by the user",
+        )
+    return RedirectResponse(next_path, status_code=303)
+
+
 @router.get("/lang/{language}")
 async def choose_language(request: Request, language: str, next: str = "/") -> Response:
     response = RedirectResponse(_safe_next(next), status_code=303)
@@ -237,7 +325,7 @@ async def choose_language(request: Request, language: str, next: str = "/") -> R
 @router.get("/")
 async def home(request: Request) -> Response:
     gate = _gate(request)
-    web = await gate.web_session(request)
+    web = await page_session(request)
     if web is None:
         return _login_redirect(request)
     openings: list[dict[str, Any]] = []
@@ -262,7 +350,7 @@ async def home(request: Request) -> Response:
 async def break_glass_form(request: Request) -> Response:
     gate = _gate(request)
     _ = gettext_for(request).gettext
-    web = await gate.web_session(request)
+    web = await page_session(request)
     if web is None:
         return _login_redirect(request)
     form = await _form(request)
@@ -389,7 +477,7 @@ async def authorize_form(request: Request) -> Response:
     client, refusal = await _authorization_request(request, params)
     if refusal is not None:
         return refusal
-    web = await _gate(request).web_session(request)
+    web = await page_session(request)
     if web is None:
         return _login_redirect(request)
     scope = _granted_scope(client, params.get("scope", ""))
@@ -415,7 +503,7 @@ async def authorize(request: Request) -> Response:
     client, refusal = await _authorization_request(request, params)
     if refusal is not None:
         return refusal
-    web = await gate.web_session(request)
+    web = await page_session(request)
     if web is None:
         return _login_redirect(request)
     if not _csrf_ok(web, form):

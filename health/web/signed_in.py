@@ -16,10 +16,14 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from health.auth.accounts import User, WebSession
+from health.auth.audit import account_event, append
 from health.auth.gate import Gate, RequestCaller
+from health.auth.passwords import MINIMUM_LENGTH, password_problem
+from health.core.clock import utcnow
 from health.web.i18n import gettext_for
 from health.web.rendering import render
 from records.api.service import RecordsContext, resources_of
@@ -60,10 +64,29 @@ class SignedIn:
         gate: Gate = self.request.app.state.gate
         return gate
 
+    async def record_account_change(
+        self, session: AsyncSession, *, change: str, username: str, what: str
+    ) -> None:
+        """Put a change of a user account by this person on the audit trail, in ``session``'s
+        transaction (the change and its record commit together)."""
+        event = account_event(
+            self.caller.actor, change=change, username=username, now=utcnow(), description=what
+        )
+        await append(session, self.gate.indexer, self.gate.audit.key, [event])
+
     # -- pages -----------------------------------------------------------------------------
 
     def gettext(self, message: str) -> str:
         return gettext_for(self.request).gettext(message)
+
+    def password_message(self, password: str) -> str | None:
+        """What is wrong with ``password`` as a new password, in the page's language."""
+        if password_problem(password) is None:
+            return None
+        _ = self.gettext
+        if password.isdigit() and len(password) >= MINIMUM_LENGTH:
+            return _("The password must not be digits only.")
+        return _("The password must have at least %(n)s characters.") % {"n": MINIMUM_LENGTH}
 
     def render(self, template: str, *, status: int = 200, **context: Any) -> HTMLResponse:
         return render(
@@ -159,15 +182,34 @@ class SignedIn:
         return result.body or {}
 
 
-async def signed_in(request: Request) -> SignedIn:
-    """The page's signed-in person; PageRefused with a login redirect if nobody is."""
+#: The page where a person chooses her own password (``health.web.pages``).
+CHANGE_PASSWORD_PATH = "/account/password"
+
+
+def _here(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+async def page_session(request: Request) -> WebSession | None:
+    """The page request's web session, if any. While her password is one an administrator
+    set, PageRefused with a redirect to :data:`CHANGE_PASSWORD_PATH`: no page is hers until
+    she has chosen her own."""
     gate: Gate = request.app.state.gate
     web = await gate.web_session(request)
+    if web is not None and web.user.password_change_required:
+        target = f"{CHANGE_PASSWORD_PATH}?{urlencode({'next': _here(request)})}"
+        raise PageRefused(RedirectResponse(target, status_code=303))
+    return web
+
+
+async def signed_in(request: Request) -> SignedIn:
+    """The page's signed-in person; PageRefused with a login redirect if nobody is."""
+    web = await page_session(request)
     if web is None:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise PageRefused(
-            RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+            RedirectResponse(f"/login?{urlencode({'next': _here(request)})}", status_code=303)
         )
+    gate: Gate = request.app.state.gate
     return SignedIn(request, web, gate.web_caller(web, request))
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -229,6 +230,21 @@ class TestRoles:
         assert response.num_bytes_downloaded < len(response.content) / 2
 
 
+def listed_state(web: WebApp, username: str) -> str:
+    """The account's state as ``health user list`` shows it."""
+    for line in web.server.cli("user", "list").splitlines():
+        if line.split()[0] == username:
+            return line.split()[4]
+    raise KeyError(username)
+
+
+def login_status(web: WebApp, username: str, password: str) -> int:
+    with httpx.Client(base_url=web.url, timeout=60) as http:
+        token = form_of(http.get("/login").text)["csrf_token"]
+        data = {"username": username, "password": password, "csrf_token": token}
+        return http.post("/login", data=data).status_code
+
+
 def audit_events(web: WebApp, subtype: str, username: str) -> list[dict[str, Any]]:
     client = web.as_user("admin")
     found = client.get("/AuditEvent", params={"subtype": subtype, "_count": "200"}).json()
@@ -261,12 +277,72 @@ class TestAdmin:
         weak = post(action="password", password="12345")
         assert weak.status_code == 400 and "密码至少需要10个字符" in weak.text
         assert post(action="password", password="second-password-2").status_code == 303
-        Session(web, username, "second-password-2").close()
+        assert victim.http.get("/").headers["location"].startswith("/login")  # ended again
+        reset = Session(web, username, "second-password-2")
+        assert reset.http.get("/").headers["location"] == "/account/password?next=%2F"
+        reset.close()
         for change in ("user-disable", "user-enable", "user-password"):
             (event,) = audit_events(web, change, username)
             assert event["agent"][0]["altId"] == "admin"
             assert "second-password" not in str(event)
         victim.close()
+
+    def test_a_password_set_by_an_administrator_must_be_changed_before_anything_else(
+        self, web: WebApp
+    ) -> None:
+        username = f"nurse-{uuid.uuid4().hex[:6]}"
+        web.server.cli(
+            "user", "add", username, "--role", "village_doctor", "--org", web.village,
+            "--temporary", "--password-stdin", input="given-password-1\n",
+        )  # fmt: skip
+        assert listed_state(web, username) == "temporary"
+        earlier = Session(web, username, "given-password-1")  # another device, before
+        person = Session(web, username, "given-password-1")
+        for path in ("/", "/patients", "/consult"):
+            refused = person.http.get(path)
+            assert refused.status_code == 303
+            assert refused.headers["location"] == f"/account/password?next={quote(path, safe='')}"
+        api = person.http.get("/fhir/Patient", params={"_count": "1"})
+        assert api.status_code == 403 and "/account/password" in api.text
+
+        page = person.http.get("/account/password", params={"next": "/patients"})
+        assert page.status_code == 200 and "您的密码由管理员设置" in page.text
+        hidden = form_of(page.text)
+        assert hidden["next"] == "/patients"
+
+        def change(current: str, new: str, repeat: str, **extra: str) -> httpx.Response:
+            fields = {**hidden, "current_password": current, "new_password": new}
+            return person.http.post(
+                "/account/password", data={**fields, "repeat_password": repeat, **extra}
+            )
+
+        wrong = change("not-the-password", "chosen-password-2", "chosen-password-2")
+        assert wrong.status_code == 401 and "当前密码不正确" in wrong.text
+        differ = change("given-password-1", "chosen-password-2", "chosen-password-3")
+        assert differ.status_code == 400 and "两次输入的新密码不一致" in differ.text
+        same = change("given-password-1", "given-password-1", "given-password-1")
+        assert same.status_code == 400 and "新密码不能与当前密码相同" in same.text
+        weak = change("given-password-1", "1234567890", "1234567890")
+        assert weak.status_code == 400 and "密码不能全是数字" in weak.text
+        forged = change(
+            "given-password-1", "chosen-password-2", "chosen-password-2", csrf_token="x"
+        )
+        assert forged.status_code == 403
+        assert person.http.get("/").status_code == 303  # nothing above changed it
+
+        done = change("given-password-1", "chosen-password-2", "chosen-password-2")
+        assert done.status_code == 303 and done.headers["location"] == "/patients"
+        assert person.http.get("/patients").status_code == 200  # this session goes on
+        assert earlier.http.get("/").headers["location"].startswith("/login")  # that one ended
+        assert listed_state(web, username) == "active"
+        assert login_status(web, username, "given-password-1") == 401
+        assert login_status(web, username, "chosen-password-2") == 303
+        (event,) = audit_events(web, "user-password", username)
+        assert event["agent"][0]["altId"] == username
+        assert event["entity"][0]["description"] == "password changed by the user"
+        assert "chosen-password" not in str(event) and "given-password" not in str(event)
+        person.close()
+        earlier.close()
 
     def test_a_new_village_clinic_is_in_the_directory_under_its_township(
         self, admin: Session, web: WebApp

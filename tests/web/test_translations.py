@@ -3,6 +3,7 @@ left over from a message that is gone."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from babel.messages.extract import extract_from_dir
@@ -38,3 +39,12 @@ def test_every_message_is_translated_into_chinese() -> None:
 
 def test_the_chinese_catalogue_holds_no_stale_messages() -> None:
     assert sorted(set(catalogue("zh_CN")) - used_messages()) == []
+
+
+def test_no_message_is_in_the_chinese_catalogue_twice() -> None:
+    """A second entry silently replaces the first when the catalogue is read, so a fix made
+    to one of the two could be the one that is lost."""
+    text = (WEB / "locale" / "zh_CN" / "LC_MESSAGES" / "messages.po").read_text()
+    ids = re.findall(r'^msgid ((?:"(?:[^"\\]|\\.)*"\n)+)msgstr', text, re.M)
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    assert repeated == []
