@@ -56,6 +56,7 @@ from records.api.routes import router as fhir_router
 from records.api.service import RecordsContext
 from records.indexing import SearchIndexer
 from records.outcome import FhirError
+from records.resident_ids import one_patient_per_resident_id
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def records_context(settings: Settings, gate: Gate, bus: MessageBus) -> RecordsC
         authenticate=gate.authenticate,
         security=capability_security,
         write_hooks=[
+            one_patient_per_resident_id,
             ConsultWorkflow(identify=consult_party(gate), bus=bus),
             CaseRules(identify=case_actor(gate)),
         ],

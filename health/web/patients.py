@@ -9,8 +9,9 @@
   form and are cross-checked against what was entered. Before anything is written the
   patient's existing records are looked for — the same resident ID (which stops the
   registration and offers the record) or the same name and birth date (which offers the
-  records and asks whether this is someone else). The Patient, their 城乡居民医保 Coverage
-  and their household change are one transaction.
+  records and asks whether this is someone else). A resident ID registered at a clinic the
+  doctor does not serve stops it too (``records.resident_ids``), without saying where. The
+  Patient, their 城乡居民医保 Coverage and their household change are one transaction.
 * ``/patients/{id}/household``: the household (户, a FHIR Group with 户编号 and each
   member's relationship to the head, as ``health.demo.households`` defines them): join one
   by its number, start one as its head, change the relationship, leave.
@@ -564,6 +565,11 @@ async def register(request: Request) -> Response:
         if error.status == 412:
             entry.errors["household_number"] = _(
                 "Someone changed this household meanwhile; submit again."
+            )
+        if any(issue.code == "duplicate" for issue in error.issues):
+            entry.errors["resident_id"] = _(
+                "This person is registered at a clinic you do not serve: a person has one "
+                "record. Ask that clinic to transfer it, or open it by break-glass."
             )
         return again(error.status if 400 <= error.status < 500 else 400)
     patient_id = created_id(response, 0)

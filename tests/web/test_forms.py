@@ -99,6 +99,38 @@ class TestRegistration:
             == 0
         )
 
+    def test_a_person_registered_at_another_clinic_is_not_registered_twice(
+        self, doctor: Session, web: WebApp
+    ) -> None:
+        """The doctor cannot see the other clinic's record, so the page's own look for it
+        finds nothing; the record service refuses the second record all the same."""
+        clinics = web.system.get("/Organization", params={"_count": "100"}).json()["entry"]
+        elsewhere = next(
+            e["resource"]["id"]
+            for e in clinics
+            if e["resource"]["id"] != web.village and "卫生室" in e["resource"].get("name", "")
+        )
+        rng = random.Random(uuid.uuid4().int)
+        born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(15000))
+        number = make_resident_id("640121", born, rng.randrange(1000), "female")
+        there = web.system.post(
+            "/Patient",
+            json={
+                "resourceType": "Patient",
+                "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": number}],
+                "name": [{"text": "冶秀梅", "family": "冶", "given": ["秀梅"]}],
+                "gender": "female",
+                "birthDate": born.isoformat(),
+                "managingOrganization": {"reference": f"Organization/{elsewhere}"},
+            },
+        )
+        assert there.status_code == 201, there.text
+        response = register(doctor, name="冶秀梅", resident_id=number)
+        assert response.status_code == 409
+        assert "此人已在您不负责的卫生室登记" in response.text
+        found = web.system.get("/Patient", params={"identifier": f"{RESIDENT_ID_SYSTEM}|{number}"})
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == [there.json()["id"]]
+
     def test_insured_patients_get_their_coverage(self, doctor: Session, web: WebApp) -> None:
         patient, number = new_patient(doctor, random.Random(uuid.uuid4().int), insured="yes")
         coverage = web.system.get("/Coverage", params={"beneficiary": f"Patient/{patient}"}).json()
