@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -226,15 +226,12 @@ async def update_user(
         practitioner_id,
     ):
         await _end_logins(session, username)
-    return User(
-        username,
-        role,
-        organization_id,
-        practitioner_id,
-        display_name,
-        before.disabled,
-        before.case_worker,
-        bool(before.password_change_required),
+    return replace(
+        before,
+        role=role,
+        organization_id=organization_id,
+        practitioner_id=practitioner_id,
+        display_name=display_name,
     )
 
 
