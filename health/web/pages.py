@@ -30,7 +30,7 @@ from health.core.ids import is_valid_resource_id
 from health.core.problems import Problem
 from health.web.i18n import LANGUAGE_COOKIE, LANGUAGES, gettext_for
 from health.web.rendering import render
-from health.web.signed_in import CHANGE_PASSWORD_PATH, SignedIn, page_session
+from health.web.signed_in import CHANGE_PASSWORD_PATH, SignedIn, here, page_session
 from health.web.worklists import worklist
 from records.interactions import FhirRequest
 from records.outcome import FhirError
@@ -65,8 +65,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+    return RedirectResponse(f"/login?{urlencode({'next': here(request)})}", status_code=303)
 
 
 async def _form(request: Request) -> FormData:
@@ -136,6 +135,17 @@ def _login_page(
     return response
 
 
+def _refusal(request: Request, refused: LoginRefused, wrong: str) -> tuple[int, str]:
+    """The status and message of a refused password (a login, or the current password asked
+    again): throttled, locked out, or ``wrong``."""
+    _ = gettext_for(request).gettext
+    if isinstance(refused, TooManyAttempts):
+        return 429, _("Too many attempts. Wait a minute and try again.")
+    if "locked" in str(refused):
+        return 401, _("This account is locked after repeated failures; try again later.")
+    return 401, wrong
+
+
 @router.get("/login")
 async def login_form(request: Request, next: str = "/") -> Response:
     if await _gate(request).web_session(request) is not None:
@@ -165,24 +175,10 @@ async def login(request: Request) -> Response:
         user = await password_login(
             gate, throttle, request, username=username, password=str(form.get("password") or "")
         )
-    except TooManyAttempts:
-        return _login_page(
-            request,
-            error=_("Too many attempts. Wait a minute and try again."),
-            status=429,
-            username=username,
-            next_path=next_path,
-        )
     except LoginRefused as refused:
-        locked = "locked" in str(refused)
+        status, error = _refusal(request, refused, _("Wrong username or password."))
         return _login_page(
-            request,
-            error=_("This account is locked after repeated failures; try again later.")
-            if locked
-            else _("Wrong username or password."),
-            status=401,
-            username=username,
-            next_path=next_path,
+            request, error=error, status=status, username=username, next_path=next_path
         )
     async with gate.database.transaction(write=True) as session:
         token, _csrf = await accounts.open_session(
@@ -282,16 +278,11 @@ async def change_password(request: Request) -> Response:
             password=current,
             method="password-change",
         )
-    except TooManyAttempts:
-        errors["current_password"] = _("Too many attempts. Wait a minute and try again.")
-        return _password_page(request, web, errors=errors, next_path=next_path, status=429)
     except LoginRefused as refused:
-        errors["current_password"] = (
-            _("This account is locked after repeated failures; try again later.")
-            if "locked" in str(refused)
-            else _("This is not your current password.")
+        status, errors["current_password"] = _refusal(
+            request, refused, _("This is not your current password.")
         )
-        return _password_page(request, web, errors=errors, next_path=next_path, status=401)
+        return _password_page(request, web, errors=errors, next_path=next_path, status=status)
     async with gate.database.transaction(write=True) as session:
         await accounts.set_password(
             session,

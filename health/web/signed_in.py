@@ -186,7 +186,8 @@ class SignedIn:
 CHANGE_PASSWORD_PATH = "/account/password"
 
 
-def _here(request: Request) -> str:
+def here(request: Request) -> str:
+    """The request's path and query, to come back to after a login or a password change."""
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
@@ -197,7 +198,7 @@ async def page_session(request: Request) -> WebSession | None:
     gate: Gate = request.app.state.gate
     web = await gate.web_session(request)
     if web is not None and web.user.password_change_required:
-        target = f"{CHANGE_PASSWORD_PATH}?{urlencode({'next': _here(request)})}"
+        target = f"{CHANGE_PASSWORD_PATH}?{urlencode({'next': here(request)})}"
         raise PageRefused(RedirectResponse(target, status_code=303))
     return web
 
@@ -207,7 +208,7 @@ async def signed_in(request: Request) -> SignedIn:
     web = await page_session(request)
     if web is None:
         raise PageRefused(
-            RedirectResponse(f"/login?{urlencode({'next': _here(request)})}", status_code=303)
+            RedirectResponse(f"/login?{urlencode({'next': here(request)})}", status_code=303)
         )
     gate: Gate = request.app.state.gate
     return SignedIn(request, web, gate.web_caller(web, request))
