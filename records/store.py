@@ -162,8 +162,12 @@ class ResourceStore:
     access: RecordAccess = FULL_ACCESS
     changes: list[Change] = field(default_factory=list)
 
-    def _visible(self) -> list[ColumnElement[bool]]:
-        condition = self.access.visible(resources)
+    def _visible(self, *types: str) -> list[ColumnElement[bool]]:
+        """The caller's condition on the ``resources`` row, which the statement holds to
+        ``types`` when it names them (as every read of one resource does): the parts of the
+        policy no row of them can meet are then left out, and a township doctor's read of
+        one Patient took 3.6 ms to plan with all of them."""
+        condition = self.access.visible(resources, types or None)
         return [] if condition is None else [condition]
 
     async def hold_criteria(self, criteria: Iterable[tuple[str, str]]) -> None:
@@ -209,7 +213,7 @@ class ResourceStore:
                 .where(
                     resources.c.res_type == res_type,
                     resources.c.res_id == res_id,
-                    *self._visible(),
+                    *self._visible(res_type),
                 )
             )
         ).first()
@@ -243,7 +247,7 @@ class ResourceStore:
                     resources.c.res_type == res_type,
                     resources.c.res_id == res_id,
                     resource_versions.c.version == version,
-                    *self._visible(),
+                    *self._visible(res_type),
                 )
             )
         ).first()
@@ -268,7 +272,7 @@ class ResourceStore:
         newer_than: int | None = None,
     ) -> HistoryPage:
         """Versions newest first, keyed by ``seq`` so pages stay put while new versions arrive."""
-        conditions = self._visible()
+        conditions = self._visible(*([res_type] if res_type else []))
         readable = self.access.types_allowed("r")
         if readable is not None:
             conditions.append(resource_versions.c.res_type.in_(readable))
@@ -577,19 +581,21 @@ class ResourceStore:
                 select(resources.c.rid).where(
                     resources.c.res_type == res_type,
                     resources.c.res_id == res_id,
-                    *self._visible(),
+                    *self._visible(res_type),
                 )
             )
         ).scalar_one_or_none()
 
     async def _require_visible(self, rid: int, res_type: str, res_id: str) -> None:
         """An existing resource the caller may not see is, to that caller, not there."""
-        visible = self._visible()
+        visible = self._visible(res_type)
         if (
             visible
             and (
                 await self.session.execute(
-                    select(resources.c.rid).where(resources.c.rid == rid, *visible)
+                    select(resources.c.rid).where(
+                        resources.c.rid == rid, resources.c.res_type == res_type, *visible
+                    )
                 )
             ).first()
             is None
@@ -602,8 +608,8 @@ class ResourceStore:
         Checked after the write, in its transaction, with the same condition as every read:
         a record that would land in another clinic's patient, or in nobody's, is refused.
         """
-        visible = self._visible()
         written = {(c.res_type, c.res_id) for c in self.changes[since:] if c.method != "DELETE"}
+        visible = self._visible(*sorted({res_type for res_type, _ in written}))
         if not visible or not written:
             return
         outside = (
