@@ -108,7 +108,7 @@ async def insert_rows(
                 try:
                     await driver.copy_records_to_table(
                         table.name,
-                        records=[tuple(row.get(name) for name in names) for row in rows],
+                        records=[tuple(map(row.get, names)) for row in rows],
                         columns=names,
                     )
                 except asyncpg.PostgresError as error:
