@@ -51,6 +51,11 @@ class LoginRefused(Exception):
     """A login that fails. The message is safe to show: it never says which part was wrong."""
 
 
+#: The page where a person chooses her own password (``health.web.pages``): where a session
+#: whose password someone else set is sent, and what the API's refusal of it names.
+CHANGE_PASSWORD_PATH = "/account/password"
+
+
 @dataclass(frozen=True)
 class User:
     username: str

@@ -201,7 +201,7 @@ class Gate:
                 raise FhirError.of(
                     403,
                     "The password of this session was set by an administrator: choose your "
-                    "own at /account/password first",
+                    f"own at {accounts.CHANGE_PASSWORD_PATH} first",
                     code="security",
                 )
             if _is_socket(request):

@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from health.auth import accounts
-from health.auth.accounts import LoginRefused, WebSession
+from health.auth.accounts import CHANGE_PASSWORD_PATH, LoginRefused, WebSession
 from health.auth.audit import logout_event
 from health.auth.endpoints import APP_SCOPES_MAX, break_glass, break_glass_report_rows
 from health.auth.gate import SESSION_COOKIE, Gate, actor_of, client_address, user_subject
@@ -30,7 +30,7 @@ from health.core.ids import is_valid_resource_id
 from health.core.problems import Problem
 from health.web.i18n import LANGUAGE_COOKIE, LANGUAGES, gettext_for
 from health.web.rendering import render
-from health.web.signed_in import CHANGE_PASSWORD_PATH, SignedIn, here, page_session
+from health.web.signed_in import SignedIn, here, page_session
 from health.web.worklists import worklist
 from records.interactions import FhirRequest
 from records.outcome import FhirError

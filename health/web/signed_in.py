@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
-from health.auth.accounts import User, WebSession
+from health.auth.accounts import CHANGE_PASSWORD_PATH, User, WebSession
 from health.auth.audit import account_event, append
 from health.auth.gate import Gate, RequestCaller
 from health.auth.passwords import MINIMUM_LENGTH, password_problem
@@ -180,10 +180,6 @@ class SignedIn:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         result = await self.perform(FhirRequest("POST", "", body=bundle))
         return result.body or {}
-
-
-#: The page where a person chooses her own password (``health.web.pages``).
-CHANGE_PASSWORD_PATH = "/account/password"
 
 
 def here(request: Request) -> str:
