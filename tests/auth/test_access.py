@@ -239,6 +239,30 @@ class TestHostileDoctor:
             }
             assert f"Patient/{a.id}" not in seen and f"Observation/{a.observation}" not in seen
 
+    def test_a_task_for_her_patient_is_read_by_her_clinic_only(
+        self, network: Network, doctor: httpx.Client, hostile: httpx.Client
+    ) -> None:
+        # The official Patient compartment has no Task: a follow-up Task for a patient is in
+        # her record by the policy's own rule, which a read of one Task must still apply.
+        a = network.patients["a"]
+        task = created(
+            network.system.post(
+                "/Task",
+                json={
+                    "resourceType": "Task",
+                    "status": "requested",
+                    "intent": "order",
+                    "for": {"reference": f"Patient/{a.id}"},
+                    "description": "复诊随访",
+                },
+            )
+        )
+        for path in (f"/Task/{task['id']}", f"/Task/{task['id']}/_history/1"):
+            assert doctor.get(path).json()["description"] == "复诊随访"
+            _not_found(hostile.get(path))
+        assert len(doctor.get(f"/Task/{task['id']}/_history").json()["entry"]) == 1
+        _not_found(hostile.get(f"/Task/{task['id']}/_history"))
+
     def test_writes_into_another_clinics_patient_are_refused_and_leave_nothing(
         self, network: Network, hostile: httpx.Client
     ) -> None:
