@@ -40,6 +40,18 @@ class RecordAccess(Protocol):
         row). What :meth:`types_allowed` leaves out stays out."""
         ...
 
+    async def settled(self, session: AsyncSession, types: Collection[str]) -> RecordAccess:
+        """This access for a search of ``types``, with what its condition depends on besides
+        the row (whether the caller holds any grant; whether anything of these types is
+        about a household) asked once, in ``session``, and answered: its conditions then
+        leave out the parts that can match no row. PostgreSQL plans every branch of a
+        condition on every statement, whether or not a row reaches it.
+
+        An answer holds for the statements that follow it; a change made in between (a grant
+        given, a household's Flag written) is seen by the next search, never a row more than
+        the full condition would show."""
+        ...
+
 
 class FullAccess:
     """No restriction: the service itself (imports, seeding, reindexing, the CLI)."""
@@ -54,6 +66,9 @@ class FullAccess:
         self, r: FromClause, types: Collection[str] | None = None
     ) -> ColumnElement[bool] | None:
         return None
+
+    async def settled(self, session: AsyncSession, types: Collection[str]) -> FullAccess:
+        return self
 
 
 FULL_ACCESS = FullAccess()

@@ -61,6 +61,7 @@ from sqlalchemy import (
     select,
     union,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import FromClause
 
 from health.auth.scopes import ScopeSet
@@ -171,9 +172,11 @@ class AccessPolicy:
     role allow (:meth:`require`, :meth:`types_allowed`), and the rows the subject may see
     (:meth:`visible`, from the :class:`RowPolicy` of everyone who sees the same rows)."""
 
-    def __init__(self, subject: Subject, *, consent_grace_seconds: int) -> None:
+    def __init__(
+        self, subject: Subject, *, consent_grace_seconds: int, rows: RowPolicy | None = None
+    ) -> None:
         self.subject = subject
-        self.rows = row_policy(_viewer_of(subject), consent_grace_seconds)
+        self.rows = rows or row_policy(_viewer_of(subject), consent_grace_seconds)
 
     # -- interactions ----------------------------------------------------------------------
 
@@ -248,6 +251,17 @@ class AccessPolicy:
     ) -> ColumnElement[bool] | None:
         return self.rows.visible(r, types)
 
+    async def settled(self, session: AsyncSession, types: Collection[str]) -> AccessPolicy:
+        question = self.rows.question(types)
+        if question is None:
+            return self
+        answer = (await session.execute(question)).one()
+        return AccessPolicy(
+            self.subject,
+            consent_grace_seconds=self.rows.grace_seconds,
+            rows=self.rows.answered(types, answer),
+        )
+
 
 #: Conditions of a row policy kept per set of searched types (most searches name one type).
 MAX_CACHED_CONDITIONS = 64
@@ -289,10 +303,16 @@ def _viewer_of(subject: Subject) -> Subject:
 
 
 @lru_cache(maxsize=4096)
-def row_policy(viewer: Subject, consent_grace_seconds: int) -> RowPolicy:
-    """The row policy of everyone who sees the rows ``viewer`` sees, made once per process:
-    building the SQL of a township doctor's condition costs 4-9 ms, more than running it."""
-    return RowPolicy(viewer, consent_grace_seconds)
+def row_policy(
+    viewer: Subject,
+    consent_grace_seconds: int,
+    grants: bool | None = None,
+    householdless: frozenset[str] = frozenset(),
+) -> RowPolicy:
+    """The row policy of everyone who sees the rows ``viewer`` sees, made once per process
+    for each answer to its questions (:meth:`RowPolicy.question`): building the SQL of a
+    township doctor's condition costs 4-9 ms, more than running it."""
+    return RowPolicy(viewer, consent_grace_seconds, grants=grants, householdless=householdless)
 
 
 def _clock(earlier_by: dt.timedelta = dt.timedelta(0)) -> Any:
@@ -304,11 +324,27 @@ def _clock(earlier_by: dt.timedelta = dt.timedelta(0)) -> Any:
 class RowPolicy:
     """The rows one viewer may see, as SQL conditions built once and reused by every
     request of every subject who sees the same rows (:func:`row_policy`). Every moment in
-    them (a grant's or a consent's end, a flag's period) is the moment the statement runs."""
+    them (a grant's or a consent's end, a flag's period) is the moment the statement runs.
 
-    def __init__(self, subject: Subject, consent_grace_seconds: int) -> None:
+    What the rows depend on besides themselves may be known (:meth:`answered`): ``grants``,
+    whether the viewer holds any unexpired break-glass grant (None: not known), and
+    ``householdless``, types of which no resource is about a household. The parts of the
+    conditions that could only match through them are then left out.
+    """
+
+    def __init__(
+        self,
+        subject: Subject,
+        consent_grace_seconds: int,
+        *,
+        grants: bool | None = None,
+        householdless: frozenset[str] = frozenset(),
+    ) -> None:
         self.subject = subject
+        self.grace_seconds = consent_grace_seconds
         self.grace = dt.timedelta(seconds=consent_grace_seconds)
+        self.grants = grants
+        self.householdless = householdless
         self._ctes: tuple[Any, Any] | None = None
         self._consults: Any = None
         self._clinics: Any = None
@@ -334,9 +370,40 @@ class RowPolicy:
             self._of_resources[kinds] = None if condition is None else KeyedOnce(condition)
         return self._of_resources[kinds]
 
+    def _sees_all_rows(self) -> bool:
+        return self.subject.role == SYSTEM_ROLE and self.subject.patient is None
+
+    def question(self, types: Collection[str]) -> Any:
+        """What a search of ``types`` would have this policy know, not known yet, as a SELECT
+        of one row (``grants``, ``households``), each None when not asked; None when nothing
+        is to be asked. Both are asked of indexes and answered in a fraction of a millisecond;
+        left in the search's statements, their branches cost a township doctor's ICD-10
+        search 2-3 ms of planning each time (the answers are almost always no)."""
+        if self._sees_all_rows() or self.subject.role == "admin":
+            return None
+        ask_grants = self.grants is None and self._granted() is not None
+        about = (frozenset(types) & _about_groups()) - self.householdless
+        if not ask_grants and not about:
+            return None
+        granted = self._granted()
+        return select(
+            granted.exists().label("grants") if ask_grants else literal(None).label("grants"),
+            _any_about_a_household(about).label("households")
+            if about
+            else literal(None).label("households"),
+        )
+
+    def answered(self, types: Collection[str], answer: Any) -> RowPolicy:
+        """The policy with the answer to :meth:`question` for ``types`` known."""
+        grants = self.grants if answer.grants is None else bool(answer.grants)
+        householdless = self.householdless
+        if answer.households is not None and not answer.households:
+            householdless = householdless | (frozenset(types) & _about_groups())
+        return row_policy(self.subject, self.grace_seconds, grants, householdless)
+
     def _visible(self, r: FromClause, kinds: frozenset[str] | None) -> ColumnElement[bool] | None:
         role = self.subject.role
-        if role == SYSTEM_ROLE and self.subject.patient is None:
+        if self._sees_all_rows():
             return None
         shared = r.c.res_type.in_(SHARED_TYPES)
         if role == "admin":
@@ -377,7 +444,7 @@ class RowPolicy:
         rows = [in_care]
         if kinds is None or kinds & SHARED_TYPES:
             rows.append(shared)
-        about_groups = None if kinds is None else kinds & _about_groups()
+        about_groups = None if kinds is None else (kinds & _about_groups()) - self.householdless
         if about_groups is None:
             rows.append(about_household)
         elif about_groups:
@@ -435,8 +502,9 @@ class RowPolicy:
         return self._clinics_in_care() if self.subject.patient is None else None
 
     def _granted(self) -> Any:
-        """The patients the subject opened by break-glass, unexpired (a SELECT of ids)."""
-        if self.subject.username is None:
+        """The patients the subject opened by break-glass, unexpired (a SELECT of ids); None
+        when there can be none (a client's, or known to be none)."""
+        if self.subject.username is None or self.grants is False:
             return None
         return select(access_grants.c.patient_id.label("id")).where(
             access_grants.c.username == self.subject.username,

@@ -224,6 +224,7 @@ class SearchEngine:
         self.session = session
         self.indexer = indexer
         self.base_url = base_url
+        #: The caller's access, settled by :meth:`run` for the types of each search.
         self.access = access
         self.costly_count = costly_count
         #: False: every page from the full plan (what the walks are compared with in tests).
@@ -296,6 +297,9 @@ class SearchEngine:
         self, query: SearchQuery, *, compartment: Compartment | None = None
     ) -> SearchResult:
         options = query.options
+        types = [query.res_type] if query.res_type else options.types
+        if types:
+            self.access = await self.access.settled(self.session, types)
         if compartment is not None:
             compartment = await self._settled(compartment)
         filters = self._filters(query, compartment)

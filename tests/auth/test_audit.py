@@ -208,8 +208,15 @@ class TestEveryLookIsRecorded:
         self, network: Network
     ) -> None:
         a = network.patients["a"]
+
+        def conditions(doctor: httpx.Client) -> list[str]:
+            found = doctor.get("/Condition", params={"subject": f"Patient/{a.id}"})
+            assert found.status_code == 200, found.text
+            return [e["resource"]["id"] for e in found.json().get("entry", [])]
+
         with network.as_user("hostile") as hostile:
             assert hostile.get(f"/Patient/{a.id}").status_code == 404
+            assert conditions(hostile) == []
             url = f"{network.server.url}/auth/break-glass"
             headers = {"Authorization": hostile.headers["Authorization"]}
             no_reason = httpx.post(url, json={"patient": a.id, "reason": " "}, headers=headers)
@@ -222,6 +229,8 @@ class TestEveryLookIsRecorded:
             assert opened.status_code == 201, opened.text
             assert hostile.get(f"/Patient/{a.id}").status_code == 200
             assert hostile.get(f"/Patient/{a.id}/$everything").json()["total"] >= 4
+            # A search of her records by type finds them too, not only the compartment.
+            assert conditions(hostile) == [a.condition]
         with network.as_user("admin") as admin:
             alerts = [
                 e for e in events(admin, entity=f"Patient/{a.id}") if subtype(e) == "break-glass"
@@ -247,6 +256,7 @@ class TestEveryLookIsRecorded:
                 what="the end of the break-glass opening",
                 timeout=90,
             )
+            assert conditions(hostile) == []
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from records.indexing import SearchIndexer
 from records.search.engine import COSTLY_COUNT, Compartment, SearchEngine
 from records.search.parse import SearchParser
 from records.validation.resident_id import RESIDENT_ID_SYSTEM, make_resident_id
+from tests.conftest import BACKENDS, fresh_database
 
 TAG_SYSTEM = "urn:test:search-access"
 LOINC = "http://loinc.org"
@@ -108,6 +110,17 @@ class Clinics:
             for name, e in zip(entries, outcome["entry"], strict=True)
         }
 
+    def add(self, name: str, resource: dict[str, Any]) -> str:
+        """Write one more resource of the test (its meta tag set), returning its id."""
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [_entry(name, resource, self.marker)],
+        }
+        location = asyncio.run(self._load(bundle))["entry"][0]["response"]["location"]
+        self.ids[name] = location.split("/")[1]
+        return self.ids[name]
+
     async def _load(self, bundle: dict[str, Any]) -> dict[str, Any]:
         database = Database(self.url)
         try:
@@ -117,10 +130,13 @@ class Clinics:
             await database.dispose()
 
     def doctor_of_clinic_a(self, scopes: ScopeSet | None = None) -> AccessPolicy:
+        return self.doctor_of_clinic("clinic-a", scopes)
+
+    def doctor_of_clinic(self, clinic: str, scopes: ScopeSet | None = None) -> AccessPolicy:
         subject = Subject(
-            id="user:village-doctor",
+            id=f"user:doctor-of-{clinic}",
             role="village_doctor",
-            organization=self.ids["clinic-a"],
+            organization=self.ids[clinic],
             practitioner=None,
             scopes=scopes or ScopeSet.everything("user"),
         )
@@ -225,3 +241,36 @@ class TestAVillageDoctorSearches:
         assert walked == clinics.names("height-a1", "height-a2")  # the first two in rid order
         names = clinics.search("Patient", {"name": "建"}, doctor, costly_count=0)[0]
         assert names == clinics.names("patient-a")
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return fresh_database(request, request.param, tmp_path)
+
+
+def test_what_her_search_depends_on_is_asked_anew_by_each_search(fresh_url: str) -> None:
+    """A search asks once whether anything of its types is about a household (and leaves
+    that part of the policy out when nothing is); the answer is the search's own: the first
+    RiskAssessment about her patient's household, written after a search that found none,
+    is found by her next search, and not by the doctor of another clinic."""
+    clinics = Clinics(fresh_url)
+    household = {
+        "resourceType": "Group",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{clinics.ids['patient-a']}"}}],
+    }
+    group = clinics.add("household-a", household)
+    doctor = clinics.doctor_of_clinic_a()
+    other = clinics.doctor_of_clinic("clinic-b")
+    assert clinics.search("RiskAssessment", {}, doctor) == (set(), 0)
+    assessment = {
+        "resourceType": "RiskAssessment",
+        "status": "final",
+        "subject": {"reference": f"Group/{group}"},
+        "prediction": [{"outcome": {"text": "因病致贫风险"}}],
+    }
+    found = {clinics.add("risk-a", assessment)}
+    assert clinics.search("RiskAssessment", {}, doctor) == (found, 1)
+    assert clinics.search("RiskAssessment", {}, other) == (set(), 0)
+    assert clinics.search("RiskAssessment", {}, FULL_ACCESS) == (found, 1)
