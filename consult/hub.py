@@ -310,6 +310,7 @@ class MediaHub:
                             "frames": source.frames_received,
                             "bytes": source.bytes_received,
                             "keyframes": source.keyframes_received,
+                            "keyframeBytes": source.keyframe_bytes_received,
                             "keyframeRequestsSent": source.keyframe_requests_sent,
                         }
                         for kind, source in peer.sources.items()

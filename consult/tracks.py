@@ -68,6 +68,8 @@ class EncodedSource:
         self.frames_received = 0
         self.bytes_received = 0
         self.keyframes_received = 0
+        #: Of ``bytes_received``, those in keyframes: what lost pictures cost a weak link.
+        self.keyframe_bytes_received = 0
         self.keyframe_requests_sent = 0
         #: Loop time of the last frame received (None before the first).
         self.last_frame_at: float | None = None
@@ -133,6 +135,7 @@ class EncodedSource:
             self.last_frame_at = asyncio.get_running_loop().time()
             if packet.is_keyframe and self.kind == "video":
                 self.keyframes_received += 1
+                self.keyframe_bytes_received += packet.size
             for sink in list(self._sinks):
                 sink.offer(packet)
 
