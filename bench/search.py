@@ -320,7 +320,8 @@ _MANAGED_BY = (
 
 async def samples(url: str, n: int, clinics: list[str] | None = None) -> list[dict[str, Any]]:
     """Parameter values drawn from the data: patients with Chinese names and Synthea ones,
-    managed by ``clinics`` (Organization ids) when given."""
+    and the providers of encounters, in the records of ``clinics`` (Organization ids) when
+    given."""
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     managed = _MANAGED_BY if clinics else "AND $2::text[] IS NULL"
     try:
@@ -338,9 +339,20 @@ async def samples(url: str, n: int, clinics: list[str] | None = None) -> list[di
             n,
             clinics,
         )
+        # The providers of encounters in those patients' records: the values a doctor of
+        # those clinics asks about (any provider of the city's was empty for her 100 times
+        # out of 100).
+        held = (
+            "AND f.rid IN (SELECT c.rid FROM search_custodian c WHERE c.res_type = 'Encounter' "
+            "AND c.param = 'Patient' AND c.org_id = ANY($1::text[]))"
+            if clinics
+            else "AND $1::text[] IS NULL"
+        )
         providers = await connection.fetch(
-            "SELECT DISTINCT target_type || '/' || target_id AS p FROM search_reference "
-            "WHERE param = 'service-provider' AND target_id IS NOT NULL LIMIT 200"
+            "SELECT DISTINCT f.target_type || '/' || f.target_id AS p FROM search_reference f "
+            "WHERE f.res_type = 'Encounter' AND f.param = 'service-provider' "
+            f"AND f.target_id IS NOT NULL {held} LIMIT 200",
+            clinics,
         )
     finally:
         await connection.close()
