@@ -31,6 +31,7 @@ from health.auth.tables import (
     users,
     web_sessions,
 )
+from health.core.clock import utcnow
 from records.tables import resources
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
@@ -45,6 +46,10 @@ _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 class AccountError(ValueError):
     """Input an operator or admin must fix; the message names the field."""
+
+
+class SessionEnded(Exception):
+    """The web session a change was made in has ended (revoked or expired) meanwhile."""
 
 
 class LoginRefused(Exception):
@@ -283,9 +288,14 @@ async def set_password(
 ) -> None:
     """Set the user's password and unlock the account; every login made with the old one
     ends (but the web session of cookie token ``keep_session``: hers, when she changes it
-    herself). ``temporary``: set by someone else, so she must change it at her next login."""
+    herself, which must still be live, else :class:`SessionEnded`). ``temporary``: set by
+    someone else, so she must change it at her next login."""
     if problem := password_problem(password):
         raise AccountError(f"password: {problem}")
+    if keep_session is not None:
+        kept = await find_session(session, token=keep_session, now=utcnow())
+        if kept is None or kept.user.username != username:
+            raise SessionEnded()
     password_hash = await asyncio.to_thread(hash_password, password)
     done = await session.execute(
         update(users)

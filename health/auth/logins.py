@@ -9,9 +9,11 @@ the guess was wrong.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from health.auth import accounts
 from health.auth.accounts import LoginRefused, User
@@ -67,10 +69,15 @@ async def password_login(
     username: str,
     password: str,
     method: str = "password",
+    then: Callable[[AsyncSession, User], Awaitable[None]] | None = None,
 ) -> User:
     """The user whose password this is, or LoginRefused; the attempt is audited either way.
     ``method`` names the door in the audit trail (``password-change``: her current password,
-    asked again before she sets a new one; throttled and locked out as any login)."""
+    asked again before she sets a new one; throttled and locked out as any login).
+
+    ``then`` is what the right password allows, done in the transaction that checked it,
+    with the account's row still locked: nobody changes the password or disables the
+    account between the check and the change. What it raises undoes it and is raised."""
     address = client_address(request)
     account = username.strip().lower()[:64]
     user: User | None = None
@@ -89,6 +96,9 @@ async def password_login(
                 )
             except LoginRefused as refused:
                 failure = refused  # the failure count it raised must commit
+            else:
+                if then is not None:
+                    await then(session, user)
         if user is None:
             raise failure or LoginRefused("Wrong username or password")
     except LoginRefused as refused:

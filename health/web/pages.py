@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from health.auth import accounts
@@ -269,6 +270,19 @@ async def change_password(request: Request) -> Response:
         errors["new_password"] = _("Choose a password other than the one you have now.")
     if errors:
         return _password_page(request, web, errors=errors, next_path=next_path, status=400)
+    cookie = request.cookies[SESSION_COOKIE]
+
+    async def change(session: AsyncSession, user: accounts.User) -> None:
+        await accounts.set_password(
+            session, username=user.username, password=new, temporary=False, keep_session=cookie
+        )
+        await me.record_account_change(
+            session,
+            change="user-password",
+            username=user.username,
+            what="password changed by the user",
+        )
+
     try:
         await password_login(
             gate,
@@ -277,26 +291,16 @@ async def change_password(request: Request) -> Response:
             username=web.user.username,
             password=current,
             method="password-change",
+            then=change,
         )
     except LoginRefused as refused:
         status, errors["current_password"] = _refusal(
             request, refused, _("This is not your current password.")
         )
         return _password_page(request, web, errors=errors, next_path=next_path, status=status)
-    async with gate.database.transaction(write=True) as session:
-        await accounts.set_password(
-            session,
-            username=web.user.username,
-            password=new,
-            temporary=False,
-            keep_session=request.cookies[SESSION_COOKIE],
-        )
-        await me.record_account_change(
-            session,
-            change="user-password",
-            username=web.user.username,
-            what="password changed by the user",
-        )
+    except accounts.SessionEnded:
+        # Ended while she typed (an administrator reset her password, or disabled her).
+        return _login_redirect(request)
     return RedirectResponse(next_path, status_code=303)
 
 
