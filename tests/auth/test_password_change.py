@@ -48,18 +48,18 @@ async def _change(url: str) -> None:
             )
         async with database.transaction(write=True) as session:
             await accounts.close_session(session, token=ended)
-        with pytest.raises(accounts.SessionEnded):
+
+        async def change_in(web_session: str) -> None:
             async with database.transaction(write=True) as session:
                 await accounts.set_password(
                     session, username=username, password="second-password-2",
-                    temporary=False, keep_session=ended,
+                    temporary=False, keep_session=web_session,
                 )  # fmt: skip
+
+        with pytest.raises(accounts.SessionEnded):
+            await change_in(ended)
         assert await login("first-password-1") and not await login("second-password-2")
-        async with database.transaction(write=True) as session:
-            await accounts.set_password(
-                session, username=username, password="second-password-2",
-                temporary=False, keep_session=live,
-            )  # fmt: skip
+        await change_in(live)
         assert await login("second-password-2") and not await login("first-password-1")
         async with database.transaction(write=False) as session:
             assert await accounts.find_session(session, token=live, now=now) is not None
