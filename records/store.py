@@ -10,7 +10,7 @@ The caller owns the transaction (see :meth:`health.core.database.Database.transa
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -502,12 +502,16 @@ class ResourceStore:
             assert current is not None and current.content is not None
             if _without_server_meta(orjson.loads(current.content)) == _without_server_meta(data):
                 return current, False
+        held_by: dict[str, frozenset[str]] = {}
+        if res_type == "Patient" and not deleted:  # her record keeps them unless she moves
+            managing = await custodians.organizations_of(self.session, [res_id])
+            held_by[res_id] = frozenset(managing.get(res_id, ()))
         now = utcnow()
         content = _stamp(data, res_id, version + 1, now)
         stored = await self._append_version(
             rid, res_type, res_id, version + 1, now, method, content
         )
-        await self._write_index_rows([(rid, res_type, res_id, data)])
+        await self._write_index_rows([(rid, res_type, res_id, data)], held_by)
         return stored, deleted
 
     async def delete(
@@ -682,9 +686,13 @@ class ResourceStore:
         await derived.delete_rows(self.session, rid, res_type)
 
     async def _write_index_rows(
-        self, items: Sequence[tuple[int, str, str, dict[str, Any]]]
+        self,
+        items: Sequence[tuple[int, str, str, dict[str, Any]]],
+        held_by: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
-        """Search index rows and derived rows of new versions: (rid, type, id, content) each."""
+        """Search index rows and derived rows of new versions: (rid, type, id, content) each;
+        ``held_by``: the organisations that managed some of their Patients before
+        (:func:`custodians.keep`)."""
         await derived.write_rows(self.session, items)
         batches: dict[str, list[dict[str, Any]]] = {}
         in_records: list[tuple[int, str, list[str]]] = []
@@ -706,7 +714,7 @@ class ResourceStore:
             if rows:
                 await insert_rows(self.session, SEARCH_TABLES[kind], rows)
         if in_records or patients:
-            await custodians.keep(self.session, in_records, patients)
+            await custodians.keep(self.session, in_records, patients, held_by)
 
 
 def _gone_issue(res_type: str, res_id: str, version: int) -> Issue:

@@ -101,11 +101,18 @@ def test_every_write_of_a_record_or_its_patient_keeps_its_custodians(
                 "Group/home": {"yuanlong", "funing"},
             }
             assert await holders(database) == expected
+            # A new name for Yang, at the same clinic: her record stays where it is, also
+            # when a reading of hers is written in the same transaction.
+            renamed = {**patient("yang", "funing"), "name": [{"text": "杨秀兰"}]}
+            await put(database, renamed, reading("third", "yang"))
+            expected["Observation/third"] = {"funing"}
+            assert await holders(database) == expected
             # Yang moves to her sister's village: her record, and her share of the household.
             await put(database, patient("yang", "yuanlong"))
             expected.update(
                 {
                     "Observation/later": {"yuanlong"},
+                    "Observation/third": {"yuanlong"},
                     "Patient/yang": {"yuanlong"},
                     "Group/home": {"yuanlong"},
                 }
