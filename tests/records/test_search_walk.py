@@ -25,18 +25,23 @@ from records.search.engine import SearchEngine, SearchResult
 from records.search.parse import SearchParser
 
 TAG_SYSTEM = "urn:test:search-walk"
+HEIGHT_TAG_SYSTEM = "urn:test:search-walk:height"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
 
 def _observation(n: int, marker: str) -> dict[str, Any]:
-    """Every third a body height, heights from 150 to 199 cm, other readings in between."""
+    """Every third a body height, heights from 150 to 199 cm, other readings in between;
+    the heights tagged besides with ``HEIGHT_TAG_SYSTEM``."""
     code, value = ("8302-2", 150 + (n * 7) % 50) if n % 3 == 0 else ("8867-4", 60 + n % 40)
+    tags = [{"system": TAG_SYSTEM, "code": marker}]
+    if code == "8302-2":
+        tags.append({"system": HEIGHT_TAG_SYSTEM, "code": marker})
     return {
         "fullUrl": f"urn:uuid:{uuid.uuid4()}",
         "resource": {
             "resourceType": "Observation",
-            "meta": {"tag": [{"system": TAG_SYSTEM, "code": marker}]},
+            "meta": {"tag": tags},
             "status": "final",
             "code": {"coding": [{"system": LOINC, "code": code}]},
             "valueQuantity": {"value": value, "unit": "cm", "system": UCUM, "code": "cm"},
@@ -165,6 +170,19 @@ def test_a_walk_along_one_code_counts_the_matches_when_the_code_s_resources_fit_
     ]
     on_postgresql = not store.url.startswith("sqlite")
     assert pulses.total == (None if on_postgresql else 200)
+
+
+def test_a_walk_follows_the_rarest_of_the_exact_codes_a_search_names(store: Store) -> None:
+    """The store's 300 readings hold more than a walk's slice for a page of one (200); its
+    100 heights fit in one. Named after the readings' tag, the heights' tag is the code the
+    walk follows: every page finds its match in its slice and knows the total."""
+    params = {"_tag": f"{HEIGHT_TAG_SYSTEM}|{store.marker}", "value-quantity": "gt195"}
+    params["_count"] = "1"
+    counted = store.pages(params, costly_count=math.inf, walks=False)
+    walked = store.pages(params, costly_count=0)
+    assert _ids(walked) == _ids(counted) and len(walked) > 1
+    assert counted[0].total is not None and counted[0].total > 1
+    assert [page.total for page in walked] == [counted[0].total] * len(walked)
 
 
 @pytest.mark.parametrize(
