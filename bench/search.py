@@ -160,6 +160,8 @@ def _name_grams(text: str) -> list[str]:
     return han_gram_keys("Patient", "name", normalize_text(text))
 
 
+_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
 QUERIES = [
     Query(
         "Patient by Chinese name",
@@ -290,6 +292,27 @@ QUERIES = [
             "Observation",
             "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Observation' "
             "AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org') "
+            "AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
+            "AND q.res_type = 'Observation' AND q.param = 'value-quantity' AND q.value > 170)",
+        ),
+        lambda s: [],
+    ),
+    Query(
+        # As a SMART app asks for vital signs: the category named first, then the code.
+        "Vital-sign body heights over 170 cm, category first",
+        lambda s: "Observation",
+        lambda s: {
+            "category": f"{_CATEGORY}|vital-signs",
+            "code": "http://loinc.org|8302-2",
+            "value-quantity": "gt170",
+            "_count": "20",
+        },
+        page_sql(
+            "Observation",
+            "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Observation' "
+            "AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org') "
+            "AND EXISTS (SELECT 1 FROM search_token c WHERE c.rid = r.rid AND c.res_type = 'Observation' "
+            f"AND c.param = 'category' AND c.code = 'vital-signs' AND c.system = '{_CATEGORY}') "
             "AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
             "AND q.res_type = 'Observation' AND q.param = 'value-quantity' AND q.value > 170)",
         ),
