@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ClauseElement, Executable
@@ -54,6 +54,9 @@ COSTLY_COUNT = 5_000.0
 #: How many resources a walk reads for each row of the page it looks for, and at most.
 WALK_ROWS_PER_MATCH = 100
 MAX_WALK_ROWS = 20_000
+#: Of the exact codes a search names, those the planner estimates at fewer resources than
+#: this many walks' slices are counted before one is chosen to walk along.
+ESTIMATED_SLICES = 4
 
 
 def _exact_code_clauses(query: SearchQuery) -> list[Clause]:
@@ -74,6 +77,18 @@ def _exact_code_clauses(query: SearchQuery) -> list[Clause]:
         if system and code:
             found.append(clause)
     return found
+
+
+def _rows_with_code(clause: Clause) -> Any:
+    """The rids of the token index rows with the exact code of ``clause`` (a SELECT)."""
+    system, code = split_token(clause.values[0].text)
+    token = search_token.alias("driver")
+    return select(token.c.rid).where(
+        token.c.res_type == clause.res_type,
+        token.c.param == clause.param,
+        token.c.code == code,
+        token.c.system == system,
+    )
 
 
 class _Explain(Executable, ClauseElement):
@@ -567,50 +582,51 @@ class SearchEngine:
     async def _rarest_code_first(self, query: SearchQuery) -> SearchQuery:
         """``query`` with the clause naming the exact code that the fewest resources have
         first, so that a walk follows that code (:meth:`_driving_clause`): the same search,
-        its clauses all ANDed. Each code's resources are counted up to a walk's length, in
-        one statement, only when the search names several.
+        its clauses all ANDed. Only when the search names several codes.
+
+        The planner's estimates of each code's rows, asked in one EXPLAIN, tell common codes
+        apart well (at a million resources: 170,917 vital signs and 27,159 body heights
+        estimated, 165,310 and 25,340 stored). Codes estimated at fewer than a few slices
+        are counted besides, up to a walk's length, in one statement: whether a code's
+        resources fit in one slice (and are then all counted) must be known, not guessed.
 
         Along the first code a search names, ``category=…|vital-signs&code=…|8302-2`` read
-        a slice of vital signs of which few were body heights, found less than a page, and
-        fell back on the full plan, with no total."""
+        a slice of vital signs holding less than a page of heights over 170, and fell back
+        on the full plan: 62 ms, against 4.5 ms along the heights."""
         clauses = _exact_code_clauses(query)
         if len(clauses) < 2:
             return query
         length = self._walk_length(query)
-        sizes = [
-            select(func.count())
-            .select_from(self._rids_with_code(clause).limit(length).subquery())
-            .scalar_subquery()
-            for clause in clauses
-        ]
-        counted = (await self.session.execute(select(*sizes))).one()
-        rarest = clauses[min(range(len(clauses)), key=lambda i: counted[i])]
+        plan = await self._plan(union_all(*(_rows_with_code(clause) for clause in clauses)))
+        parts = plan.get("Plans", [])
+        sizes = [float(part["Plan Rows"]) for part in parts]
+        if len(sizes) != len(clauses):  # not one part per code: estimates unknown
+            sizes = [0.0] * len(clauses)
+        uncertain = [i for i, size in enumerate(sizes) if size < ESTIMATED_SLICES * length]
+        if uncertain:
+            counts = [
+                select(func.count())
+                .select_from(_rows_with_code(clauses[i]).limit(length).subquery())
+                .scalar_subquery()
+                for i in uncertain
+            ]
+            counted = (await self.session.execute(select(*counts))).one()
+            for i, n in zip(uncertain, counted, strict=True):
+                # A code counted at the limit has at least as many as estimated.
+                sizes[i] = float(n) if n < length else max(float(length), sizes[i])
+        rarest = clauses[min(range(len(clauses)), key=lambda i: sizes[i])]
         rest = [clause for clause in query.clauses if clause is not rarest]
         return replace(query, clauses=[rarest, *rest])
 
     def _driver(self, query: SearchQuery) -> Any:
         """The rids of the resources with the one exact code the search names, in rid order
-        (a SELECT), or None when it names none."""
+        (a SELECT), or None when it names none. Such rows come out of the token index (type,
+        parameter, code, system, rid) already in rid order."""
         clause = self._driving_clause(query)
-        return None if clause is None else self._rids_with_code(clause)
-
-    def _rids_with_code(self, clause: Clause) -> Any:
-        """The rids of the resources with the exact code of ``clause``, in rid order (a
-        SELECT). Such rows come out of the token index (type, parameter, code, system, rid)
-        already in rid order."""
-        system, code = split_token(clause.values[0].text)
-        token = search_token.alias("driver")
-        return (
-            select(token.c.rid)
-            .where(
-                token.c.res_type == clause.res_type,
-                token.c.param == clause.param,
-                token.c.code == code,
-                token.c.system == system,
-            )
-            .distinct()
-            .order_by(token.c.rid)
-        )
+        if clause is None:
+            return None
+        rows = _rows_with_code(clause)
+        return rows.distinct().order_by(rows.selected_columns.rid)
 
     def page_statement(self, query: SearchQuery, *, compartment: Compartment | None = None) -> Any:
         """The SELECT of a page of ``query``'s matches (and one more), as :meth:`run` sends it."""
@@ -722,11 +738,14 @@ class SearchEngine:
             return None
         if not self._sees_everything():
             filters = self._filters(query, compartment, seen=False)
-        explained = _Explain(_counted(filters))
-        plan = (await self.session.execute(explained)).scalar_one()
+        return float((await self._plan(_counted(filters)))["Total Cost"])
+
+    async def _plan(self, statement: Any) -> dict[str, Any]:
+        """PostgreSQL's plan of ``statement`` (its top node: ``Total Cost``, ``Plan Rows``)."""
+        plan = (await self.session.execute(_Explain(statement))).scalar_one()
         if isinstance(plan, str):  # the driver may or may not decode the json column
             plan = orjson.loads(plan)
-        return float(plan[0]["Plan"]["Total Cost"])
+        return dict(plan[0]["Plan"])
 
     def _sort_type(self, query: SearchQuery, param: str) -> str:
         if param == "_id":
