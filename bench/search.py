@@ -307,14 +307,18 @@ QUERIES = [
             "value-quantity": "gt170",
             "_count": "20",
         },
+        # The heights' index rows in rid order, each tested, up to a page: as the tests of
+        # the resource row (the other queries' form) the planner joined every vital sign
+        # and every quantity over 170 first, 200 ms.
         page_sql(
             "Observation",
             "r.rid IN (SELECT t.rid FROM search_token t WHERE t.res_type = 'Observation' "
-            "AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org') "
-            "AND EXISTS (SELECT 1 FROM search_token c WHERE c.rid = r.rid AND c.res_type = 'Observation' "
+            "AND t.param = 'code' AND t.code = '8302-2' AND t.system = 'http://loinc.org' "
+            "AND EXISTS (SELECT 1 FROM search_token c WHERE c.rid = t.rid AND c.res_type = 'Observation' "
             f"AND c.param = 'category' AND c.code = 'vital-signs' AND c.system = '{_CATEGORY}') "
-            "AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = r.rid "
-            "AND q.res_type = 'Observation' AND q.param = 'value-quantity' AND q.value > 170)",
+            "AND EXISTS (SELECT 1 FROM search_quantity q WHERE q.rid = t.rid "
+            "AND q.res_type = 'Observation' AND q.param = 'value-quantity' AND q.value > 170) "
+            "ORDER BY t.rid LIMIT 51)",
         ),
         lambda s: [],
     ),
