@@ -176,8 +176,11 @@ def test_a_walk_follows_the_rarest_of_the_exact_codes_a_search_names(store: Stor
     """The store's 300 readings hold more than a walk's slice for a page of one (200); its
     100 heights fit in one. Named after the readings' tag, the heights' tag is the code the
     walk follows: every page finds its match in its slice and knows the total."""
-    params = {"_tag": f"{HEIGHT_TAG_SYSTEM}|{store.marker}", "value-quantity": "gt195"}
-    params["_count"] = "1"
+    params = {
+        "_tag": f"{HEIGHT_TAG_SYSTEM}|{store.marker}",
+        "value-quantity": "gt195",
+        "_count": "1",
+    }
     counted = store.pages(params, costly_count=math.inf, walks=False)
     walked = store.pages(params, costly_count=0)
     assert _ids(walked) == _ids(counted) and len(walked) > 1
