@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import percentiles
 from health.core.naming import ORGANIZATION_CODE_SYSTEM
 from tests.services import AppServer
 
@@ -38,12 +38,6 @@ GOAL_MS = 300.0
 
 def plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return statistics.median(ordered) * 1000, p95 * 1000
 
 
 def timed(call: Callable[[], httpx.Response], samples: int) -> list[float]:
@@ -159,14 +153,14 @@ def main() -> None:
             ),
         ]
         health = timed(lambda: api.get("/healthz"), args.samples)
-        p50, p95 = percentiles(health)
+        p50, p95, _ = percentiles(health)
         print(f"floor: GET /healthz (HTTP, no database): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
         sql = asyncio.run(sql_floor(args.database_url, args.samples))
-        p50, p95 = percentiles(sql)
+        p50, p95, _ = percentiles(sql)
         print(f"floor: the township aggregate as raw SQL: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
         worst = 0.0
         for name, path in calls:
-            p50, p95 = percentiles(timed(lambda path=path: api.get(path), args.samples))
+            p50, p95, _ = percentiles(timed(lambda path=path: api.get(path), args.samples))
             worst = max(worst, p95) if not name.startswith("export") else worst
             print(f"{name:52} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms", flush=True)
         verdict = "met" if worst <= GOAL_MS else "NOT met"

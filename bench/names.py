@@ -35,6 +35,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import percentiles
 from health.cli import run_migrations
 from health.core.database import Database
 from health.demo.directory import COUNTIES, build_directory
@@ -214,14 +215,6 @@ async def engine_statements(url: str, queries: list[dict[str, str]]) -> list[tup
     return statements
 
 
-def percentiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return (
-        ordered[len(ordered) // 2] * 1000,
-        ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000,
-    )
-
-
 async def time_sql(url: str, statements: list[tuple[str, list[Any]]], before: bool) -> list[float]:
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -269,9 +262,9 @@ def measure(url: str, count: int, runs: int) -> None:
                         True,
                     )
                 )
-                p50, p95 = percentiles(times)
-                n50, n95 = percentiles(now)
-                b50, b95 = percentiles(before)
+                p50, p95, _ = percentiles(times)
+                n50, n95, _ = percentiles(now)
+                b50, b95, _ = percentiles(before)
                 print(
                     f"{query.label:<52} {p50:7.1f} {p95:7.1f} {len(times) / sum(times):6.0f} | "
                     f"{n50:7.1f} {n95:7.1f} | {b50:7.1f} {b95:7.1f} | {b50 / n50:6.1f}x"

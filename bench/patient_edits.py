@@ -32,6 +32,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import percentiles
 from health.cli import run_migrations
 from health.core.database import Database
 from records.importer import import_files
@@ -153,9 +154,7 @@ def _report(name: str, times: dict[str, list[float]]) -> None:
         "floor": "floor (one Observation updated)",
     }
     for key, label in labels.items():
-        ordered = sorted(times[key])
-        p50 = statistics.median(ordered) * 1000
-        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000
+        p50, p95, _ = percentiles(times[key])
         print(f"  {name:<11} {label:<34} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
 
 

@@ -41,6 +41,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import percentiles
 from health.cli import run_migrations
 from health.core.database import Database
 from health.core.naming import ORGANIZATION_CODE_SYSTEM
@@ -403,12 +404,6 @@ async def samples(url: str, n: int, clinics: list[str] | None = None) -> list[di
             }
         )
     return chosen
-
-
-def percentiles(values: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return pick(0.50) * 1000, pick(0.95) * 1000, pick(0.99) * 1000
 
 
 async def measure_sql(url: str, query: Query, chosen: list[dict[str, Any]]) -> list[float]:
